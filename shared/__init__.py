@@ -1,0 +1,1 @@
+"""crm-stream's shared package: event contracts, topic names, settings, logging and common plumbing."""

@@ -1,0 +1,269 @@
+"""The events crm-stream publishes: one contract module, pydantic v2, every field described.
+
+Normalized customer events travel on `crm.events`; profile changes on `crm.profiles.changed`;
+contact details on `crm.contacts`; offers on `crm.offers`; deliveries on `crm.deliveries`;
+failures on `crm.deadletter`. Money is Decimal (serialized as a string), times are aware UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+
+class Event(BaseModel):
+    """Base of every published event: strict, immutable, versioned."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- normalized (crm.events)
+
+
+class _CustomerEvent(Event):
+    event_id: str = Field(description="The producer's idempotency key, kept from the raw event.")
+    occurred_at: AwareDatetime = Field(description="When it happened, in UTC.")
+    customer_id: str = Field(description="Pseudonymous customer id (from the card's keyed hash).")
+
+
+class PurchaseLine(Event):
+    """One normalized basket line."""
+
+    sku: str = Field(description="Trimmed, upper-cased SKU.")
+    name: str | None = Field(default=None, description="Product name as the till sent it.")
+    category: str | None = Field(default=None, description="Lower-cased category.")
+    quantity: Decimal = Field(description="Units, or weight for weighed goods.")
+    unit_price: Decimal = Field(description="Price per unit.")
+    discount: Decimal = Field(default=Decimal(0), description="Money taken off this line.")
+    amount: Decimal = Field(description="quantity * unit_price - discount, never below zero.")
+
+
+class PurchaseRecorded(Event):
+    """A checkout, normalized. `customer_id` is null for an anonymous checkout."""
+
+    type: Literal["purchase_recorded"] = "purchase_recorded"
+    event_id: str = Field(description="The till's idempotency key.")
+    occurred_at: AwareDatetime = Field(description="When the swipe happened, in UTC.")
+    customer_id: str | None = Field(description="Pseudonymous customer id; null when anonymous.")
+    card_id: str | None = Field(description="Keyed hash of the card used; null when anonymous.")
+    store_id: str = Field(description="Store that made the sale.")
+    currency: str = Field(description="ISO 4217 currency, upper case.")
+    lines: tuple[PurchaseLine, ...] = Field(description="Basket lines.")
+    total: Decimal = Field(description="Sum of the lines' amounts.")
+    coupons: tuple[str, ...] = Field(default=(), description="Coupon codes listed, upper case.")
+
+
+class CustomerSignedUp(_CustomerEvent):
+    """A card was registered to a person."""
+
+    type: Literal["customer_signed_up"] = "customer_signed_up"
+    card_id: str = Field(description="Keyed hash of the card registered.")
+    email: str | None = Field(default=None, description="Lower-cased e-mail address.")
+    first_name: str | None = Field(default=None, description="First name.")
+    birth_date: dt.date | None = Field(default=None, description="Date of birth.")
+    marketing_consent: bool = Field(default=False, description="Opt-in to marketing.")
+    store_id: str | None = Field(default=None, description="Store where the customer signed up.")
+
+
+class CustomerUpdated(_CustomerEvent):
+    """Changed fields only; a null field is unchanged."""
+
+    type: Literal["customer_updated"] = "customer_updated"
+    email: str | None = Field(default=None, description="New e-mail address.")
+    first_name: str | None = Field(default=None, description="New first name.")
+    birth_date: dt.date | None = Field(default=None, description="New date of birth.")
+    marketing_consent: bool | None = Field(default=None, description="New consent.")
+    store_id: str | None = Field(default=None, description="New home store.")
+
+
+class ConsentChanged(_CustomerEvent):
+    """The customer gave or withdrew marketing consent."""
+
+    type: Literal["consent_changed"] = "consent_changed"
+    marketing_consent: bool = Field(description="The consent now in force.")
+
+
+class CardLinked(_CustomerEvent):
+    """Another card now feeds this customer's profile."""
+
+    type: Literal["card_linked"] = "card_linked"
+    card_id: str = Field(description="Keyed hash of the card linked to the customer.")
+    merged_customer_id: str | None = Field(
+        default=None, description="The customer the card fed before, whose profile merges in."
+    )
+
+
+class CustomerErased(_CustomerEvent):
+    """Right to be forgotten: personal data and profile are deleted."""
+
+    type: Literal["customer_erased"] = "customer_erased"
+
+
+class InteractionRecorded(_CustomerEvent):
+    """A support ticket, e-mail open or click, web visit, social like..."""
+
+    type: Literal["interaction_recorded"] = "interaction_recorded"
+    interaction_type: str = Field(description="Lower-cased free text: support_ticket, ...")
+    channel: str | None = Field(default=None, description="phone, email, web...")
+    details: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="Flat details as sent (no card numbers)."
+    )
+
+
+NormalizedEvent = Annotated[
+    PurchaseRecorded
+    | CustomerSignedUp
+    | CustomerUpdated
+    | ConsentChanged
+    | CardLinked
+    | CustomerErased
+    | InteractionRecorded,
+    Field(discriminator="type"),
+]
+NORMALIZED_EVENT: TypeAdapter[NormalizedEvent] = TypeAdapter(NormalizedEvent)
+
+
+# ---------------------------------------------------------------- crm.profiles.changed
+
+
+class PurchaseSummary(Event):
+    """What offers needs to know of the purchase that changed a profile."""
+
+    event_id: str = Field(description="The checkout's event id.")
+    store_id: str = Field(description="Store of the checkout.")
+    total: Decimal = Field(description="Basket total.")
+    coupons: tuple[str, ...] = Field(default=(), description="Coupon codes listed.")
+    products: dict[str, str | None] = Field(description="SKU -> product name, of this basket.")
+    card_id: str | None = Field(default=None, description="Card used at the checkout.")
+
+
+class ProfileChanged(Event):
+    """A profile changed; carries just what the offer rules need, no personal data."""
+
+    type: Literal["profile_changed"] = "profile_changed"
+    customer_id: str = Field(description="Pseudonymous customer id.")
+    cause_event_id: str = Field(description="Event whose application changed the profile.")
+    cause_type: str = Field(description="Type of that event.")
+    occurred_at: AwareDatetime = Field(description="When that event happened.")
+    marketing_consent: bool = Field(description="Consent in force.")
+    has_email: bool = Field(description="Whether an e-mail address is known.")
+    erased: bool = Field(default=False, description="Whether the customer was erased.")
+    birth_date: dt.date | None = Field(default=None, description="Date of birth.")
+    first_purchase_at: AwareDatetime | None = Field(default=None, description="First purchase.")
+    last_purchase_at: AwareDatetime | None = Field(default=None, description="Latest purchase.")
+    visits: int = Field(default=0, description="Checkouts so far.")
+    home_store_id: str | None = Field(default=None, description="Store of most visits.")
+    purchase: PurchaseSummary | None = Field(default=None, description="The purchase, if any.")
+    sku_checkouts: dict[str, tuple[AwareDatetime, ...]] = Field(
+        default_factory=dict,
+        description="For each SKU of this purchase: times of the distinct checkouts that "
+        "contained it within the profile's history window, this one included.",
+    )
+
+
+# ---------------------------------------------------------------- crm.contacts (compacted)
+
+
+class ContactChanged(Event):
+    """Latest contact details of a customer, for the notifier. A null value is a tombstone."""
+
+    type: Literal["contact_changed"] = "contact_changed"
+    customer_id: str = Field(description="Pseudonymous customer id.")
+    email: str | None = Field(default=None, description="E-mail address.")
+    first_name: str | None = Field(default=None, description="First name for the salutation.")
+    marketing_consent: bool = Field(description="Consent in force.")
+    home_store_id: str | None = Field(default=None, description="Store for quiet-hour time zone.")
+    changed_at: AwareDatetime = Field(description="Time of the event that caused the change.")
+
+
+# ---------------------------------------------------------------- crm.offers
+
+OfferKind = Literal["frequent_item", "birthday", "anniversary", "win_back"]
+
+
+class OfferIssued(Event):
+    """A coupon was issued to a customer."""
+
+    type: Literal["offer_issued"] = "offer_issued"
+    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    offer_id: str = Field(description="Deterministic id: the same trigger gives the same id.")
+    customer_id: str = Field(description="Pseudonymous customer id (the message key).")
+    kind: OfferKind = Field(description="Rule that issued it.")
+    coupon_code: str = Field(description="Unique, unguessable coupon code.")
+    discount_percent: Decimal = Field(description="Percentage off.")
+    sku: str | None = Field(default=None, description="SKU the coupon applies to; null = basket.")
+    product_name: str | None = Field(default=None, description="Name of that product.")
+    valid_from: dt.date = Field(description="First day the coupon can be used.")
+    valid_until: dt.date = Field(description="Last day the coupon can be used.")
+    issued_at: AwareDatetime = Field(description="Time of the trigger that issued it.")
+    template: str = Field(description="E-mail template name.")
+
+
+class OfferRedeemed(Event):
+    """A checkout redeemed a coupon."""
+
+    type: Literal["offer_redeemed"] = "offer_redeemed"
+    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    offer_id: str = Field(description="The offer redeemed.")
+    customer_id: str = Field(description="Pseudonymous customer id.")
+    kind: OfferKind = Field(description="Rule that issued it.")
+    coupon_code: str = Field(description="Coupon code.")
+    redeemed_at: AwareDatetime = Field(description="Time of the checkout.")
+    checkout_event_id: str = Field(description="The checkout that redeemed it.")
+    store_id: str = Field(description="Store of that checkout.")
+    basket_total: Decimal = Field(description="Total of the redeeming basket.")
+
+
+OfferEvent = Annotated[OfferIssued | OfferRedeemed, Field(discriminator="type")]
+OFFER_EVENT: TypeAdapter[OfferEvent] = TypeAdapter(OfferEvent)
+
+
+# ---------------------------------------------------------------- crm.clock, crm.deliveries
+
+
+class ClockTicked(BaseModel):
+    """`{"date": "YYYY-MM-DD"}`: that calendar day has begun (contract format)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    date: dt.date = Field(description="The calendar day that has begun.")
+
+
+DeliveryState = Literal["sent", "written", "bounced", "suppressed", "failed"]
+
+
+class DeliveryRecorded(Event):
+    """Outcome of an e-mail for an offer (no address in it)."""
+
+    type: Literal["delivery_recorded"] = "delivery_recorded"
+    offer_id: str = Field(description="Offer the e-mail was for.")
+    customer_id: str = Field(description="Pseudonymous customer id.")
+    state: DeliveryState = Field(description="Final state of the delivery.")
+    attempts: int = Field(description="Send attempts made.")
+    message_id: str = Field(description="The e-mail's Message-ID.")
+    recorded_at: AwareDatetime = Field(description="When the outcome was recorded.")
+    reason: str | None = Field(default=None, description="Why it was suppressed or failed.")
+
+
+# ---------------------------------------------------------------- crm.deadletter
+
+
+class DeadLetter(Event):
+    """What a service could not process, with the reason. Card numbers in the payload are masked."""
+
+    type: Literal["dead_letter"] = "dead_letter"
+    service: str = Field(description="Service that gave up on the message.")
+    reason: str = Field(description="Machine-readable reason code, e.g. `invalid_json`.")
+    detail: str = Field(description="Human-readable explanation.")
+    source_topic: str = Field(description="Topic the message came from.")
+    partition: int = Field(description="Partition it came from.")
+    offset: int = Field(description="Offset it had.")
+    dead_lettered_at: AwareDatetime = Field(description="When it was dead-lettered (UTC).")
+    payload: str = Field(description="The payload as text, card numbers masked, maybe truncated.")
+    payload_bytes: int = Field(description="Size of the original payload in bytes.")
+    truncated: bool = Field(default=False, description="Whether `payload` was cut.")

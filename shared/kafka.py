@@ -1,0 +1,232 @@
+"""Kafka plumbing shared by the services: broker factory, batch subscription options,
+publishing a batch without per-message waits, dead letters and topic creation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.security import (
+    BaseSecurity,
+    SASLPlaintext,
+    SASLScram256,
+    SASLScram512,
+)
+from pydantic import BaseModel
+
+from shared.events import DeadLetter
+from shared.logging import get_logger
+from shared.privacy import mask_card_numbers
+from shared.settings import KafkaSettings
+from shared.topics import DEADLETTER, TOPIC_SPECS, TopicSpec
+
+log = get_logger(__name__)
+
+DEAD_LETTER_PAYLOAD_LIMIT = 64 * 1024
+"""Dead-lettered payloads keep at most this many characters (the size is always recorded)."""
+
+
+class KafkaConfigError(ValueError):
+    """Kafka settings are missing or inconsistent."""
+
+
+def require_bootstrap(settings: KafkaSettings) -> str:
+    if not settings.kafka_bootstrap:
+        raise KafkaConfigError(
+            "CRM_KAFKA_BOOTSTRAP is not set: give the Kafka bootstrap servers (host:port,...)"
+        )
+    return settings.kafka_bootstrap
+
+
+def security_for(settings: KafkaSettings) -> BaseSecurity | None:
+    """FastStream security object for the configured protocol (SASL/SCRAM, TLS)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context: ssl.SSLContext | None = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ca_file) if settings.kafka_ca_file else None
+        )
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
+        raise KafkaConfigError(
+            "CRM_KAFKA_SASL_USERNAME and CRM_KAFKA_SASL_PASSWORD are required with SASL"
+        )
+    user = settings.kafka_sasl_username
+    password = settings.kafka_sasl_password.get_secret_value()
+    use_ssl = context is not None
+    if settings.kafka_sasl_mechanism == "PLAIN":
+        return SASLPlaintext(user, password, ssl_context=context, use_ssl=use_ssl)
+    if settings.kafka_sasl_mechanism == "SCRAM-SHA-256":
+        return SASLScram256(user, password, ssl_context=context, use_ssl=use_ssl)
+    return SASLScram512(user, password, ssl_context=context, use_ssl=use_ssl)
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Security keyword arguments for plain aiokafka clients (admin, lag checks)."""
+    security = security_for(settings)
+    if security is None:
+        return {}
+    options: dict[str, Any] = {
+        "security_protocol": settings.kafka_security_protocol,
+        "ssl_context": security.ssl_context,
+    }
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        options["sasl_plain_password"] = password.get_secret_value() if password else None
+    return options
+
+
+def new_broker(settings: KafkaSettings, *, client_id: str, **overrides: Any) -> KafkaBroker:
+    """A KafkaBroker tuned for batches: producer lingers a few ms and sends large batches."""
+    options: dict[str, Any] = {
+        "client_id": client_id,
+        "linger_ms": 5,
+        "max_batch_size": 512 * 1024,
+        "max_request_size": 2 * 1024 * 1024,
+        "acks": "all",
+        "security": security_for(settings),
+        "allow_auto_create_topics": False,
+        "graceful_timeout": 30.0,
+    }
+    options.update(overrides)
+    return KafkaBroker(settings.kafka_bootstrap or "localhost:9092", **options)
+
+
+def batch_options(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
+    """Subscriber options shared by every consumer.
+
+    Offsets are committed only after a batch's handler returned, i.e. after its effects are
+    durable; on an exception the batch is sought back and retried (NACK_ON_ERROR).
+    """
+    return {
+        "batch": True,
+        "group_id": group_id,
+        "auto_offset_reset": "earliest",
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "max_records": settings.batch_max_records,
+        "batch_timeout_ms": settings.batch_timeout_ms,
+        "max_partition_fetch_bytes": 2 * 1024 * 1024,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 1_000,
+    }
+
+
+def dump(model: BaseModel) -> bytes:
+    """JSON bytes of an event."""
+    return model.model_dump_json().encode()
+
+
+Outgoing = tuple[str, bytes | None, bytes | None]
+"""(topic, key, value); a None value is a tombstone."""
+
+
+async def publish_all(broker: KafkaBroker, messages: Sequence[Outgoing]) -> None:
+    """Hand every message to the producer without waiting, then await all acknowledgements.
+
+    The producer groups them into batches per partition; order per key is kept because one
+    key maps to one partition and sends are enqueued in order.
+    """
+    futures = [
+        await broker.publish(value, topic, key=key, no_confirm=True)
+        for topic, key, value in messages
+    ]
+    if futures:
+        await asyncio.gather(*futures)
+
+
+def dead_letter(
+    *,
+    service: str,
+    record: ConsumerRecord[Any, Any],
+    reason: str,
+    detail: str,
+    now: dt.datetime | None = None,
+) -> DeadLetter:
+    """A dead letter for a record: masked, truncated payload and where it came from."""
+    raw: bytes = record.value if isinstance(record.value, bytes) else b""
+    text = raw[: DEAD_LETTER_PAYLOAD_LIMIT * 4].decode("utf-8", errors="replace")
+    truncated = len(text) > DEAD_LETTER_PAYLOAD_LIMIT or len(raw) > DEAD_LETTER_PAYLOAD_LIMIT * 4
+    return DeadLetter(
+        service=service,
+        reason=reason,
+        detail=mask_card_numbers(detail)[:1000],
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        dead_lettered_at=now or dt.datetime.now(dt.UTC),
+        payload=mask_card_numbers(text[:DEAD_LETTER_PAYLOAD_LIMIT]),
+        payload_bytes=len(raw),
+        truncated=truncated,
+    )
+
+
+def dead_letter_message(letter: DeadLetter) -> Outgoing:
+    return (DEADLETTER, f"{letter.source_topic}:{letter.partition}".encode(), dump(letter))
+
+
+async def ensure_topics(
+    settings: KafkaSettings, specs: Iterable[TopicSpec] = TOPIC_SPECS
+) -> list[str]:
+    """Create the missing topics; returns the names created."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=require_bootstrap(settings), **client_options(settings)
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in specs if spec.name not in existing]
+        new = []
+        for spec in missing:
+            configs: dict[str, str] = {}
+            if spec.compacted:
+                configs["cleanup.policy"] = "compact"
+            if spec.retention_days is not None:
+                configs["retention.ms"] = str(spec.retention_days * 86_400_000)
+            partitions = 1 if spec.partitions == 1 else settings.topic_partitions
+            new.append(NewTopic(spec.name, partitions, 1, topic_configs=configs))
+        if new:
+            await admin.create_topics(new)
+            log.info("topics_created", topics=[t.name for t in new])
+        return [t.name for t in new]
+    finally:
+        await admin.close()
+
+
+async def consumer_lag(settings: KafkaSettings, group_id: str, topics: Sequence[str]) -> int:
+    """Messages in `topics` not yet committed by `group_id` (0 when drained)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=require_bootstrap(settings),
+        group_id=group_id,
+        enable_auto_commit=False,
+        **client_options(settings),
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return 0
+        ends = await consumer.end_offsets(partitions)
+        lag = 0
+        for tp in partitions:
+            committed = await consumer.committed(tp)
+            lag += ends[tp] - (committed or 0)
+        return lag
+    finally:
+        await consumer.stop()

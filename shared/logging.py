@@ -1,0 +1,82 @@
+"""structlog set up once for every service: JSON when not on a terminal, console on one.
+
+Log lines carry ids (event, offer, customer pseudonym), topics, partitions and offsets, never a
+card number, an e-mail address or a name. `redact_personal_data` is a last line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from shared.settings import LogSettings
+
+_CARD = re.compile(r"\b\d(?:[ -]?\d){11,18}\b")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_PERSONAL_KEYS = frozenset({"card_number", "other_card_number", "email", "first_name", "name"})
+
+
+def redact_personal_data(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Drop personal fields and mask card-like and e-mail-like text that slipped into a log line."""
+    for key in list(event_dict):
+        if key in _PERSONAL_KEYS:
+            event_dict[key] = "[redacted]"
+        elif isinstance(event_dict[key], str):
+            value = _CARD.sub("[card]", event_dict[key])
+            event_dict[key] = _EMAIL.sub("[email]", value)
+    return event_dict
+
+
+def configure_logging(service: str, settings: LogSettings | None = None) -> None:
+    """Configure structlog and the standard library's logging (aiokafka, faststream) alike."""
+    settings = settings or LogSettings()
+    as_json = settings.log_format == "json" or (
+        settings.log_format == "auto" and not sys.stderr.isatty()
+    )
+    shared_processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_personal_data,
+    ]
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            *shared_processors,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared_processors,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(service=service)
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A module logger; context bound with `structlog.contextvars` shows in every line."""
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger

@@ -1,0 +1,207 @@
+"""Settings from the environment (pydantic-settings, `CRM_` prefix), one small class per component.
+
+`Settings` combines them; services take only the parts they use. The README's configuration
+table is checked against these classes by a test.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_CARD_KEY = "crm-stream-development-card-key"
+DEV_COUPON_KEY = "crm-stream-development-coupon-key"
+
+
+class _Env(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore", secrets_dir=None)
+
+
+class KafkaSettings(_Env):
+    """How services reach Kafka."""
+
+    kafka_bootstrap: str | None = Field(
+        default=None, description="Kafka bootstrap servers, comma-separated host:port."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="Kafka security protocol."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism when the protocol uses SASL."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password.")
+    kafka_ca_file: Path | None = Field(default=None, description="CA bundle for Kafka TLS.")
+    create_topics: bool = Field(
+        default=True, description="`crm run` creates the missing `crm.` topics it uses at start."
+    )
+    topic_partitions: int = Field(
+        default=6, ge=1, description="Partitions of topics `crm` creates (clock has 1)."
+    )
+    batch_max_records: int = Field(
+        default=1000, ge=1, description="Most records a service takes from Kafka in one batch."
+    )
+    batch_timeout_ms: int = Field(
+        default=100, ge=1, description="Longest wait in ms to fill a batch."
+    )
+
+
+class StoreSettings(_Env):
+    """Where services keep their state."""
+
+    store_url: str | None = Field(
+        default=None,
+        description="`mongodb://…`/`mongodb+srv://…`, `sqlite:///DIR` or `memory://`.",
+    )
+    mongo_database: str = Field(
+        default="crm", description="MongoDB database when the URL names none."
+    )
+
+
+class SmtpSettings(_Env):
+    """How the notifier sends e-mail."""
+
+    smtp_host: str | None = Field(default=None, description="SMTP server; unset writes .eml files.")
+    smtp_port: int = Field(default=25, description="SMTP port.")
+    smtp_username: str | None = Field(default=None, description="SMTP user name.")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
+    smtp_starttls: bool = Field(default=False, description="Upgrade the connection with STARTTLS.")
+    smtp_tls: bool = Field(default=False, description="Connect with implicit TLS (port 465).")
+    smtp_timeout_s: float = Field(default=10.0, gt=0, description="SMTP timeout in seconds.")
+    smtp_from: str = Field(
+        default="Your Store <offers@crm-stream.local>", description="From address of e-mails."
+    )
+    outbox_dir: Path = Field(
+        default=Path("outbox"), description="Where .eml files go when no SMTP host is set."
+    )
+    public_url: str = Field(
+        default="http://localhost:8080", description="Base URL of unsubscribe links."
+    )
+
+
+class PrivacySettings(_Env):
+    """Keys for pseudonymization and coupon codes."""
+
+    card_key: SecretStr = Field(
+        default=SecretStr(DEV_CARD_KEY), description="Secret key of the card numbers' keyed hash."
+    )
+    coupon_key: SecretStr = Field(
+        default=SecretStr(DEV_COUPON_KEY), description="Secret key coupon codes are derived with."
+    )
+
+    @property
+    def card_key_is_default(self) -> bool:
+        return self.card_key.get_secret_value() == DEV_CARD_KEY
+
+
+class QuietHours(BaseModel):
+    """A local time window in which no e-mail is sent."""
+
+    start: dt.time
+    end: dt.time
+
+    def contains(self, moment: dt.time) -> bool:
+        if self.start <= self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end
+
+
+_QUIET = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
+
+
+class CalendarSettings(_Env):
+    """Time zones, quiet hours and the calendar."""
+
+    timezone: str = Field(default="UTC", description="Time zone of stores with none of their own.")
+    store_timezones: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per-store time zones as JSON, e.g. `{"S001": "Europe/Paris"}`.',
+    )
+    quiet_hours: str = Field(
+        default="21:00-08:00", description="Local hours with no e-mail, `HH:MM-HH:MM` or `off`."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("store_timezones")
+    @classmethod
+    def _known_zones(cls, value: dict[str, str]) -> dict[str, str]:
+        for zone in value.values():
+            cls._known_zone(zone)
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_format(cls, value: str) -> str:
+        if value.strip().lower() != "off" and not _QUIET.match(value.strip()):
+            raise ValueError("quiet hours must be `HH:MM-HH:MM` or `off`")
+        return value.strip()
+
+    def zone_of(self, store_id: str | None) -> ZoneInfo:
+        if store_id is not None and store_id in self.store_timezones:
+            return ZoneInfo(self.store_timezones[store_id])
+        return ZoneInfo(self.timezone)
+
+    def quiet_window(self) -> QuietHours | None:
+        match = _QUIET.match(self.quiet_hours)
+        if match is None:
+            return None
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        return QuietHours(start=dt.time(h1, m1), end=dt.time(h2, m2))
+
+
+class HttpSettings(_Env):
+    """The HTTP endpoints of a service."""
+
+    http_port: int = Field(default=8080, description="Port of health, metrics, API and web page.")
+    http_host: str = Field(default="0.0.0.0", description="Address the HTTP server binds.")  # noqa: S104
+    api_tokens: SecretStr | None = Field(
+        default=None, description="Comma-separated `role:sha256hex` bearer token hashes."
+    )
+
+
+class LogSettings(_Env):
+    """Logging."""
+
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="`json`, `console`, or `auto` (console on a terminal)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level logged."
+    )
+
+
+class Settings(BaseModel):
+    """All settings, each part read from the environment."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    calendar: CalendarSettings = Field(default_factory=CalendarSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    KafkaSettings,
+    StoreSettings,
+    SmtpSettings,
+    PrivacySettings,
+    CalendarSettings,
+    HttpSettings,
+    LogSettings,
+)
