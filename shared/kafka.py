@@ -5,6 +5,7 @@ publishing a batch without per-message waits, dead letters and topic creation.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import datetime as dt
 import ssl
 from collections.abc import Iterable, Sequence
@@ -14,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.security import (
     BaseSecurity,
     SASLPlaintext,
@@ -105,12 +107,30 @@ def new_broker(settings: KafkaSettings, *, client_id: str, **overrides: Any) -> 
     return KafkaBroker(settings.kafka_bootstrap or "localhost:9092", **options)
 
 
-def batch_options(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
-    """Subscriber options shared by every consumer.
+def batch_subscriber(
+    broker: KafkaBroker, settings: KafkaSettings, group_id: str, *topics: str
+) -> BatchSubscriber:
+    """The batch subscriber every consumer uses.
 
     Offsets are committed only after a batch's handler returned, i.e. after its effects are
     durable; on an exception the batch is sought back and retried (NACK_ON_ERROR).
     """
+    return broker.subscriber(
+        *topics,
+        batch=True,
+        group_id=group_id,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        max_partition_fetch_bytes=2 * 1024 * 1024,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+    )
+
+
+def batch_options(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
+    """Keyword arguments of `batch_subscriber`, for callers that build subscribers themselves."""
     return {
         "batch": True,
         "group_id": group_id,
@@ -139,10 +159,12 @@ async def publish_all(broker: KafkaBroker, messages: Sequence[Outgoing]) -> None
     The producer groups them into batches per partition; order per key is kept because one
     key maps to one partition and sends are enqueued in order.
     """
-    futures = [
+    pending = [
         await broker.publish(value, topic, key=key, no_confirm=True)
         for topic, key, value in messages
     ]
+    # The test broker confirms at once and hands back results, not futures.
+    futures = [item for item in pending if inspect.isawaitable(item)]
     if futures:
         await asyncio.gather(*futures)
 

@@ -1,0 +1,176 @@
+"""Publishing traffic and watching the pipeline: used by `crm simulate`, `crm tick` and `crm demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from shared.events import ClockTicked
+from shared.kafka import client_options, require_bootstrap
+from shared.settings import KafkaSettings
+from shared.simulation import RawMessage
+from shared.topics import CLOCK, SERVICE_TOPICS
+
+
+async def open_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=require_bootstrap(settings),
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+        max_request_size=2 * 1024 * 1024,
+        acks="all",
+        **client_options(settings),
+    )
+    await producer.start()
+    return producer
+
+
+async def publish(
+    producer: AIOKafkaProducer, messages: Iterable[RawMessage], *, rate: float | None = None
+) -> int:
+    """Publish raw messages; `rate` (messages/s) paces them, None sends as fast as possible."""
+    futures = []
+    started = time.monotonic()
+    count = 0
+    for message in messages:
+        futures.append(await producer.send(message.topic, message.value, key=message.key))
+        count += 1
+        if rate:
+            ahead = count / rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        if len(futures) >= 5000:
+            await asyncio.gather(*futures)
+            futures.clear()
+    await asyncio.gather(*futures)
+    return count
+
+
+async def tick(producer: AIOKafkaProducer, day: dt.date) -> None:
+    """Publish the clock event: `day` has begun."""
+    await producer.send_and_wait(CLOCK, ClockTicked(date=day).model_dump_json().encode())
+
+
+class PipelineWatch:
+    """Consumer-group lag of every service, checked upstream first, to know the pipeline is drained."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._consumers: dict[str, tuple[AIOKafkaConsumer, tuple[str, ...]]] = {}
+        self._reader: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        for group, topics in SERVICE_TOPICS.values():
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=require_bootstrap(self._settings),
+                group_id=group,
+                enable_auto_commit=False,
+                **client_options(self._settings),
+            )
+            await consumer.start()
+            self._consumers[group] = (consumer, topics)
+
+    async def stop(self) -> None:
+        for consumer, _ in self._consumers.values():
+            await consumer.stop()
+        self._consumers.clear()
+
+    async def lag(self) -> dict[str, int]:
+        """Uncommitted messages per group, in pipeline order."""
+        result: dict[str, int] = {}
+        for group, (consumer, topics) in self._consumers.items():
+            await consumer._client.force_metadata_update()
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in topics
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            ends = await consumer.end_offsets(partitions) if partitions else {}
+            lag = 0
+            for tp in partitions:
+                lag += ends[tp] - (await consumer.committed(tp) or 0)
+            result[group] = lag
+        return result
+
+    async def drained(self, within: float, poll: float = 0.25) -> bool:
+        """Wait until every group has committed everything; False on timeout."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if not any((await self.lag()).values()):
+                return True
+            await asyncio.sleep(poll)
+        return False
+
+
+async def topic_counts(settings: KafkaSettings, topics: Sequence[str]) -> dict[str, int]:
+    """Messages ever written to each topic (sum of end offsets)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=require_bootstrap(settings), **client_options(settings)
+    )
+    await consumer.start()
+    try:
+        counts: dict[str, int] = {}
+        for topic in topics:
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            ends = await consumer.end_offsets(partitions) if partitions else {}
+            counts[topic] = sum(ends.values())
+        return counts
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(settings: KafkaSettings, topic: str, within: float = 10.0) -> list[Any]:
+    """Every record of a topic, from the beginning to its current end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=require_bootstrap(settings),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **client_options(settings),
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + within
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in partitions])
+
+        while time.monotonic() < deadline and await behind():
+            batch = await consumer.getmany(timeout_ms=200)
+            for items in batch.values():
+                records.extend(items)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def count_types(records: Iterable[Any]) -> Counter[str]:
+    """Counts of `type` (and `type:kind`) of JSON records."""
+    counts: Counter[str] = Counter()
+    for record in records:
+        if not record.value:
+            continue
+        doc = orjson.loads(record.value)
+        counts[doc.get("type", "?")] += 1
+        if "kind" in doc:
+            counts[f"{doc['type']}:{doc['kind']}"] += 1
+        if "reason" in doc:
+            counts[f"{doc['type']}:{doc['reason']}"] += 1
+    return counts
