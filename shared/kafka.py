@@ -5,8 +5,8 @@ publishing a batch without per-message waits, dead letters and topic creation.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import datetime as dt
+import inspect
 import ssl
 from collections.abc import Iterable, Sequence
 from typing import Any
