@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import importlib
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from fastapi import APIRouter
 from faststream import FastStream
 
+from services.http import HttpEndpoints
 from shared.kafka import KafkaConfigError, ensure_topics, require_bootstrap
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -61,15 +63,38 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    apps = [app_factory(name)(settings) for name in names]
+    apps = {name: app_factory(name)(settings) for name in names}
+    endpoints = HttpEndpoints(apps, settings, routers=_routers(apps, settings))
+    server = endpoints.server()
+    http_task = asyncio.create_task(server.serve(), name="http")
+    lag_task = asyncio.create_task(endpoints.measure_lag(), name="lag")
     started: list[FastStream] = []
     try:
-        for name, app in zip(names, apps, strict=True):
+        for name, app in apps.items():
             await app.start()
             started.append(app)
             log.info("service_started", service_name=name)
+        endpoints.started = True
         await stop.wait()
+        log.info("stopping")
     finally:
+        endpoints.started = False
         for app in reversed(started):
             await app.stop()
+        lag_task.cancel()
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await lag_task
+        await http_task
         log.info("services_stopped", services=list(names))
+
+
+def _routers(apps: Mapping[str, FastStream], settings: Settings) -> list[APIRouter]:
+    """HTTP routes a service offers besides health and metrics (`create_router` in its app)."""
+    routers = []
+    for name, app in apps.items():
+        module = importlib.import_module(f"services.{name}.app")
+        factory = getattr(module, "create_router", None)
+        if factory is not None:
+            routers.append(factory(app, settings))
+    return routers

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
+import logging
 import ssl
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.security import (
     BaseSecurity,
@@ -22,6 +24,7 @@ from faststream.security import (
     SASLScram256,
     SASLScram512,
 )
+from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 from shared.events import DeadLetter
@@ -93,8 +96,10 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
 
 def new_broker(settings: KafkaSettings, *, client_id: str, **overrides: Any) -> KafkaBroker:
     """A KafkaBroker tuned for batches: producer lingers a few ms and sends large batches."""
+    metrics = KafkaPrometheusMiddleware(registry=REGISTRY, app_name=client_id, metrics_prefix="crm")
     options: dict[str, Any] = {
         "client_id": client_id,
+        "middlewares": (metrics,),
         "linger_ms": 5,
         "max_batch_size": 512 * 1024,
         "max_request_size": 2 * 1024 * 1024,
@@ -102,6 +107,9 @@ def new_broker(settings: KafkaSettings, *, client_id: str, **overrides: Any) -> 
         "security": security_for(settings),
         "allow_auto_create_topics": False,
         "graceful_timeout": 30.0,
+        # One structlog setup for broker and services; per-batch lines only at DEBUG.
+        "logger": get_logger("faststream"),
+        "log_level": logging.DEBUG,
     }
     options.update(overrides)
     return KafkaBroker(settings.kafka_bootstrap or "localhost:9092", **options)

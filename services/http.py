@@ -1,0 +1,160 @@
+"""HTTP endpoints of a running process: `/healthz`, `/readyz`, `/metrics`, plus service routes.
+
+FastStream's Prometheus middleware (added to every broker) measures messages received,
+processed, published and their latency per topic; this module adds each service's own counters
+(dead letters per reason, offers per kind, e-mails per outcome) and consumer lag, and serves
+them with prometheus_client. `crm run all` serves every service's endpoints on one port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Response
+from faststream import FastStream
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, make_asgi_app
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from shared.kafka import consumer_lag
+from shared.logging import get_logger
+from shared.settings import Settings
+from shared.topics import SERVICE_TOPICS
+
+log = get_logger(__name__)
+
+# stats key prefix -> (metric, label name); anything else goes to crm_service_events_total.
+_FAMILIES: tuple[tuple[str, str, str, str], ...] = (
+    ("dead_lettered_", "crm_dead_lettered", "reason", "Messages dead-lettered, by reason."),
+    ("issued_", "crm_offers_issued", "kind", "Offers issued, by kind."),
+    ("suppressed_", "crm_offers_suppressed", "reason", "Offers or e-mails suppressed, by reason."),
+    ("email_", "crm_emails", "outcome", "E-mails by outcome."),
+)
+_LABEL = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _stats_of(app: FastStream) -> Counter[str] | None:
+    state: Mapping[str, Any] = getattr(app, "state", {})
+    service = state.get("service")
+    stats = getattr(service, "stats", None)
+    return stats if isinstance(stats, Counter) else None
+
+
+class ServiceStatsCollector(Collector):
+    """Reads the services' in-memory counters at scrape time."""
+
+    def __init__(self, apps: Mapping[str, FastStream]) -> None:
+        self._apps = apps
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        families = {
+            prefix: CounterMetricFamily(name, help_text, labels=["service", label])
+            for prefix, name, label, help_text in _FAMILIES
+        }
+        other = CounterMetricFamily(
+            "crm_service_events", "Other service counters, by event.", labels=["service", "event"]
+        )
+        for name, app in self._apps.items():
+            stats = _stats_of(app)
+            if not stats:
+                continue
+            for key, value in sorted(stats.items()):
+                for prefix, family in families.items():
+                    if key.startswith(prefix):
+                        family.add_metric([name, _LABEL.sub("_", key[len(prefix) :])], value)
+                        break
+                else:
+                    other.add_metric([name, _LABEL.sub("_", key)], value)
+        yield from families.values()
+        yield other
+
+
+class HttpEndpoints:
+    """The FastAPI app of a process and the background task that measures consumer lag."""
+
+    def __init__(
+        self,
+        apps: Mapping[str, FastStream],
+        settings: Settings,
+        *,
+        routers: Iterable[APIRouter] = (),
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.apps = apps
+        self.settings = settings
+        self.started = False
+        self.api = FastAPI(
+            title="crm-stream",
+            description="Health, metrics and APIs of crm-stream services.",
+            version="1",
+        )
+        self._lag = (
+            Gauge(
+                "crm_consumer_lag",
+                "Messages not yet committed by the service's consumer group.",
+                ["service"],
+                registry=registry,
+            )
+            if "crm_consumer_lag" not in registry._names_to_collectors
+            else None
+        )
+        with contextlib.suppress(ValueError):  # already registered in this process
+            registry.register(ServiceStatsCollector(apps))
+        self.api.add_api_route("/healthz", self.healthz, methods=["GET"], tags=["ops"])
+        self.api.add_api_route("/readyz", self.readyz, methods=["GET"], tags=["ops"])
+        self.api.mount("/metrics", make_asgi_app(registry))
+        for router in routers:
+            self.api.include_router(router)
+
+    async def healthz(self) -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    async def readyz(self, response: Response) -> dict[str, Any]:
+        """Started and connected to Kafka (each service's store is opened before it starts)."""
+        checks: dict[str, bool] = {}
+        for name, app in self.apps.items():
+            broker = app.broker
+            checks[name] = bool(self.started and broker is not None and await broker.ping(1.0))
+        ready = all(checks.values()) and bool(checks)
+        response.status_code = 200 if ready else 503
+        return {"status": "ready" if ready else "not ready", "services": checks}
+
+    async def measure_lag(self, every: float = 15.0) -> None:
+        """Update the lag gauge periodically (a background task)."""
+        while True:
+            for name in self.apps:
+                group, topics = SERVICE_TOPICS[name]
+                try:
+                    lag = await consumer_lag(self.settings.kafka, group, topics)
+                except Exception as exc:
+                    log.warning("lag_measure_failed", service_name=name, error=type(exc).__name__)
+                    continue
+                if self._lag is not None:
+                    self._lag.labels(service=name).set(lag)
+            await asyncio.sleep(every)
+
+    def server(self) -> uvicorn.Server:
+        config = uvicorn.Config(
+            self.api,
+            host=self.settings.http.http_host,
+            port=self.settings.http.http_port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,  # access logs would carry URLs; the API keeps personal data out of them anyway
+        )
+        return _QuietServer(config)
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: `crm run` owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
