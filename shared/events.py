@@ -219,7 +219,45 @@ class OfferRedeemed(Event):
     basket_total: Decimal = Field(description="Total of the redeeming basket.")
 
 
-OfferEvent = Annotated[OfferIssued | OfferRedeemed, Field(discriminator="type")]
+RejectionReason = Literal["unknown_code", "foreign_code", "already_redeemed", "expired"]
+
+
+class RedemptionRejected(Event):
+    """A checkout listed a coupon code that could not be redeemed."""
+
+    type: Literal["redemption_rejected"] = "redemption_rejected"
+    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    rejection_id: str = Field(description="Deterministic id: checkout event id and code.")
+    customer_id: str = Field(description="Pseudonymous id of the customer who listed the code.")
+    coupon_code: str = Field(description="The code as listed, normalized (upper case).")
+    reason: RejectionReason = Field(description="Why the code was not redeemed.")
+    offer_id: str | None = Field(
+        default=None,
+        description="The customer's offer with that code; null for unknown or foreign.",
+    )
+    checkout_event_id: str = Field(description="The checkout that listed the code.")
+    store_id: str = Field(description="Store of that checkout.")
+    rejected_at: AwareDatetime = Field(description="Time of the checkout.")
+
+
+class OfferExpired(Event):
+    """An issued coupon passed its last valid day without being redeemed."""
+
+    type: Literal["offer_expired"] = "offer_expired"
+    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    offer_id: str = Field(description="The offer that expired.")
+    customer_id: str = Field(description="Pseudonymous customer id.")
+    kind: OfferKind = Field(description="Rule that issued it.")
+    coupon_code: str = Field(description="Coupon code.")
+    valid_until: dt.date = Field(description="Last day the coupon could be used.")
+    expired_on: dt.date = Field(description="Clock day on which it was found expired.")
+
+
+OfferEvent = Annotated[
+    OfferIssued | OfferRedeemed | RedemptionRejected | OfferExpired,
+    Field(discriminator="type"),
+]
+"""Everything offers publishes on `crm.offers`."""
 OFFER_EVENT: TypeAdapter[OfferEvent] = TypeAdapter(OfferEvent)
 
 

@@ -1,0 +1,170 @@
+"""Where e-mails go: an SMTP server (aiosmtplib) or, without one, `.eml` files in the outbox.
+
+Transports raise `TemporaryFailure` (4xx, connection refused or dropped, timeouts: retry) or
+`PermanentFailure` (5xx for the recipient or the message: the address bounced).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from shared.settings import SmtpSettings
+
+
+class DeliveryFailure(Exception):
+    """A send did not go through; `reason` is short, stable and free of personal data."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TemporaryFailure(DeliveryFailure):
+    """Try again later."""
+
+
+class PermanentFailure(DeliveryFailure):
+    """The server refused the recipient or the message for good."""
+
+
+class Transport(Protocol):
+    """Sends one message at a time; a transport may keep a connection between `send`s."""
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether sending the same message twice has the effect of sending it once."""
+        ...
+
+    @property
+    def rate_limited(self) -> bool:
+        """Whether the sending-rate limit applies."""
+        ...
+
+    async def send(self, message: EmailMessage, *, name: str) -> None:
+        """Send `message`; `name` is a file-name-safe id of it. Raises DeliveryFailure."""
+        ...
+
+    async def close(self) -> None:
+        """End the session (a batch); the next `send` opens a new one."""
+        ...
+
+
+class OutboxTransport:
+    """Writes `<outbox>/<name>.eml` atomically: a temp file then `os.replace`.
+
+    The same offer always writes the same file name, so a re-send replaces it: idempotent.
+    No fsync per file: a killed process never leaves a partial file, and the delivery is
+    recorded `written` only after the rename.
+    """
+
+    idempotent = True
+    rate_limited = False
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def send(self, message: EmailMessage, *, name: str) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            target = self.directory / f"{name}.eml"
+            temporary = self.directory / f".{name}.{uuid.uuid4().hex}.tmp"
+            temporary.write_bytes(message.as_bytes())
+            os.replace(temporary, target)
+        except OSError as exc:
+            raise TemporaryFailure(f"outbox_write_error:{exc.errno}") from exc
+
+    async def close(self) -> None:
+        return None
+
+
+def _smtp_failure(code: int, what: str) -> DeliveryFailure:
+    reason = f"smtp_{code}_{what}"
+    return PermanentFailure(reason) if 500 <= code < 600 else TemporaryFailure(reason)
+
+
+class SmtpTransport:
+    """aiosmtplib over one connection per session, reconnecting after a drop."""
+
+    idempotent = False
+    rate_limited = True
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        if not settings.smtp_host:
+            raise ValueError("SmtpTransport needs CRM_SMTP_HOST")
+        self._settings = settings
+        self._client: aiosmtplib.SMTP | None = None
+
+    def _new_client(self) -> aiosmtplib.SMTP:
+        s = self._settings
+        return aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            use_tls=s.smtp_tls,
+            start_tls=s.smtp_starttls,
+            username=s.smtp_username,
+            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+            timeout=s.smtp_timeout_s,
+        )
+
+    async def _connected(self) -> aiosmtplib.SMTP:
+        if self._client is not None and self._client.is_connected:
+            return self._client
+        await self._drop()
+        client = self._new_client()
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPResponseException as exc:
+            # Greeting, EHLO, STARTTLS or login refused: the server's problem or ours,
+            # never the recipient's, so not a bounce.
+            raise TemporaryFailure(f"smtp_connect_{exc.code}") from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise TemporaryFailure(f"smtp_connect_{type(exc).__name__}") from exc
+        self._client = client
+        return client
+
+    async def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def send(self, message: EmailMessage, *, name: str) -> None:
+        client = await self._connected()
+        try:
+            await client.send_message(message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients] or [550]
+            raise _smtp_failure(max(codes), "recipient") from exc
+        except aiosmtplib.SMTPSenderRefused as exc:
+            # Our own From refused: a configuration or reputation problem, not a bounce.
+            raise TemporaryFailure(f"smtp_{exc.code}_sender") from exc
+        except aiosmtplib.SMTPDataError as exc:
+            raise _smtp_failure(exc.code, "data") from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._drop()
+            raise TemporaryFailure(f"smtp_{exc.code}_protocol") from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self._drop()
+            raise TemporaryFailure(f"smtp_{type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if client.is_connected:
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()
+
+
+def transport_for(settings: SmtpSettings) -> Transport:
+    """SMTP when `CRM_SMTP_HOST` is set, else the outbox folder."""
+    if settings.smtp_host:
+        return SmtpTransport(settings)
+    return OutboxTransport(settings.outbox_dir)

@@ -1,0 +1,369 @@
+"""The notifier's service layer: decode a batch, fold it with the pure core, persist, send, report.
+
+Delivery guarantee at the SMTP boundary: at-least-once. A delivery is persisted `sending`
+before its SMTP transaction and `sent` right after it, one message at a time, so a crash
+can repeat at most the one message that was in flight; the repeat carries the same
+Message-ID (`<offer-{offer_id}@crm-stream>`), so duplicates are detectable downstream.
+Outbox files are idempotent by construction (same name, atomic replace), so their outcomes
+are persisted once per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import jinja2
+import orjson
+from aiokafka import ConsumerRecord
+from pydantic import ValidationError
+
+from services.notifier.domain import (
+    BOUNCED,
+    Contact,
+    ContactUpdate,
+    Delivery,
+    DeliveryStatus,
+    Plan,
+    QuietPolicy,
+    Renderer,
+    TokenBucket,
+    backoff_delay,
+    outcome_event,
+    plan_batch,
+    redecide_due,
+    safe_offer_token,
+)
+from services.notifier.mailer import PermanentFailure, TemporaryFailure, Transport
+from services.notifier.settings import NotifierSettings
+from services.notifier.store import NotifierRepository, StoreChanges
+from shared.events import ContactChanged, OfferIssued
+from shared.kafka import Outgoing, dead_letter, dead_letter_message, dump
+from shared.logging import get_logger
+from shared.topics import CONTACTS, DELIVERIES, OFFERS
+
+log = get_logger(__name__)
+
+SERVICE = "notifier"
+
+Clock = Callable[[], dt.datetime]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _errors(exc: ValidationError) -> str:
+    """Where and why validation failed, without echoing the input (it may hold an address)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+        for e in exc.errors(include_input=False, include_url=False)[:5]
+    )
+
+
+def _type_of(value: bytes) -> str | None:
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    kind = parsed.get("type") if isinstance(parsed, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+class NotifierService:
+    """One per app. `handle_batch` and `run_due` never overlap (one lock), so a consent
+    withdrawal is always persisted before or after a send, never during it.
+    """
+
+    def __init__(
+        self,
+        *,
+        repository: NotifierRepository | None,
+        transport: Transport,
+        renderer: Renderer,
+        quiet: QuietPolicy,
+        settings: NotifierSettings,
+        clock: Clock = utc_now,
+        sleep: Sleep = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._repository = repository
+        self.transport = transport
+        self.renderer = renderer
+        self.quiet = quiet
+        self.settings = settings
+        self.clock = clock
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._jitter = jitter
+        self._bucket = TokenBucket(rate=settings.send_rate_per_s, now=monotonic())
+        self._lock = asyncio.Lock()
+        self.stats: collections.Counter[str] = collections.Counter()
+        """offers_received, offers_ignored, contacts_applied, contacts_erased,
+        dead_letter_<reason>, emails_<state> (sent/written/bounced/suppressed/failed),
+        suppressed_<reason>, deferred_quiet_hours, waiting_contact, send_retries."""
+
+    @property
+    def repository(self) -> NotifierRepository:
+        if self._repository is None:
+            raise RuntimeError("the notifier's repository is not open yet")
+        return self._repository
+
+    @repository.setter
+    def repository(self, repository: NotifierRepository | None) -> None:
+        self._repository = repository
+
+    # ------------------------------------------------------------ Kafka batches
+
+    def _decode(
+        self, records: Sequence[ConsumerRecord[Any, Any]], outgoing: list[Outgoing]
+    ) -> tuple[list[ContactUpdate], list[OfferIssued]]:
+        updates: list[ContactUpdate] = []
+        offers: list[OfferIssued] = []
+        for record in records:
+            value: bytes | None = record.value
+            if record.topic == CONTACTS:
+                if value is None:
+                    key = record.key.decode(errors="replace") if record.key else ""
+                    if key:
+                        updates.append((key, None))
+                    else:
+                        self._dead(record, outgoing, "missing_key", "tombstone without a key")
+                    continue
+                try:
+                    contact = ContactChanged.model_validate_json(value)
+                except ValidationError as exc:
+                    self._dead(record, outgoing, "invalid_contact", _errors(exc))
+                    continue
+                updates.append((contact.customer_id, contact))
+            elif record.topic == OFFERS:
+                if value is None:
+                    self.stats["offers_ignored"] += 1
+                    continue
+                try:
+                    offer = OfferIssued.model_validate_json(value)
+                except ValidationError as exc:
+                    kind = _type_of(value)
+                    if kind is not None and kind != "offer_issued":
+                        self.stats["offers_ignored"] += 1  # redeemed, expired...: not ours
+                    else:
+                        self._dead(record, outgoing, "invalid_offer", _errors(exc))
+                    continue
+                offers.append(offer)
+            else:
+                self._dead(record, outgoing, "unexpected_topic", f"not read: {record.topic}")
+        return updates, offers
+
+    def _dead(
+        self,
+        record: ConsumerRecord[Any, Any],
+        outgoing: list[Outgoing],
+        reason: str,
+        detail: str,
+    ) -> None:
+        self.stats[f"dead_letter_{reason}"] += 1
+        log.warning(
+            "dead_lettered",
+            reason=reason,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        letter = dead_letter(
+            service=SERVICE, record=record, reason=reason, detail=detail, now=self.clock()
+        )
+        outgoing.append(dead_letter_message(letter))
+
+    async def handle_batch(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[Outgoing]:
+        """Apply a batch of `crm.offers` and `crm.contacts` records; returns what to publish.
+
+        Returns only once every delivery of the batch is durable in a final or waiting state.
+        """
+        outgoing: list[Outgoing] = []
+        updates, offers = self._decode(records, outgoing)
+        if not updates and not offers:
+            return outgoing
+        self.stats["offers_received"] += len(offers)
+        async with self._lock:
+            repo = self.repository
+            changed = {customer_id for customer_id, _ in updates}
+            contacts = await repo.get_contacts(changed | {o.customer_id for o in offers})
+            known = await repo.get_deliveries({o.offer_id for o in offers}) if offers else {}
+            open_ = await repo.open_deliveries(changed) if changed else []
+            plan = plan_batch(
+                contact_updates=updates,
+                offers=offers,
+                contacts=contacts,
+                deliveries=known,
+                open_deliveries=open_,
+                now=self.clock(),
+                quiet=self.quiet,
+            )
+            self.stats["contacts_applied"] += len(plan.contacts)
+            self.stats["contacts_erased"] += len(plan.erased)
+            current = {**contacts, **plan.contacts}
+            for customer_id in plan.erased:
+                current.pop(customer_id, None)
+            outgoing.extend(await self._carry_out(plan, current))
+            outgoing.extend(self._outcome(d) for d in plan.replayed)
+        return outgoing
+
+    # ------------------------------------------------------------ quiet hours ended
+
+    async def run_due(self) -> list[Outgoing]:
+        """Send the deliveries whose quiet hours are over (and any left `sending` by a crash)."""
+        async with self._lock:
+            repo = self.repository
+            now = self.clock()
+            due = await repo.due_deliveries(now, self.settings.due_batch_size)
+            if not due:
+                return []
+            contacts = await repo.get_contacts({d.customer_id for d in due})
+            plan = redecide_due(due, contacts, now=now, quiet=self.quiet)
+            return await self._carry_out(plan, contacts)
+
+    # ------------------------------------------------------------ persist, send, report
+
+    async def _carry_out(self, plan: Plan, contacts: dict[str, Contact]) -> list[Outgoing]:
+        await self.repository.apply(
+            StoreChanges(
+                contacts=list(plan.contacts.values()),
+                erased=sorted(plan.erased),
+                deliveries=list(plan.deliveries.values()),
+            )
+        )
+        finals = list(plan.outcomes)
+        for delivery in plan.deliveries.values():
+            if delivery.state == "pending":
+                self.stats["deferred_quiet_hours"] += 1
+            elif delivery.state == "waiting_contact":
+                self.stats["waiting_contact"] += 1
+        to_send = [plan.deliveries[offer_id] for offer_id in plan.to_send]
+        if to_send:
+            finals.extend(await self._send(to_send, contacts))
+        for delivery in finals:
+            self.stats[f"emails_{delivery.state}"] += 1
+            if delivery.state == "suppressed":
+                self.stats[f"suppressed_{delivery.last_error}"] += 1
+        return [self._outcome(d) for d in finals]
+
+    def _outcome(self, delivery: Delivery) -> Outgoing:
+        return (DELIVERIES, delivery.customer_id.encode(), dump(outcome_event(delivery)))
+
+    async def _send(
+        self, deliveries: list[Delivery], contacts: dict[str, Contact]
+    ) -> list[Delivery]:
+        """Send every `sending` delivery, retrying temporary failures with backoff.
+
+        SMTP outcomes are persisted one by one (the duplicate window is one message);
+        outbox outcomes once at the end (re-writing a file is harmless).
+        """
+        transport = self.transport
+        per_message = not transport.idempotent
+        finals: list[Delivery] = []
+        unsaved: list[Delivery] = []
+        bounced: list[tuple[str, str]] = []
+        bounced_customers: set[str] = set()
+        remaining = deliveries
+        retry_round = 0
+        try:
+            while remaining:
+                retry: list[Delivery] = []
+                for delivery in remaining:
+                    final, address = await self._send_one(delivery, contacts, bounced_customers)
+                    if final is None:
+                        retry.append(replace(delivery, attempts=delivery.attempts + 1))
+                        continue
+                    finals.append(final)
+                    newly_bounced: list[tuple[str, str]] = []
+                    if final.state == "bounced" and address is not None:
+                        newly_bounced = [(final.customer_id, address)]
+                        bounced.extend(newly_bounced)
+                        bounced_customers.add(final.customer_id)
+                    if per_message:
+                        await self.repository.apply(
+                            StoreChanges(deliveries=[final], bounced=newly_bounced)
+                        )
+                    else:
+                        unsaved.append(final)
+                remaining = retry
+                if remaining:
+                    retry_round += 1
+                    self.stats["send_retries"] += len(remaining)
+                    delay = backoff_delay(
+                        retry_round,
+                        base=self.settings.send_backoff_base_s,
+                        cap=self.settings.send_backoff_max_s,
+                        jitter=self._jitter(),
+                    )
+                    log.info("send_retry_scheduled", deliveries=len(remaining), delay_s=delay)
+                    await self._sleep(delay)
+        finally:
+            await transport.close()
+        if unsaved:
+            await self.repository.apply(StoreChanges(deliveries=unsaved, bounced=bounced))
+        return finals
+
+    async def _send_one(
+        self, delivery: Delivery, contacts: dict[str, Contact], bounced_customers: set[str]
+    ) -> tuple[Delivery | None, str | None]:
+        """(final delivery, address used), or (None, None) to retry it."""
+        now = self.clock()
+        attempts = delivery.attempts + 1
+        contact = contacts.get(delivery.customer_id)
+        if delivery.customer_id in bounced_customers:
+            return replace(delivery, state="suppressed", last_error=BOUNCED, updated_at=now), None
+        if contact is None or contact.email is None or delivery.offer is None:
+            return replace(
+                delivery, state="failed", last_error="missing_contact", updated_at=now
+            ), None
+        try:
+            message = self.renderer.render(delivery.offer, contact, now=now)
+        except (jinja2.TemplateError, ValueError) as exc:
+            log.error("render_failed", offer_id=delivery.offer_id, error=type(exc).__name__)
+            return replace(
+                delivery, state="failed", last_error="render_error", updated_at=now
+            ), None
+        if self.transport.rate_limited:
+            wait = self._bucket.reserve(self._monotonic())
+            if wait > 0:
+                await self._sleep(wait)
+        try:
+            await self.transport.send(message, name=safe_offer_token(delivery.offer_id))
+        except PermanentFailure as exc:
+            log.info("email_bounced", offer_id=delivery.offer_id, reason=exc.reason)
+            state = replace(
+                delivery,
+                state="bounced",
+                attempts=attempts,
+                last_error=exc.reason,
+                updated_at=self.clock(),
+            )
+            return state, contact.email
+        except TemporaryFailure as exc:
+            log.info(
+                "email_deferred", offer_id=delivery.offer_id, reason=exc.reason, attempt=attempts
+            )
+            if attempts >= self.settings.send_max_attempts:
+                failed = replace(
+                    delivery,
+                    state="failed",
+                    attempts=attempts,
+                    last_error=exc.reason,
+                    updated_at=self.clock(),
+                )
+                return failed, None
+            return None, None
+        done: DeliveryStatus = "written" if self.transport.idempotent else "sent"
+        log.debug("email_" + done, offer_id=delivery.offer_id, customer_id=delivery.customer_id)
+        return replace(
+            delivery, state=done, attempts=attempts, last_error=None, updated_at=self.clock()
+        ), contact.email

@@ -1,0 +1,34 @@
+"""Settings of the notifier only: retries, sending rate and the quiet-hours poller.
+
+SMTP, outbox, public URL, keys and quiet hours are common settings in `shared.settings`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NotifierSettings(BaseSettings):
+    """How hard and how fast the notifier sends."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+
+    send_max_attempts: int = Field(
+        default=5, ge=1, description="Send attempts per e-mail before it is recorded as failed."
+    )
+    send_backoff_base_s: float = Field(
+        default=1.0, ge=0, description="First retry delay in seconds; doubles on each retry."
+    )
+    send_backoff_max_s: float = Field(
+        default=60.0, ge=0, description="Longest retry delay in seconds."
+    )
+    send_rate_per_s: float = Field(
+        default=20.0, ge=0, description="Most e-mails per second sent over SMTP; 0 = unlimited."
+    )
+    due_poll_interval_s: float = Field(
+        default=5.0, gt=0, description="How often deliveries held back by quiet hours are checked."
+    )
+    due_batch_size: int = Field(
+        default=500, ge=1, description="Most held-back deliveries sent per poll."
+    )

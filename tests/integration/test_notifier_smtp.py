@@ -1,0 +1,320 @@
+"""The notifier against a real SMTP server (aiosmtpd on a free loopback port)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import json
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from services.notifier.app import build_service
+from services.notifier.domain import message_id_for, new_delivery
+from services.notifier.service import NotifierService
+from services.notifier.settings import NotifierSettings
+from services.notifier.store import SqliteNotifierRepository, StoreChanges
+from shared.events import DeliveryRecorded, OfferIssued
+from shared.settings import CalendarSettings, KafkaSettings, Settings, SmtpSettings, StoreSettings
+from shared.store import StoreLocation
+from shared.topics import CONTACTS, DELIVERIES, OFFERS
+
+UTC = dt.UTC
+DAY = dt.datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+class ScriptedHandler:
+    """Accepts mail, but first answers RCPT with the scripted replies, or drops the link."""
+
+    def __init__(self) -> None:
+        self.received: list[EmailMessage] = []
+        self.rcpt_replies: list[str] = []
+        self.drop_next_data = False
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if self.rcpt_replies:
+            return self.rcpt_replies.pop(0)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.drop_next_data:
+            self.drop_next_data = False
+            assert server.transport is not None
+            server.transport.close()
+            return "421 closing"
+        content = envelope.original_content or b""
+        message = email.message_from_bytes(content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.received.append(message)
+        return "250 Message accepted"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[ScriptedHandler, int]]:
+    handler = ScriptedHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
+class Clock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def make_service(
+    port: int, clock: Clock, *, quiet: str = "off", attempts: int = 3
+) -> tuple[NotifierService, SqliteNotifierRepository]:
+    settings = Settings(
+        kafka=KafkaSettings(kafka_bootstrap="test:9092"),
+        store=StoreSettings(store_url="memory://"),
+        smtp=SmtpSettings(smtp_host="127.0.0.1", smtp_port=port, smtp_timeout_s=5),
+        calendar=CalendarSettings(timezone="UTC", quiet_hours=quiet),
+    )
+    repo = SqliteNotifierRepository.open(StoreLocation.parse("memory://"))
+    service = build_service(
+        settings,
+        repository=repo,
+        notifier_settings=NotifierSettings(
+            send_max_attempts=attempts,
+            send_backoff_base_s=0.01,
+            send_backoff_max_s=0.05,
+            send_rate_per_s=0,
+        ),
+        clock=clock,
+    )
+    return service, repo
+
+
+@pytest.fixture
+async def setup(
+    smtp_server: tuple[ScriptedHandler, int],
+) -> AsyncIterator[tuple[ScriptedHandler, NotifierService, SqliteNotifierRepository, Clock]]:
+    handler, port = smtp_server
+    clock = Clock(DAY)
+    service, repo = make_service(port, clock)
+    yield handler, service, repo, clock
+    await repo.close()
+
+
+_offsets = iter(range(1_000_000))
+
+
+def record(topic: str, key: str, payload: dict[str, Any] | None) -> ConsumerRecord[bytes, bytes]:
+    value = None if payload is None else json.dumps(payload).encode()
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=next(_offsets),
+        timestamp=0,
+        timestamp_type=0,
+        key=key.encode(),
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key),
+        serialized_value_size=len(value or b""),
+        headers=(),
+    )
+
+
+def contact(customer_id: str = "c-1", *, consent: bool = True, at: str = "09:00") -> Any:
+    return record(
+        CONTACTS,
+        customer_id,
+        {
+            "type": "contact_changed",
+            "customer_id": customer_id,
+            "email": f"{customer_id}@example.com",
+            "first_name": "Ana",
+            "marketing_consent": consent,
+            "home_store_id": None,
+            "changed_at": f"2026-03-02T{at}:00+00:00",
+        },
+    )
+
+
+def offer_dict(offer_id: str = "of-1", customer_id: str = "c-1") -> dict[str, Any]:
+    return {
+        "type": "offer_issued",
+        "offer_id": offer_id,
+        "customer_id": customer_id,
+        "kind": "birthday",
+        "coupon_code": f"BDAY-{offer_id.upper()}",
+        "discount_percent": "15",
+        "valid_from": "2026-03-02",
+        "valid_until": "2026-03-09",
+        "issued_at": "2026-03-02T00:00:00+00:00",
+        "template": "birthday",
+    }
+
+
+def offer(offer_id: str = "of-1", customer_id: str = "c-1") -> Any:
+    return record(OFFERS, customer_id, offer_dict(offer_id, customer_id))
+
+
+def outcomes(outgoing: list[Any]) -> list[DeliveryRecorded]:
+    return [DeliveryRecorded.model_validate_json(v) for t, _, v in outgoing if t == DELIVERIES]
+
+
+async def test_email_is_received_with_both_parts_and_the_headers(setup: Any) -> None:
+    handler, service, repo, _ = setup
+    outgoing = await service.handle_batch([contact(), offer()])
+
+    assert len(handler.received) == 1
+    message = handler.received[0]
+    assert message["Message-ID"] == "<offer-of-1@crm-stream>"
+    assert message["To"] == "c-1@example.com"
+    assert str(message["List-Unsubscribe"]).startswith("<http://localhost:8080/unsubscribe?token=")
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "birthday" in str(message["Subject"]).lower()
+    text, html = message.get_body(("plain",)), message.get_body(("html",))
+    assert text is not None
+    assert html is not None
+    assert "BDAY-OF-1" in text.get_content()
+    assert "BDAY-OF-1" in html.get_content()
+
+    [recorded] = outcomes(outgoing)
+    assert (recorded.state, recorded.attempts, recorded.message_id) == (
+        "sent",
+        1,
+        "<offer-of-1@crm-stream>",
+    )
+    assert "c-1@example.com" not in recorded.model_dump_json()
+    assert (await repo.get_deliveries(["of-1"]))["of-1"].state == "sent"
+    # Seen again after a restart: not sent again.
+    again = await service.handle_batch([offer()])
+    assert len(handler.received) == 1
+    assert [r.state for r in outcomes(again)] == ["sent"]
+
+
+async def test_temporary_refusal_is_retried_and_the_email_arrives_once(setup: Any) -> None:
+    handler, service, _repo, _ = setup
+    handler.rcpt_replies = ["451 4.3.0 Try again later"]
+    outgoing = await service.handle_batch([contact(), offer()])
+
+    assert len(handler.received) == 1
+    [recorded] = outcomes(outgoing)
+    assert (recorded.state, recorded.attempts) == ("sent", 2)
+    assert service.stats["send_retries"] == 1
+
+
+async def test_temporary_refusals_until_the_last_attempt_end_failed(setup: Any) -> None:
+    handler, service, repo, _ = setup
+    handler.rcpt_replies = ["451 4.3.0 Try again later"] * 3
+    outgoing = await service.handle_batch([contact(), offer()])
+
+    assert handler.received == []
+    [recorded] = outcomes(outgoing)
+    assert (recorded.state, recorded.attempts, recorded.reason) == (
+        "failed",
+        3,
+        "smtp_451_recipient",
+    )
+    assert (await repo.get_deliveries(["of-1"]))["of-1"].state == "failed"
+
+
+async def test_permanent_refusal_bounces_and_later_offers_are_suppressed(setup: Any) -> None:
+    handler, service, repo, _ = setup
+    handler.rcpt_replies = ["550 5.1.1 No such user"]
+    first = await service.handle_batch([contact(), offer("of-1")])
+
+    [bounced] = outcomes(first)
+    assert (bounced.state, bounced.reason) == ("bounced", "smtp_550_recipient")
+    assert (await repo.get_contacts(["c-1"]))["c-1"].bounced
+
+    later = await service.handle_batch([offer("of-2")])
+    [suppressed] = outcomes(later)
+    assert (suppressed.state, suppressed.reason) == ("suppressed", "bounced")
+    assert handler.received == []
+
+
+async def test_dropped_connection_is_retried_on_a_new_one(setup: Any) -> None:
+    handler, service, _, _ = setup
+    handler.drop_next_data = True
+    outgoing = await service.handle_batch([contact(), offer("of-1"), offer("of-2")])
+
+    assert sorted(m["Message-ID"] for m in handler.received) == [
+        "<offer-of-1@crm-stream>",
+        "<offer-of-2@crm-stream>",
+    ]
+    assert sorted((r.offer_id, r.state) for r in outcomes(outgoing)) == [
+        ("of-1", "sent"),
+        ("of-2", "sent"),
+    ]
+
+
+async def test_consent_withdrawn_before_sending_means_no_email(
+    smtp_server: tuple[ScriptedHandler, int],
+) -> None:
+    handler, port = smtp_server
+    clock = Clock(dt.datetime(2026, 3, 2, 23, 0, tzinfo=UTC))
+    service, repo = make_service(port, clock, quiet="21:00-08:00")
+    try:
+        await service.handle_batch([contact(), offer()])
+        assert (await repo.get_deliveries(["of-1"]))["of-1"].state == "pending"
+        withdrawn = await service.handle_batch([contact(consent=False, at="23:30")])
+        assert [(r.state, r.reason) for r in outcomes(withdrawn)] == [
+            ("suppressed", "consent_withdrawn")
+        ]
+        clock.now = dt.datetime(2026, 3, 3, 8, 30, tzinfo=UTC)
+        assert await service.run_due() == []
+        assert handler.received == []
+    finally:
+        await repo.close()
+
+
+async def test_held_back_email_is_sent_by_the_poll_after_quiet_hours(
+    smtp_server: tuple[ScriptedHandler, int],
+) -> None:
+    handler, port = smtp_server
+    clock = Clock(dt.datetime(2026, 3, 2, 23, 0, tzinfo=UTC))
+    service, repo = make_service(port, clock, quiet="21:00-08:00")
+    try:
+        await service.handle_batch([contact(), offer()])
+        assert handler.received == []
+        clock.now = dt.datetime(2026, 3, 3, 8, 0, 5, tzinfo=UTC)
+        [recorded] = outcomes(await service.run_due())
+        assert recorded.state == "sent"
+        assert len(handler.received) == 1
+    finally:
+        await repo.close()
+
+
+async def test_delivery_left_sending_by_a_crash_is_resent_with_the_same_message_id(
+    setup: Any,
+) -> None:
+    handler, service, repo, _ = setup
+    await service.handle_batch([contact()])
+    interrupted = replace(
+        new_delivery(OfferIssued.model_validate(offer_dict()), DAY), state="sending"
+    )
+    await repo.apply(StoreChanges(deliveries=[interrupted]))
+
+    [recorded] = outcomes(await service.run_due())
+    assert recorded.state == "sent"
+    assert [m["Message-ID"] for m in handler.received] == [message_id_for("of-1")]

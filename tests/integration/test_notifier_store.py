@@ -1,0 +1,243 @@
+"""One contract for the notifier's repositories: SQLite (file, memory) and MongoDB (emulator, real)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import mongomock.collection
+import pytest
+from mongomock_motor import AsyncMongoMockClient
+
+from services.notifier.domain import Contact, Delivery, message_id_for, new_delivery
+from services.notifier.store import (
+    MongoNotifierRepository,
+    NotifierRepository,
+    SqliteNotifierRepository,
+    StoreChanges,
+)
+from shared.events import OfferIssued
+from shared.store import StoreLocation, open_mongo
+
+UTC = dt.UTC
+T0 = dt.datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+def _docker_usable() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return (
+            subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=10, check=False
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="module")
+def real_mongo_url() -> Iterator[str]:
+    url = os.environ.get("CRM_TEST_MONGO_URL")
+    if url:
+        yield url
+        return
+    if not _docker_usable():
+        pytest.skip("real MongoDB: set CRM_TEST_MONGO_URL or make docker usable")
+    from testcontainers.mongodb import MongoDbContainer
+
+    with MongoDbContainer("mongo:7") as container:
+        yield container.get_connection_url()
+
+
+@pytest.fixture
+def emulator_bulk_compat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mongomock's bulk builder predates PyMongo 4.11's `sort` argument to ReplaceOne/UpdateOne."""
+    builder = mongomock.collection.BulkOperationBuilder
+
+    def without_sort(method: Any) -> Any:
+        def call(self: Any, *args: Any, sort: Any = None, **kwargs: Any) -> Any:
+            return method(self, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(builder, "add_replace", without_sort(builder.add_replace))
+    monkeypatch.setattr(builder, "add_update", without_sort(builder.add_update))
+
+
+@pytest.fixture(
+    params=[
+        "sqlite-file",
+        "sqlite-memory",
+        pytest.param("mongo-emulator", marks=pytest.mark.mongo),
+        pytest.param("mongo-real", marks=pytest.mark.mongo),
+    ]
+)
+async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NotifierRepository]:
+    kind = request.param
+    repository: NotifierRepository
+    if kind == "sqlite-file":
+        repository = SqliteNotifierRepository.open(StoreLocation.parse(f"sqlite:///{tmp_path}"))
+    elif kind == "sqlite-memory":
+        repository = SqliteNotifierRepository.open(StoreLocation.parse("memory://"))
+    elif kind == "mongo-emulator":
+        request.getfixturevalue("emulator_bulk_compat")
+        mongo = MongoNotifierRepository(AsyncMongoMockClient()["crm_test"])
+        await mongo.ensure_indexes()
+        repository = mongo
+    else:
+        url = request.getfixturevalue("real_mongo_url")
+        client, database = open_mongo(StoreLocation.parse(url), "crm_test")
+        name = f"crm_test_notifier_{os.getpid()}_{abs(hash(str(tmp_path)))}"
+        database = client[name]
+        real = MongoNotifierRepository(database)
+        await real.ensure_indexes()
+        yield real
+        await client.drop_database(name)
+        await client.close()
+        return
+    yield repository
+    await repository.close()
+
+
+def offer(offer_id: str, customer_id: str = "c-1") -> OfferIssued:
+    return OfferIssued.model_validate(
+        {
+            "offer_id": offer_id,
+            "customer_id": customer_id,
+            "kind": "frequent_item",
+            "coupon_code": f"CPN-{offer_id}",
+            "discount_percent": "12.50",
+            "sku": "MILK-1L",
+            "product_name": "Milk 1 l",
+            "valid_from": "2026-03-02",
+            "valid_until": "2026-03-16",
+            "issued_at": "2026-03-02T10:00:00+00:00",
+            "template": "frequent_item",
+        }
+    )
+
+
+def contact(customer_id: str = "c-1", **changes: Any) -> Contact:
+    base = Contact(
+        customer_id=customer_id,
+        email=f"{customer_id}@example.com",
+        first_name="Ana",
+        marketing_consent=True,
+        home_store_id="S001",
+        changed_at=T0,
+    )
+    return replace(base, **changes)
+
+
+def delivery(
+    offer_id: str, state: Any = "waiting_contact", customer_id: str = "c-1", **changes: Any
+) -> Delivery:
+    return replace(new_delivery(offer(offer_id, customer_id), T0), state=state, **changes)
+
+
+async def test_contacts_round_trip_and_unknown_ids_are_absent(repo: NotifierRepository) -> None:
+    await repo.apply(StoreChanges(contacts=[contact("c-1"), contact("c-2", email=None)]))
+    found = await repo.get_contacts(["c-1", "c-2", "c-3"])
+    assert found == {"c-1": contact("c-1"), "c-2": contact("c-2", email=None)}
+
+
+async def test_deliveries_round_trip_with_the_offer_exact(repo: NotifierRepository) -> None:
+    held = delivery("of-1", "pending", not_before=T0 + dt.timedelta(hours=8), attempts=2)
+    await repo.apply(StoreChanges(deliveries=[held, delivery("of-2")]))
+    found = await repo.get_deliveries(["of-1", "of-2", "of-3"])
+    assert found["of-1"] == held
+    assert found["of-1"].offer is not None
+    assert str(found["of-1"].offer.discount_percent) == "12.50"
+    assert found["of-2"].message_id == message_id_for("of-2")
+    assert set(found) == {"of-1", "of-2"}
+
+
+async def test_reapplying_the_same_changes_changes_nothing(repo: NotifierRepository) -> None:
+    changes = StoreChanges(
+        contacts=[contact()], deliveries=[delivery("of-1"), delivery("of-2", "sent")]
+    )
+    await repo.apply(changes)
+    before = (await repo.get_contacts(["c-1"]), await repo.get_deliveries(["of-1", "of-2"]))
+    await repo.apply(changes)
+    after = (await repo.get_contacts(["c-1"]), await repo.get_deliveries(["of-1", "of-2"]))
+    assert before == after
+
+
+async def test_open_deliveries_are_the_unfinished_ones_of_the_customers(
+    repo: NotifierRepository,
+) -> None:
+    await repo.apply(
+        StoreChanges(
+            deliveries=[
+                delivery("of-1", "waiting_contact"),
+                delivery("of-2", "pending", not_before=T0),
+                delivery("of-3", "sending"),
+                delivery("of-4", "sent"),
+                delivery("of-5", "suppressed", last_error="no_consent"),
+                delivery("of-6", "pending", customer_id="c-2", not_before=T0),
+            ]
+        )
+    )
+    found = await repo.open_deliveries(["c-1"])
+    assert sorted(d.offer_id for d in found) == ["of-1", "of-2", "of-3"]
+    assert await repo.open_deliveries(["c-9"]) == []
+
+
+async def test_due_deliveries_are_pending_past_their_time_and_interrupted_sends(
+    repo: NotifierRepository,
+) -> None:
+    later = T0 + dt.timedelta(hours=1)
+    await repo.apply(
+        StoreChanges(
+            deliveries=[
+                delivery("of-1", "pending", not_before=T0),
+                delivery("of-2", "pending", not_before=later),
+                delivery("of-3", "sending"),
+                delivery("of-4", "waiting_contact"),
+                delivery("of-5", "sent"),
+            ]
+        )
+    )
+    due = await repo.due_deliveries(T0, limit=10)
+    assert sorted(d.offer_id for d in due) == ["of-1", "of-3"]
+    assert len(await repo.due_deliveries(later, limit=10)) == 3
+    assert len(await repo.due_deliveries(later, limit=2)) == 2
+
+
+async def test_erasure_deletes_the_contact(repo: NotifierRepository) -> None:
+    await repo.apply(StoreChanges(contacts=[contact("c-1"), contact("c-2")]))
+    await repo.apply(StoreChanges(erased=["c-1"]))
+    assert set(await repo.get_contacts(["c-1", "c-2"])) == {"c-2"}
+
+
+async def test_bounce_marks_the_contact_only_while_the_address_is_the_same(
+    repo: NotifierRepository,
+) -> None:
+    await repo.apply(StoreChanges(contacts=[contact("c-1"), contact("c-2")]))
+    await repo.apply(StoreChanges(bounced=[("c-1", "c-1@example.com"), ("c-2", "old@example.com")]))
+    found = await repo.get_contacts(["c-1", "c-2"])
+    assert found["c-1"].bounced
+    assert not found["c-2"].bounced
+
+
+async def test_query_like_ids_are_plain_data(repo: NotifierRepository) -> None:
+    await repo.apply(StoreChanges(contacts=[contact("c-1")], deliveries=[delivery("of-1")]))
+    hostile = ['{"$gt": ""}', "' OR 1=1 --", "*"]
+    assert await repo.get_contacts(hostile) == {}
+    assert await repo.get_deliveries(hostile) == {}
+    assert await repo.open_deliveries(hostile) == []
+
+
+async def test_large_id_sets_are_read_in_chunks(repo: NotifierRepository) -> None:
+    many = [delivery(f"of-{i}") for i in range(600)]
+    await repo.apply(StoreChanges(deliveries=many))
+    found = await repo.get_deliveries([d.offer_id for d in many])
+    assert len(found) == 600
