@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov pins libraries the app uses too, so it lives in a venv of its own
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install tools demo test lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -14,10 +17,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(TOOLS_STAMP):
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet 'checkov>=3.2,<4'
+	touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP)
+
 demo: install
 	$(BIN)/crm demo
 
-test: install lint typecheck pytest
+test: install tools lint typecheck pytest
 
 lint: install
 	$(BIN)/ruff check .
@@ -33,4 +44,4 @@ bench: install
 	$(BIN)/crm bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .crm-demo outbox test-output
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache .crm-demo outbox test-output

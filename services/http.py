@@ -29,19 +29,26 @@ from shared.topics import SERVICE_TOPICS
 
 log = get_logger(__name__)
 
-# stats key prefix -> (metric, label name); anything else goes to crm_service_events_total.
-_FAMILIES: tuple[tuple[str, str, str, str], ...] = (
-    ("dead_lettered_", "crm_dead_lettered", "reason", "Messages dead-lettered, by reason."),
-    ("issued_", "crm_offers_issued", "kind", "Offers issued, by kind."),
-    ("suppressed_", "crm_offers_suppressed", "reason", "Offers or e-mails suppressed, by reason."),
-    ("email_", "crm_emails", "outcome", "E-mails by outcome."),
+# stats key prefix -> metric family; anything else goes to crm_service_events_total.
+_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("dead_lettered_", "crm_dead_lettered"),
+    ("dead_letter_", "crm_dead_lettered"),
+    ("issued_", "crm_offers_issued"),
+    ("suppressed_", "crm_suppressed"),
+    ("emails_", "crm_emails"),
 )
+_FAMILIES: dict[str, tuple[str, str]] = {
+    "crm_dead_lettered": ("reason", "Messages dead-lettered, by reason."),
+    "crm_offers_issued": ("kind", "Offers issued, by kind."),
+    "crm_suppressed": ("reason", "Offers or e-mails suppressed, by reason."),
+    "crm_emails": ("outcome", "E-mails by final outcome."),
+}
 _LABEL = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def _stats_of(app: FastStream) -> Counter[str] | None:
-    state: Mapping[str, Any] = getattr(app, "state", {})
-    service = state.get("service")
+def _stats_of(name: str, app: FastStream) -> Counter[str] | None:
+    """Every service's app keeps its service object in the context as `<name>_service`."""
+    service = app.context.get(f"{name}_service")
     stats = getattr(service, "stats", None)
     return stats if isinstance(stats, Counter) else None
 
@@ -54,20 +61,21 @@ class ServiceStatsCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         families = {
-            prefix: CounterMetricFamily(name, help_text, labels=["service", label])
-            for prefix, name, label, help_text in _FAMILIES
+            metric: CounterMetricFamily(metric, help_text, labels=["service", label])
+            for metric, (label, help_text) in _FAMILIES.items()
         }
         other = CounterMetricFamily(
             "crm_service_events", "Other service counters, by event.", labels=["service", "event"]
         )
         for name, app in self._apps.items():
-            stats = _stats_of(app)
+            stats = _stats_of(name, app)
             if not stats:
                 continue
             for key, value in sorted(stats.items()):
-                for prefix, family in families.items():
+                for prefix, metric in _PREFIXES:
                     if key.startswith(prefix):
-                        family.add_metric([name, _LABEL.sub("_", key[len(prefix) :])], value)
+                        label = _LABEL.sub("_", key[len(prefix) :])
+                        families[metric].add_metric([name, label], value)
                         break
                 else:
                     other.add_metric([name, _LABEL.sub("_", key)], value)

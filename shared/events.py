@@ -153,6 +153,11 @@ class ProfileChanged(Event):
     marketing_consent: bool = Field(description="Consent in force.")
     has_email: bool = Field(description="Whether an e-mail address is known.")
     erased: bool = Field(default=False, description="Whether the customer was erased.")
+    merged_into: str | None = Field(
+        default=None,
+        description="Set when a card link merged this customer into another profile: the "
+        "customer no longer exists on its own.",
+    )
     birth_date: dt.date | None = Field(default=None, description="Date of birth.")
     first_purchase_at: AwareDatetime | None = Field(default=None, description="First purchase.")
     last_purchase_at: AwareDatetime | None = Field(default=None, description="Latest purchase.")

@@ -226,7 +226,9 @@ async def ensure_topics(
             if spec.retention_days is not None:
                 configs["retention.ms"] = str(spec.retention_days * 86_400_000)
             partitions = 1 if spec.partitions == 1 else settings.topic_partitions
-            new.append(NewTopic(spec.name, partitions, 1, topic_configs=configs))
+            new.append(
+                NewTopic(spec.name, partitions, settings.topic_replication, topic_configs=configs)
+            )
         if new:
             await admin.create_topics(new)
             log.info("topics_created", topics=[t.name for t in new])

@@ -44,6 +44,9 @@ class KafkaSettings(_Env):
     topic_partitions: int = Field(
         default=6, ge=1, description="Partitions of topics `crm` creates (clock has 1)."
     )
+    topic_replication: int = Field(
+        default=1, ge=1, description="Replication factor of topics `crm` creates (3 in production)."
+    )
     batch_max_records: int = Field(
         default=1000, ge=1, description="Most records a service takes from Kafka in one batch."
     )

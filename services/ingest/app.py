@@ -17,6 +17,9 @@ from shared.topics import GROUP_INGEST, RAW_TOPICS
 
 log = get_logger(__name__)
 
+SERVICE_KEY = "ingest_service"
+"""Where the app's context holds the IngestService."""
+
 
 def create_app(
     settings: Settings | None = None,
@@ -37,6 +40,7 @@ def create_app(
             card_key=settings.privacy.card_key.get_secret_value().encode(),
             calendar=settings.calendar,
         )
+        app.context.set_global(SERVICE_KEY, holder["service"])
         return holder["service"]
 
     if repository is not None:
@@ -64,5 +68,10 @@ def create_app(
         if repository is None and "service" in holder:
             await holder["service"].repository.close()
 
-    app.state = holder  # type: ignore[attr-defined]
     return app
+
+
+def service_of(app: FastStream) -> IngestService:
+    """The app's IngestService (for metrics and tests)."""
+    service: IngestService = app.context.get(SERVICE_KEY)
+    return service

@@ -260,7 +260,8 @@ class OfferEngine:
 
     def customer_from(self, event: ProfileChanged) -> CustomerRecord:
         """The read-model record a profile change leaves; an erased customer keeps only the flag."""
-        if event.erased:
+        if event.erased or event.merged_into:
+            # A merged customer lives on under the other id: it gets no offers of its own.
             return CustomerRecord(customer_id=event.customer_id, erased=True)
         zone = self._calendar.zone_of(event.home_store_id)
         birth = event.birth_date

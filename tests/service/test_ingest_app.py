@@ -9,7 +9,7 @@ import pytest
 from faststream.kafka import TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from services.ingest.app import create_app
+from services.ingest.app import create_app, service_of
 from services.ingest.store import SqliteIngestRepository
 from shared.events import NORMALIZED_EVENT, DeadLetter, PurchaseRecorded
 from shared.settings import KafkaSettings, Settings, StoreSettings
@@ -77,7 +77,7 @@ async def test_duplicate_swipe_is_published_once(app, collected) -> None:  # typ
         await broker.publish_batch(checkout("e-2"), checkout("e-2"), topic=CHECKOUTS_RAW)
     ids = [json.loads(body)["event_id"] for _, body in collected[EVENTS]]
     assert ids == ["e-1", "e-2"]
-    assert app.state["service"].stats["duplicates"] == 2
+    assert service_of(app).stats["duplicates"] == 2
 
 
 async def test_broken_input_is_dead_lettered_with_reason_and_masked_card(app, collected) -> None:  # type: ignore[no-untyped-def]

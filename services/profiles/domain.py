@@ -1,0 +1,804 @@
+"""The customer profile and how normalized events fold into it: pure code, no I/O.
+
+One `CustomerProfile` document per customer. A document is one of three things:
+- a live profile (the usual case);
+- a tombstone (`erased=True`): no personal data and no history, only what is needed to
+  ignore later events (`erased_at`, `recent_event_ids`);
+- an alias (`merged_into` set): this customer's card was linked into another profile, and
+  every later event addressed to this customer is applied to the target.
+
+`ProfileBook` holds the documents of one batch in memory and applies events in order;
+the service loads the documents before and saves `book.changed()` after, in one call each.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
+
+from shared.events import (
+    CardLinked,
+    ConsentChanged,
+    ContactChanged,
+    CustomerErased,
+    CustomerSignedUp,
+    CustomerUpdated,
+    InteractionRecorded,
+    NormalizedEvent,
+    ProfileChanged,
+    PurchaseRecorded,
+    PurchaseSummary,
+)
+
+UNCATEGORIZED = "uncategorized"
+"""Category bucket of lines sent without a category."""
+
+_CENT = Decimal("0.01")
+_ZERO = Decimal(0)
+
+
+# ---------------------------------------------------------------- the document
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# The parts below are many per profile and change on every checkout: plain slotted
+# dataclasses are several times cheaper to build and update than models; pydantic still
+# validates and serializes them as part of `CustomerProfile`.
+
+
+@dataclass(slots=True)
+class SkuStats:
+    """What a customer bought of one SKU."""
+
+    name: Annotated[str | None, Field(description="Latest product name seen.")] = None
+    category: Annotated[str | None, Field(description="Latest category seen.")] = None
+    quantity: Annotated[Decimal, Field(description="Units (or weight) bought.")] = _ZERO
+    spend: Annotated[Decimal, Field(description="Money spent on it.")] = _ZERO
+    checkouts: Annotated[int, Field(description="Distinct checkouts containing it.")] = 0
+    last_bought_at: Annotated[AwareDatetime | None, Field(description="Latest checkout.")] = None
+
+
+@dataclass(slots=True)
+class CategoryStats:
+    """What a customer bought in one category."""
+
+    quantity: Annotated[Decimal, Field(description="Units (or weight) bought.")] = _ZERO
+    spend: Annotated[Decimal, Field(description="Money spent in it.")] = _ZERO
+    checkouts: Annotated[int, Field(description="Distinct checkouts with a line in it.")] = 0
+
+
+@dataclass(slots=True)
+class RecentPurchase:
+    """One of the latest checkouts, for the call-centre view."""
+
+    event_id: Annotated[str, Field(description="The checkout's event id.")]
+    at: Annotated[AwareDatetime, Field(description="When it happened.")]
+    store_id: Annotated[str, Field(description="Store of the checkout.")]
+    total: Annotated[Decimal, Field(description="Basket total.")]
+    lines: Annotated[int, Field(description="Number of basket lines.")]
+    skus: Annotated[list[str], Field(description="Distinct SKUs of the basket.")]
+
+
+@dataclass(slots=True)
+class HistoryEntry:
+    """A checkout within the history window (used by the frequent-item rule)."""
+
+    at: Annotated[AwareDatetime, Field(description="When it happened.")]
+    event_id: Annotated[str, Field(description="The checkout's event id.")]
+    skus: Annotated[list[str], Field(description="Distinct SKUs of the basket.")]
+
+
+@dataclass(slots=True)
+class InteractionEntry:
+    """One of the latest interactions."""
+
+    event_id: Annotated[str, Field(description="The interaction's event id.")]
+    type: Annotated[str, Field(description="Interaction type.")]
+    channel: Annotated[str | None, Field(description="Channel.")]
+    at: Annotated[AwareDatetime, Field(description="When it happened.")]
+    details: Annotated[
+        dict[str, str | int | float | bool | None], Field(description="Details as sent.")
+    ] = field(default_factory=dict)
+
+
+class Favourite(_Part):
+    """A product or category ranked by checkouts, then spend."""
+
+    key: str = Field(description="SKU or category.")
+    checkouts: int = Field(description="Distinct checkouts.")
+    spend: Decimal = Field(description="Money spent.")
+
+
+Segment = Literal[
+    "prospect", "champions", "loyal", "new", "active", "at_risk", "hibernating", "erased"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RfmThresholds:
+    """Fixed RFM thresholds (no quintiles: a profile's segment never depends on other customers).
+
+    Checked in this order, the first that matches wins:
+    - `erased`: the customer was erased; `prospect`: no purchase yet;
+    - `champions`: last purchase <= 30 days ago, >= 10 checkouts and >= 500 spent;
+    - `loyal`: last purchase <= 60 days ago and >= 5 checkouts;
+    - `new`: first purchase <= 30 days ago;
+    - `active`: last purchase <= 90 days ago;
+    - `at_risk`: >= 5 checkouts and last purchase <= 365 days ago;
+    - `hibernating`: everyone else.
+    """
+
+    champion_recency_days: int = 30
+    champion_frequency: int = 10
+    champion_monetary: Decimal = Decimal(500)
+    loyal_recency_days: int = 60
+    loyal_frequency: int = 5
+    new_days: int = 30
+    active_recency_days: int = 90
+    at_risk_frequency: int = 5
+    at_risk_recency_days: int = 365
+
+
+DEFAULT_RFM = RfmThresholds()
+
+
+class CustomerProfile(_Part):
+    """Everything crm-stream knows of one customer, as stored (Decimal as string in JSON)."""
+
+    customer_id: str = Field(description="Pseudonymous customer id.")
+    card_ids: list[str] = Field(default_factory=list, description="Keyed hashes of its cards.")
+    registered: bool = Field(default=False, description="Whether the customer signed up.")
+    registered_at: AwareDatetime | None = Field(default=None, description="Time of sign-up.")
+    email: str | None = Field(default=None, description="E-mail address.")
+    first_name: str | None = Field(default=None, description="First name.")
+    birth_date: dt.date | None = Field(default=None, description="Date of birth.")
+    marketing_consent: bool = Field(default=False, description="Opt-in to marketing.")
+    preferred_store_id: str | None = Field(
+        default=None, description="Home store the customer chose (wins over the visits)."
+    )
+    signup_store_id: str | None = Field(default=None, description="Store of the sign-up.")
+    home_store_id: str | None = Field(
+        default=None, description="Chosen store, else store of most visits, else sign-up store."
+    )
+    first_purchase_at: AwareDatetime | None = Field(default=None, description="First checkout.")
+    last_purchase_at: AwareDatetime | None = Field(default=None, description="Latest checkout.")
+    visits: int = Field(default=0, description="Distinct checkouts.")
+    total_spend: Decimal = Field(default=_ZERO, description="Sum of the checkouts' totals.")
+    skus: dict[str, SkuStats] = Field(default_factory=dict, description="Per SKU bought.")
+    categories: dict[str, CategoryStats] = Field(
+        default_factory=dict, description="Per category bought."
+    )
+    stores: dict[str, int] = Field(default_factory=dict, description="Visits per store.")
+    recent_purchases: list[RecentPurchase] = Field(
+        default_factory=list, description="Latest checkouts, oldest first."
+    )
+    sku_history: list[HistoryEntry] = Field(
+        default_factory=list, description="Checkouts within the history window, oldest first."
+    )
+    interactions: dict[str, int] = Field(default_factory=dict, description="Count per type.")
+    latest_interactions: list[InteractionEntry] = Field(
+        default_factory=list, description="Latest interactions, oldest first."
+    )
+    coupons_redeemed: list[str] = Field(
+        default_factory=list, description="Coupon codes listed at checkouts, first seen first."
+    )
+    recent_event_ids: list[str] = Field(
+        default_factory=list, description="Latest applied event ids: the idempotency guard."
+    )
+    erased: bool = Field(default=False, description="Whether this is an erasure tombstone.")
+    erased_at: AwareDatetime | None = Field(
+        default=None, description="Time of the latest erasure (kept after a new sign-up)."
+    )
+    merged_into: str | None = Field(default=None, description="Alias: the profile it feeds.")
+    merged_from: list[str] = Field(
+        default_factory=list, description="Customers merged into this profile (now aliases)."
+    )
+    version: int = Field(default=0, description="Incremented per write.")
+
+    @computed_field(description="total_spend / visits, to the cent.")  # type: ignore[prop-decorator]
+    @property
+    def average_spend(self) -> Decimal:
+        if self.visits == 0:
+            return _ZERO
+        return (self.total_spend / self.visits).quantize(_CENT)
+
+    @property
+    def is_alias(self) -> bool:
+        return self.merged_into is not None
+
+    @property
+    def frequency(self) -> int:
+        return self.visits
+
+    @property
+    def monetary(self) -> Decimal:
+        return self.total_spend
+
+    def recency_days(self, today: dt.date) -> int | None:
+        """Days from the last purchase (UTC date) to `today`; None without purchases."""
+        if self.last_purchase_at is None:
+            return None
+        return (today - self.last_purchase_at.date()).days
+
+    def segment(self, today: dt.date, thresholds: RfmThresholds = DEFAULT_RFM) -> Segment:
+        """RFM segment with fixed thresholds (see `RfmThresholds`)."""
+        if self.erased:
+            return "erased"
+        recency = self.recency_days(today)
+        if recency is None or self.first_purchase_at is None:
+            return "prospect"
+        t = thresholds
+        if (
+            recency <= t.champion_recency_days
+            and self.visits >= t.champion_frequency
+            and self.total_spend >= t.champion_monetary
+        ):
+            return "champions"
+        if recency <= t.loyal_recency_days and self.visits >= t.loyal_frequency:
+            return "loyal"
+        if (today - self.first_purchase_at.date()).days <= t.new_days:
+            return "new"
+        if recency <= t.active_recency_days:
+            return "active"
+        if self.visits >= t.at_risk_frequency and recency <= t.at_risk_recency_days:
+            return "at_risk"
+        return "hibernating"
+
+    def favourite_products(self, limit: int = 5) -> list[Favourite]:
+        """Top SKUs by checkouts, then spend, then SKU."""
+        ranked = sorted(self.skus.items(), key=lambda kv: (-kv[1].checkouts, -kv[1].spend, kv[0]))
+        return [Favourite(key=k, checkouts=s.checkouts, spend=s.spend) for k, s in ranked[:limit]]
+
+    def favourite_categories(self, limit: int = 5) -> list[Favourite]:
+        """Top categories by checkouts, then spend, then name."""
+        ranked = sorted(
+            self.categories.items(), key=lambda kv: (-kv[1].checkouts, -kv[1].spend, kv[0])
+        )
+        return [Favourite(key=k, checkouts=s.checkouts, spend=s.spend) for k, s in ranked[:limit]]
+
+    def birth_md(self) -> str | None:
+        """`MM-DD` of the birthday, for the birthday index."""
+        return self.birth_date.strftime("%m-%d") if self.birth_date else None
+
+    def first_purchase_on(self) -> str | None:
+        return self.first_purchase_at.date().isoformat() if self.first_purchase_at else None
+
+    def last_purchase_on(self) -> str | None:
+        return self.last_purchase_at.date().isoformat() if self.last_purchase_at else None
+
+
+def tombstone(
+    customer_id: str, erased_at: dt.datetime, *, keep: CustomerProfile
+) -> CustomerProfile:
+    """An erased customer's document: nothing personal, no history."""
+    return CustomerProfile(
+        customer_id=customer_id,
+        erased=True,
+        erased_at=erased_at,
+        recent_event_ids=keep.recent_event_ids,
+        version=keep.version,
+    )
+
+
+# ---------------------------------------------------------------- folding
+
+
+@dataclass(frozen=True, slots=True)
+class FoldOptions:
+    """Bounds of the profile's lists."""
+
+    history_days: int = 30
+    recent_event_ids: int = 1000
+    recent_purchases: int = 20
+    latest_interactions: int = 20
+
+
+Status = Literal["applied", "duplicate", "anonymous", "ignored_erased"]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What applying one event did, and what to tell the other services."""
+
+    status: Status
+    customer_id: str | None = None
+    profile_changed: ProfileChanged | None = None
+    contacts: list[tuple[str, ContactChanged | None]] = field(default_factory=list)
+    """(customer id, contact details); None is a tombstone."""
+    also_changed: list[ProfileChanged] = field(default_factory=list)
+    """Other profiles the event changed: a merged customer, now an alias."""
+    merged: bool = False
+
+
+_ContactKey = tuple[str | None, str | None, bool, str | None]
+
+
+def _contact_key(p: CustomerProfile) -> _ContactKey:
+    return (p.email, p.first_name, p.marketing_consent, p.home_store_id)
+
+
+def _update_home_store(p: CustomerProfile) -> None:
+    if p.preferred_store_id is not None:
+        p.home_store_id = p.preferred_store_id
+        return
+    if p.stores:
+        best = max(p.stores.values())
+        if p.home_store_id in p.stores and p.stores[p.home_store_id] == best:
+            return  # a tie keeps the current home store
+        p.home_store_id = min(s for s, n in p.stores.items() if n == best)
+        return
+    p.home_store_id = p.signup_store_id
+
+
+def _min(a: dt.datetime | None, b: dt.datetime | None) -> dt.datetime | None:
+    if a is None:
+        return b
+    return a if b is None or a <= b else b
+
+
+def _max(a: dt.datetime | None, b: dt.datetime | None) -> dt.datetime | None:
+    if a is None:
+        return b
+    return a if b is None or a >= b else b
+
+
+_T = TypeVar("_T")
+_Entry = TypeVar("_Entry", RecentPurchase, HistoryEntry, InteractionEntry)
+
+
+def _keep_latest(items: list[_T], limit: int) -> list[_T]:
+    return items[-limit:] if len(items) > limit else items
+
+
+class ProfileBook:
+    """The documents of one batch, and the ordered application of its events.
+
+    Pure: the caller loads the documents (`needs()` tells which ids, `add()` takes them),
+    applies the events, then saves `changed()`.
+    """
+
+    def __init__(self, options: FoldOptions | None = None) -> None:
+        self.options = options or FoldOptions()
+        self._docs: dict[str, CustomerProfile] = {}
+        self._seen: dict[str, set[str]] = {}
+        self._dirty: set[str] = set()
+        self._asked: set[str] = set()
+
+    # -- loading
+
+    @staticmethod
+    def ids_of(events: Iterable[NormalizedEvent]) -> set[str]:
+        """Customer ids the events are addressed to (and profiles they merge)."""
+        ids: set[str] = set()
+        for event in events:
+            if event.customer_id is not None:
+                ids.add(event.customer_id)
+            if isinstance(event, CardLinked) and event.merged_customer_id:
+                ids.add(event.merged_customer_id)
+        return ids
+
+    def add(self, asked: Iterable[str], documents: Mapping[str, CustomerProfile]) -> None:
+        """Record what the store returned for `asked` ids (missing ones are new customers)."""
+        self._asked.update(asked)
+        for customer_id, doc in documents.items():
+            self._docs.setdefault(customer_id, doc)
+
+    def needs(self) -> set[str]:
+        """Alias targets not loaded yet (follow them before applying)."""
+        return {
+            doc.merged_into
+            for doc in self._docs.values()
+            if doc.merged_into is not None and doc.merged_into not in self._asked
+        }
+
+    def get(self, customer_id: str) -> CustomerProfile | None:
+        return self._docs.get(customer_id)
+
+    def resolve(self, customer_id: str) -> str:
+        """The customer id whose profile receives events addressed to `customer_id`."""
+        seen = {customer_id}
+        doc = self._docs.get(customer_id)
+        while doc is not None and doc.merged_into is not None and doc.merged_into not in seen:
+            customer_id = doc.merged_into
+            seen.add(customer_id)
+            doc = self._docs.get(customer_id)
+        return customer_id
+
+    def changed(self) -> list[CustomerProfile]:
+        """The documents to save, each with its version incremented (one write each)."""
+        out = []
+        for customer_id in sorted(self._dirty):
+            doc = self._docs[customer_id]
+            out.append(doc.model_copy(update={"version": doc.version + 1}))
+        return out
+
+    # -- applying
+
+    def _seen_ids(self, doc: CustomerProfile) -> set[str]:
+        seen = self._seen.get(doc.customer_id)
+        if seen is None:
+            seen = self._seen[doc.customer_id] = set(doc.recent_event_ids)
+        return seen
+
+    def _remember(self, doc: CustomerProfile, event_id: str) -> None:
+        doc.recent_event_ids.append(event_id)
+        self._seen_ids(doc).add(event_id)
+        limit = self.options.recent_event_ids
+        if len(doc.recent_event_ids) > limit:
+            doc.recent_event_ids = doc.recent_event_ids[-limit:]
+            self._seen[doc.customer_id] = set(doc.recent_event_ids)
+
+    def _put(self, doc: CustomerProfile) -> None:
+        self._docs[doc.customer_id] = doc
+        self._seen.pop(doc.customer_id, None)
+        self._dirty.add(doc.customer_id)
+
+    def apply(self, event: NormalizedEvent) -> Outcome:
+        """Fold one event into its profile."""
+        if event.customer_id is None:
+            return Outcome("anonymous")
+        target = self.resolve(event.customer_id)
+        doc = self._docs.get(target)
+        if doc is not None and event.event_id in self._seen_ids(doc):
+            return Outcome("duplicate", target)
+        if doc is not None and doc.erased_at is not None and event.occurred_at <= doc.erased_at:
+            return Outcome("ignored_erased", target)  # happened before the erasure
+        if doc is not None and doc.erased:
+            if not isinstance(event, CustomerSignedUp):
+                return Outcome("ignored_erased", target)
+            # A sign-up after the erasure starts a new profile.
+            doc = CustomerProfile(
+                customer_id=target,
+                erased_at=doc.erased_at,
+                recent_event_ids=doc.recent_event_ids,
+                version=doc.version,
+            )
+            self._put(doc)
+        if doc is None:
+            doc = CustomerProfile(customer_id=target)
+            self._put(doc)
+        before = _contact_key(doc)
+        outcome = Outcome("applied", target)
+        purchase: PurchaseSummary | None = None
+        sku_checkouts: dict[str, tuple[dt.datetime, ...]] = {}
+        match event:
+            case PurchaseRecorded():
+                purchase, sku_checkouts = self._purchase(doc, event)
+            case CustomerSignedUp():
+                self._signup(doc, event)
+            case CustomerUpdated():
+                self._update(doc, event)
+            case ConsentChanged():
+                doc.marketing_consent = event.marketing_consent
+            case InteractionRecorded():
+                self._interaction(doc, event)
+            case CardLinked():
+                self._link(doc, event, outcome)
+            case CustomerErased():
+                return self._erase(doc, event, outcome)
+        self._remember(doc, event.event_id)
+        self._dirty.add(target)
+        # Built without re-validation: every value comes from validated events and documents
+        # (this runs once per event on the hot path).
+        outcome.profile_changed = ProfileChanged.model_construct(
+            customer_id=target,
+            cause_event_id=event.event_id,
+            cause_type=event.type,
+            occurred_at=event.occurred_at,
+            marketing_consent=doc.marketing_consent,
+            has_email=doc.email is not None,
+            birth_date=doc.birth_date,
+            first_purchase_at=doc.first_purchase_at,
+            last_purchase_at=doc.last_purchase_at,
+            visits=doc.visits,
+            home_store_id=doc.home_store_id,
+            purchase=purchase,
+            sku_checkouts=sku_checkouts,
+        )
+        after = _contact_key(doc)
+        if after != before and (doc.email is not None or before[0] is not None):
+            outcome.contacts.append((target, self._contact(doc, event.occurred_at)))
+        return outcome
+
+    @staticmethod
+    def _contact(doc: CustomerProfile, at: dt.datetime) -> ContactChanged:
+        return ContactChanged(
+            customer_id=doc.customer_id,
+            email=doc.email,
+            first_name=doc.first_name,
+            marketing_consent=doc.marketing_consent,
+            home_store_id=doc.home_store_id,
+            changed_at=at,
+        )
+
+    def _add_card(self, doc: CustomerProfile, card_id: str | None) -> None:
+        if card_id is not None and card_id not in doc.card_ids:
+            doc.card_ids.append(card_id)
+
+    def _purchase(
+        self, doc: CustomerProfile, event: PurchaseRecorded
+    ) -> tuple[PurchaseSummary, dict[str, tuple[dt.datetime, ...]]]:
+        at = event.occurred_at
+        self._add_card(doc, event.card_id)
+        doc.first_purchase_at = _min(doc.first_purchase_at, at)
+        doc.last_purchase_at = _max(doc.last_purchase_at, at)
+        doc.visits += 1
+        doc.total_spend += event.total
+        doc.stores[event.store_id] = doc.stores.get(event.store_id, 0) + 1
+        products: dict[str, str | None] = {}
+        basket_categories: set[str] = set()
+        for line in event.lines:
+            stats = doc.skus.get(line.sku)
+            if stats is None:
+                stats = doc.skus[line.sku] = SkuStats()
+            stats.quantity += line.quantity
+            stats.spend += line.amount
+            if line.sku not in products:
+                stats.checkouts += 1
+                products[line.sku] = line.name
+            elif line.name is not None:
+                products[line.sku] = line.name
+            if stats.last_bought_at is None or at >= stats.last_bought_at:
+                stats.last_bought_at = at
+                stats.name = line.name or stats.name
+                stats.category = line.category or stats.category
+            else:
+                stats.name = stats.name or line.name
+                stats.category = stats.category or line.category
+            category = line.category or UNCATEGORIZED
+            cat = doc.categories.get(category)
+            if cat is None:
+                cat = doc.categories[category] = CategoryStats()
+            cat.quantity += line.quantity
+            cat.spend += line.amount
+            if category not in basket_categories:
+                basket_categories.add(category)
+                cat.checkouts += 1
+        for code in event.coupons:
+            if code not in doc.coupons_redeemed:
+                doc.coupons_redeemed.append(code)
+        skus = sorted(products)
+        recent = RecentPurchase(
+            event_id=event.event_id,
+            at=at,
+            store_id=event.store_id,
+            total=event.total,
+            lines=len(event.lines),
+            skus=skus,
+        )
+        _insert_by_time(doc.recent_purchases, recent)
+        doc.recent_purchases = _keep_latest(doc.recent_purchases, self.options.recent_purchases)
+        self._record_history(doc, HistoryEntry(at=at, event_id=event.event_id, skus=skus))
+        _update_home_store(doc)
+        summary = PurchaseSummary.model_construct(
+            event_id=event.event_id,
+            store_id=event.store_id,
+            total=event.total,
+            coupons=event.coupons,
+            products=products,
+            card_id=event.card_id,
+        )
+        return summary, _sku_checkouts(doc.sku_history, products, event.event_id, at)
+
+    def _record_history(self, doc: CustomerProfile, entry: HistoryEntry) -> None:
+        history = doc.sku_history
+        newest = max(entry.at, history[-1].at) if history else entry.at
+        cutoff = newest - dt.timedelta(days=self.options.history_days)
+        if entry.at >= cutoff:
+            _insert_by_time(history, entry)
+        if history and history[0].at < cutoff:
+            doc.sku_history = [h for h in history if h.at >= cutoff]
+
+    def _signup(self, doc: CustomerProfile, event: CustomerSignedUp) -> None:
+        self._add_card(doc, event.card_id)
+        doc.registered = True
+        doc.registered_at = event.occurred_at
+        if event.email is not None:
+            doc.email = event.email
+        if event.first_name is not None:
+            doc.first_name = event.first_name
+        if event.birth_date is not None:
+            doc.birth_date = event.birth_date
+        doc.marketing_consent = event.marketing_consent
+        if event.store_id is not None:
+            doc.signup_store_id = event.store_id
+        _update_home_store(doc)
+
+    @staticmethod
+    def _update(doc: CustomerProfile, event: CustomerUpdated) -> None:
+        if event.email is not None:
+            doc.email = event.email
+        if event.first_name is not None:
+            doc.first_name = event.first_name
+        if event.birth_date is not None:
+            doc.birth_date = event.birth_date
+        if event.marketing_consent is not None:
+            doc.marketing_consent = event.marketing_consent
+        if event.store_id is not None:
+            doc.preferred_store_id = event.store_id
+            _update_home_store(doc)
+
+    def _interaction(self, doc: CustomerProfile, event: InteractionRecorded) -> None:
+        kind = event.interaction_type
+        doc.interactions[kind] = doc.interactions.get(kind, 0) + 1
+        entry = InteractionEntry(
+            event_id=event.event_id,
+            type=kind,
+            channel=event.channel,
+            at=event.occurred_at,
+            details=dict(event.details),
+        )
+        _insert_by_time(doc.latest_interactions, entry)
+        doc.latest_interactions = _keep_latest(
+            doc.latest_interactions, self.options.latest_interactions
+        )
+
+    def _link(self, doc: CustomerProfile, event: CardLinked, outcome: Outcome) -> None:
+        self._add_card(doc, event.card_id)
+        if not event.merged_customer_id:
+            return
+        source_id = self.resolve(event.merged_customer_id)
+        if source_id == doc.customer_id:
+            return  # already merged (or the same customer)
+        source = self._docs.get(source_id)
+        if source is not None and source.erased:
+            return  # an erased customer's data is gone: nothing to merge, no alias
+        if source is not None:
+            had_email = source.email is not None
+            self._merge(doc, source)
+            outcome.merged = True
+            if had_email:
+                outcome.contacts.append((source_id, None))
+            # The merged customer no longer exists on its own: downstream read models drop it.
+            outcome.also_changed.append(
+                ProfileChanged(
+                    customer_id=source_id,
+                    cause_event_id=event.event_id,
+                    cause_type=event.type,
+                    occurred_at=event.occurred_at,
+                    marketing_consent=False,
+                    has_email=False,
+                    merged_into=doc.customer_id,
+                )
+            )
+        alias = CustomerProfile(
+            customer_id=source_id,
+            merged_into=doc.customer_id,
+            version=source.version if source is not None else 0,
+        )
+        self._put(alias)
+        if source_id not in doc.merged_from:
+            doc.merged_from.append(source_id)
+
+    def _merge(self, doc: CustomerProfile, other: CustomerProfile) -> None:
+        """Fold `other` into `doc`: sums, min/max, unions; `doc`'s personal data wins."""
+        for card in other.card_ids:
+            self._add_card(doc, card)
+        if not doc.registered and other.registered:
+            doc.marketing_consent = other.marketing_consent
+            doc.registered_at = other.registered_at
+        doc.registered = doc.registered or other.registered
+        doc.email = doc.email or other.email
+        doc.first_name = doc.first_name or other.first_name
+        doc.birth_date = doc.birth_date or other.birth_date
+        doc.preferred_store_id = doc.preferred_store_id or other.preferred_store_id
+        doc.signup_store_id = doc.signup_store_id or other.signup_store_id
+        doc.first_purchase_at = _min(doc.first_purchase_at, other.first_purchase_at)
+        doc.last_purchase_at = _max(doc.last_purchase_at, other.last_purchase_at)
+        doc.visits += other.visits
+        doc.total_spend += other.total_spend
+        for sku, theirs in other.skus.items():
+            mine = doc.skus.get(sku)
+            if mine is None:
+                doc.skus[sku] = replace(theirs)
+                continue
+            newer = theirs.last_bought_at is not None and (
+                mine.last_bought_at is None or theirs.last_bought_at > mine.last_bought_at
+            )
+            mine.quantity += theirs.quantity
+            mine.spend += theirs.spend
+            mine.checkouts += theirs.checkouts
+            if newer:
+                mine.last_bought_at = theirs.last_bought_at
+                mine.name = theirs.name or mine.name
+                mine.category = theirs.category or mine.category
+        for name, theirs_cat in other.categories.items():
+            mine_cat = doc.categories.get(name)
+            if mine_cat is None:
+                doc.categories[name] = replace(theirs_cat)
+                continue
+            mine_cat.quantity += theirs_cat.quantity
+            mine_cat.spend += theirs_cat.spend
+            mine_cat.checkouts += theirs_cat.checkouts
+        for store, visits in other.stores.items():
+            doc.stores[store] = doc.stores.get(store, 0) + visits
+        for kind, count in other.interactions.items():
+            doc.interactions[kind] = doc.interactions.get(kind, 0) + count
+        doc.recent_purchases = _keep_latest(
+            _union_by_time(doc.recent_purchases, other.recent_purchases),
+            self.options.recent_purchases,
+        )
+        doc.latest_interactions = _keep_latest(
+            _union_by_time(doc.latest_interactions, other.latest_interactions),
+            self.options.latest_interactions,
+        )
+        history = _union_by_time(doc.sku_history, other.sku_history)
+        if history:
+            cutoff = history[-1].at - dt.timedelta(days=self.options.history_days)
+            history = [h for h in history if h.at >= cutoff]
+        doc.sku_history = history
+        for code in other.coupons_redeemed:
+            if code not in doc.coupons_redeemed:
+                doc.coupons_redeemed.append(code)
+        mine_ids = set(doc.recent_event_ids)
+        merged_ids = [i for i in other.recent_event_ids if i not in mine_ids]
+        doc.recent_event_ids = _keep_latest(
+            merged_ids + doc.recent_event_ids, self.options.recent_event_ids
+        )
+        self._seen.pop(doc.customer_id, None)
+        for alias in other.merged_from:
+            if alias not in doc.merged_from:
+                doc.merged_from.append(alias)
+        _update_home_store(doc)
+
+    def _erase(self, doc: CustomerProfile, event: CustomerErased, outcome: Outcome) -> Outcome:
+        stone = tombstone(doc.customer_id, event.occurred_at, keep=doc)
+        self._put(stone)
+        self._remember(stone, event.event_id)
+        outcome.profile_changed = ProfileChanged(
+            customer_id=stone.customer_id,
+            cause_event_id=event.event_id,
+            cause_type=event.type,
+            occurred_at=event.occurred_at,
+            marketing_consent=False,
+            has_email=False,
+            erased=True,
+        )
+        outcome.contacts.append((stone.customer_id, None))
+        return outcome
+
+
+def _insert_by_time(items: list[_Entry], item: _Entry) -> None:
+    """Insert keeping the list sorted by time (appending in the usual in-order case)."""
+    if not items or items[-1].at <= item.at:
+        items.append(item)
+        return
+    index = bisect.bisect_right([i.at for i in items], item.at)
+    items.insert(index, item)
+
+
+def _union_by_time(mine: list[_Entry], theirs: list[_Entry]) -> list[_Entry]:
+    ids = {i.event_id for i in mine}
+    out = mine + [i for i in theirs if i.event_id not in ids]
+    out.sort(key=lambda i: i.at)
+    return out
+
+
+def _sku_checkouts(
+    history: list[HistoryEntry], products: Mapping[str, object], event_id: str, at: dt.datetime
+) -> dict[str, tuple[dt.datetime, ...]]:
+    """For each SKU of the basket, the times of the checkouts in the window containing it."""
+    times: dict[str, list[dt.datetime]] = {sku: [] for sku in products}
+    included = False
+    for entry in history:
+        if entry.event_id == event_id:
+            included = True
+        for sku in entry.skus:
+            bucket = times.get(sku)
+            if bucket is not None:
+                bucket.append(entry.at)
+    if not included:  # the checkout is older than the window: still counted once
+        for bucket in times.values():
+            bucket.append(at)
+            bucket.sort()
+    # History is sorted by time with one entry per checkout, so each list is already in order.
+    return {sku: tuple(ts) for sku, ts in times.items()}

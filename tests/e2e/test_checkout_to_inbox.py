@@ -1,0 +1,153 @@
+"""Checkout to inbox: the four services as `crm run` processes on the embedded broker, real SMTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from services.traffic import PipelineWatch, read_topic
+from shared.embedded import EmbeddedKafka
+from shared.events import OfferIssued
+from shared.settings import KafkaSettings
+from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, OFFERS
+from tests.e2e.conftest import Mailbox
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ANA = "6035 1111 2222 3333"
+BEN = "6035-4444-5555-6666"
+
+
+def raw_input() -> list[tuple[str, dict[str, Any]]]:
+    def checkout(event_id: str, card: str, day: int, skus: list[str]) -> tuple[str, dict[str, Any]]:
+        return (
+            CHECKOUTS_RAW,
+            {
+                "event_id": event_id,
+                "store_id": "S001",
+                "occurred_at": f"2026-03-{day:02d}T10:00:00+01:00",
+                "card_number": card,
+                "lines": [
+                    {"sku": sku, "name": sku.title(), "quantity": 1, "unit_price": "1,19"}
+                    for sku in skus
+                ],
+            },
+        )
+
+    signups = [
+        (
+            CUSTOMERS_RAW,
+            {
+                "event_id": "su-ana",
+                "type": "signup",
+                "occurred_at": "2026-02-28T09:00:00Z",
+                "card_number": ANA,
+                "email": "ana@example.com",
+                "first_name": "Ana",
+                "marketing_consent": True,
+            },
+        ),
+        (
+            CUSTOMERS_RAW,
+            {
+                "event_id": "su-ben",
+                "type": "signup",
+                "occurred_at": "2026-02-28T09:00:00Z",
+                "card_number": BEN,
+                "email": "ben@example.com",
+                "first_name": "Ben",
+                "marketing_consent": False,
+            },
+        ),
+    ]
+    checkouts = [
+        checkout("a1", ANA, 2, ["milk-1l", "bread"]),
+        checkout("a2", ANA.replace(" ", ""), 9, ["MILK-1L", "bread"]),
+        checkout("a3", ANA.replace(" ", "-"), 16, ["Milk-1l", "apples"]),
+        checkout("b1", BEN, 2, ["coffee"]),
+        checkout("b2", BEN, 5, ["coffee"]),
+        checkout("b3", BEN, 7, ["coffee"]),
+    ]
+    return signups + checkouts
+
+
+async def publish(bootstrap: str, items: list[tuple[str, dict[str, Any]]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for topic, doc in items:
+            await producer.send_and_wait(topic, json.dumps(doc).encode(), key=b"S001")
+    finally:
+        await producer.stop()
+
+
+def wait_until(condition: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def drained(bootstrap: str, within: float = 60.0) -> None:
+    watch = PipelineWatch(KafkaSettings(kafka_bootstrap=bootstrap))
+    await watch.start()
+    try:
+        assert await watch.drained(within), await watch.lag()
+    finally:
+        await watch.stop()
+
+
+def test_frequent_item_coupon_reaches_the_consenting_customer_once(
+    broker: EmbeddedKafka, smtp_server: tuple[Mailbox, int], make_pipeline: Any
+) -> None:
+    mailbox, port = smtp_server
+    pipeline = make_pipeline(CRM_SMTP_HOST="127.0.0.1", CRM_SMTP_PORT=str(port))
+    pipeline.start_all()
+
+    asyncio.run(publish(broker.bootstrap, raw_input()))
+    wait_until(lambda: mailbox.count() >= 1, 90, "the coupon e-mail")
+    asyncio.run(drained(broker.bootstrap))
+
+    records = asyncio.run(read_topic(KafkaSettings(kafka_bootstrap=broker.bootstrap), OFFERS))
+    issued = [
+        OfferIssued.model_validate_json(r.value) for r in records if b'"offer_issued"' in r.value
+    ]
+    assert len(issued) == 1
+    offer = issued[0]
+    assert offer.kind == "frequent_item"
+    assert offer.sku == "MILK-1L"
+
+    assert mailbox.count() == 1
+    message = mailbox.messages[0]
+    assert mailbox.recipients[0] == ["ana@example.com"]
+    text = message.get_body(preferencelist=("plain",))
+    html = message.get_body(preferencelist=("html",))
+    assert text is not None
+    assert html is not None
+    assert offer.coupon_code in text.get_content()
+    assert offer.coupon_code in html.get_content()
+    assert message["List-Unsubscribe"]
+    assert offer.offer_id in message["Message-ID"]
+
+    # The same input again (a till resending its day) adds no e-mail and no offer.
+    asyncio.run(publish(broker.bootstrap, raw_input()))
+    asyncio.run(drained(broker.bootstrap))
+    # drained = the notifier committed the batch, which it does only after sending its e-mails
+    assert mailbox.count() == 1
+    records = asyncio.run(read_topic(KafkaSettings(kafka_bootstrap=broker.bootstrap), OFFERS))
+    assert sum(1 for r in records if b'"offer_issued"' in r.value) == 1
+
+    # No raw card number in any service's log.
+    for name in ("ingest", "profiles", "offers", "notifier"):
+        logs = pipeline.logs(name)
+        for card in (ANA, BEN):
+            assert card not in logs
+            assert card.replace(" ", "").replace("-", "") not in logs

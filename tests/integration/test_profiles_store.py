@@ -1,0 +1,303 @@
+"""One contract for both profile repositories: SQLite (file and memory) and MongoDB.
+
+MongoDB runs on the emulator always, and for real when `CRM_TEST_MONGO_URL` is set or docker
+can start a container.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from services.profiles.domain import CustomerProfile, ProfileBook
+from services.profiles.store import (
+    ConcurrentUpdateError,
+    MongoProfilesRepository,
+    ProfilesRepository,
+    SqliteProfilesRepository,
+    open_repository,
+)
+from shared.events import (
+    CardLinked,
+    CustomerErased,
+    CustomerSignedUp,
+    NormalizedEvent,
+    PurchaseLine,
+    PurchaseRecorded,
+)
+from shared.settings import StoreSettings
+from shared.store import StoreLocation
+
+T0 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def _mongomock_bulk_compat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mongomock 4.3's bulk builder predates PyMongo 4.20's `sort` argument of ReplaceOne."""
+    from mongomock.collection import BulkOperationBuilder
+
+    original = BulkOperationBuilder.add_replace
+
+    def add_replace(self: Any, selector: Any, doc: Any, upsert: Any, **kw: Any) -> Any:
+        kw.pop("sort", None)
+        return original(self, selector, doc, upsert, **kw)
+
+    monkeypatch.setattr(BulkOperationBuilder, "add_replace", add_replace)
+
+
+def _docker_usable() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="module")
+def real_mongo_url() -> Iterator[str]:
+    url = os.environ.get("CRM_TEST_MONGO_URL")
+    if url:
+        yield url
+        return
+    if not _docker_usable():
+        pytest.skip("real MongoDB: set CRM_TEST_MONGO_URL or make docker usable")
+    from testcontainers.mongodb import MongoDbContainer
+
+    with MongoDbContainer("mongo:7") as container:
+        yield container.get_connection_url()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite-file",
+        "sqlite-memory",
+        pytest.param("mongo-emulator", marks=pytest.mark.mongo),
+        pytest.param("mongo-real", marks=pytest.mark.mongo),
+    ]
+)
+async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ProfilesRepository]:
+    repository: ProfilesRepository
+    if request.param == "sqlite-file":
+        repository = SqliteProfilesRepository.open(StoreLocation.parse(f"sqlite://{tmp_path}"))
+    elif request.param == "sqlite-memory":
+        repository = SqliteProfilesRepository.open(StoreLocation.parse("memory://"))
+    elif request.param == "mongo-emulator":
+        request.getfixturevalue("_mongomock_bulk_compat")
+        from mongomock_motor import AsyncMongoMockClient
+
+        mongo = MongoProfilesRepository(AsyncMongoMockClient()["crm_test"])
+        await mongo.ensure_indexes()
+        repository = mongo
+    else:
+        url: str = request.getfixturevalue("real_mongo_url")
+        database = f"crm_test_{uuid.uuid4().hex[:12]}"
+        repository = await open_repository(StoreSettings(store_url=url, mongo_database=database))
+    yield repository
+    await repository.close()
+
+
+def purchase(event_id: str, customer: str, when: dt.datetime, card: str) -> PurchaseRecorded:
+    return PurchaseRecorded(
+        event_id=event_id,
+        occurred_at=when,
+        customer_id=customer,
+        card_id=card,
+        store_id="S001",
+        currency="EUR",
+        lines=(
+            PurchaseLine(
+                sku="MILK",
+                quantity=Decimal("1.5"),
+                unit_price=Decimal("1.19"),
+                amount=Decimal("1.785"),
+            ),
+        ),
+        total=Decimal("1.785"),
+    )
+
+
+def signup(event_id: str, customer: str, card: str, birth: dt.date) -> CustomerSignedUp:
+    return CustomerSignedUp(
+        event_id=event_id,
+        occurred_at=T0,
+        customer_id=customer,
+        card_id=card,
+        email=f"{customer}@example.com",
+        birth_date=birth,
+        marketing_consent=True,
+    )
+
+
+async def apply(repo: ProfilesRepository, events: list[NormalizedEvent]) -> list[str]:
+    """One batch the way the service runs it; returns the ids saved."""
+    book = ProfileBook()
+    ids = book.ids_of(events)
+    while ids:
+        book.add(ids, await repo.get_many(ids))
+        ids = book.needs()
+    for event in events:
+        book.apply(event)
+    changed = book.changed()
+    await repo.save_many(changed)
+    return [p.customer_id for p in changed]
+
+
+async def test_saved_profiles_come_back_equal(repo: ProfilesRepository) -> None:
+    await apply(
+        repo,
+        [
+            signup("s1", "c-1", "card-1", dt.date(1990, 5, 17)),
+            purchase("e1", "c-1", T0, "card-1"),
+            purchase("e2", "c-2", T0, "card-2"),
+        ],
+    )
+    found = await repo.get_many(["c-1", "c-2", "c-unknown"])
+    assert set(found) == {"c-1", "c-2"}
+    one = found["c-1"]
+    assert one.total_spend == Decimal("1.785")
+    assert one.skus["MILK"].quantity == Decimal("1.5")
+    assert one.last_purchase_at == T0
+    assert one.birth_date == dt.date(1990, 5, 17)
+    assert one.version == 1
+    assert await repo.get("c-1") == one
+    assert await repo.get("c-unknown") is None
+
+
+async def test_reapplying_a_batch_persists_nothing_new(repo: ProfilesRepository) -> None:
+    events: list[NormalizedEvent] = [
+        purchase("e1", "c-1", T0, "card-1"),
+        purchase("e2", "c-1", T0 + dt.timedelta(days=1), "card-1"),
+    ]
+    assert await apply(repo, events) == ["c-1"]
+    before = await repo.get("c-1")
+    assert await apply(repo, events) == []
+    assert await repo.get("c-1") == before
+
+
+async def test_a_stale_write_is_refused_and_changes_nothing(repo: ProfilesRepository) -> None:
+    await apply(repo, [purchase("e1", "c-1", T0, "card-1")])
+    stored = await repo.get("c-1")
+    assert stored is not None
+    newer = stored.model_copy(update={"version": 2, "visits": 5})
+    await repo.save_many([newer])
+    stale = stored.model_copy(update={"version": 2, "visits": 9})
+    with pytest.raises(ConcurrentUpdateError):
+        await repo.save_many([stale])
+    again = await repo.get("c-1")
+    assert again is not None
+    assert again.visits == 5
+    with pytest.raises(ConcurrentUpdateError):
+        await repo.save_many([CustomerProfile(customer_id="c-1", version=1)])
+
+
+async def test_find_by_card_follows_merges_and_erasures(repo: ProfilesRepository) -> None:
+    await apply(
+        repo,
+        [
+            purchase("e1", "c-1", T0, "card-1"),
+            purchase("e2", "c-2", T0, "card-2"),
+            purchase("e3", "c-3", T0, "card-3"),
+        ],
+    )
+    found = await repo.find_by_card("card-2")
+    assert found is not None
+    assert found.customer_id == "c-2"
+    link = CardLinked(
+        event_id="l1",
+        occurred_at=T0 + dt.timedelta(hours=1),
+        customer_id="c-1",
+        card_id="card-2",
+        merged_customer_id="c-2",
+    )
+    erase = CustomerErased(event_id="x1", occurred_at=T0 + dt.timedelta(hours=1), customer_id="c-3")
+    await apply(repo, [link, erase])
+    merged = await repo.find_by_card("card-2")
+    assert merged is not None
+    assert merged.customer_id == "c-1"
+    assert merged.visits == 2
+    assert await repo.find_by_card("card-3") is None
+    assert await repo.find_by_card("card-unknown") is None
+    assert await repo.count() == 1
+
+
+async def test_export_holds_all_stored_data_as_json(repo: ProfilesRepository) -> None:
+    await apply(
+        repo,
+        [
+            signup("s1", "c-1", "card-1", dt.date(1990, 5, 17)),
+            purchase("e1", "c-1", T0, "card-1"),
+            CardLinked(
+                event_id="l1",
+                occurred_at=T0,
+                customer_id="c-1",
+                card_id="card-9",
+                merged_customer_id="c-9",
+            ),
+        ],
+    )
+    export = await repo.export("c-1")
+    assert orjson.loads(orjson.dumps(export)) == export
+    assert export["customer_id"] == "c-1"
+    assert export["aliases"] == ["c-9"]
+    document = export["document"]
+    assert document["email"] == "c-1@example.com"
+    assert document["total_spend"] == "1.785"
+    assert document["card_ids"] == ["card-1", "card-9"]
+    assert (await repo.export("c-unknown"))["document"] is None
+
+
+async def test_index_queries_find_live_profiles_by_birthday_and_purchase_days(
+    repo: ProfilesRepository,
+) -> None:
+    day = dt.timedelta(days=1)
+    await apply(
+        repo,
+        [
+            signup("s1", "c-1", "card-1", dt.date(1990, 5, 17)),
+            signup("s2", "c-2", "card-2", dt.date(1985, 5, 17)),
+            signup("s3", "c-3", "card-3", dt.date(1985, 5, 18)),
+            purchase("e1", "c-1", T0, "card-1"),
+            purchase("e2", "c-1", T0 + 3 * day, "card-1"),
+            purchase("e3", "c-3", T0 + day, "card-3"),
+            CustomerErased(event_id="x2", occurred_at=T0 + day, customer_id="c-2"),
+        ],
+    )
+    assert await repo.ids_by_birthday("05-17") == ["c-1"]
+    assert await repo.ids_by_birthday("05-18") == ["c-3"]
+    assert await repo.ids_by_first_purchase(T0.date()) == ["c-1"]
+    assert await repo.ids_by_first_purchase((T0 + day).date()) == ["c-3"]
+    assert await repo.ids_by_last_purchase(T0.date(), (T0 + day).date()) == ["c-3"]
+    assert await repo.ids_by_last_purchase(T0.date(), (T0 + 3 * day).date()) == ["c-1", "c-3"]
+
+
+async def test_lookup_values_are_data_not_queries(repo: ProfilesRepository) -> None:
+    await apply(repo, [purchase("e1", "c-1", T0, "card-1")])
+    with pytest.raises(TypeError):
+        await repo.find_by_card({"$gt": ""})  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await repo.get_many([{"$ne": None}])  # type: ignore[list-item]
+    assert await repo.get("c-1' OR '1'='1") is None
+    assert await repo.find_by_card("' OR 1=1 --") is None
+    with pytest.raises(ValueError, match="MM-DD"):
+        await repo.ids_by_birthday("%")
+
+
+async def test_large_batches_are_read_and_written_whole(repo: ProfilesRepository) -> None:
+    events: list[NormalizedEvent] = [
+        purchase(f"e{i}", f"c-{i:04}", T0, f"card-{i}") for i in range(620)
+    ]
+    assert len(await apply(repo, events)) == 620
+    found = await repo.get_many([f"c-{i:04}" for i in range(620)])
+    assert len(found) == 620
+    assert await repo.count() == 620

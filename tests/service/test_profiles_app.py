@@ -1,0 +1,262 @@
+"""The profiles service through FastStream's in-memory test broker."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from faststream import FastStream
+from faststream.kafka import TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from services.profiles.app import create_app, service_of
+from services.profiles.store import SqliteProfilesRepository
+from shared.events import (
+    CardLinked,
+    ContactChanged,
+    CustomerErased,
+    CustomerSignedUp,
+    DeadLetter,
+    ProfileChanged,
+    PurchaseLine,
+    PurchaseRecorded,
+)
+from shared.settings import KafkaSettings, Settings, StoreSettings
+from shared.store import StoreLocation
+from shared.topics import CONTACTS, DEADLETTER, EVENTS, PROFILES_CHANGED
+
+T0 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
+
+
+@dataclass
+class Collected:
+    changed: list[ProfileChanged] = field(default_factory=list)
+    contacts: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass
+class Harness:
+    app: FastStream
+    repo: SqliteProfilesRepository
+    out: Collected
+    broker: TestKafkaBroker
+
+    async def send_batch(self, *payloads: bytes) -> None:
+        """Several records delivered to the handler as one batch."""
+        await self.app.broker.publish_batch(*payloads, topic=EVENTS)  # type: ignore[union-attr]
+
+    async def send(self, *payloads: bytes, key: bytes = b"c-1") -> None:
+        for payload in payloads:
+            await self.app.broker.publish(payload, EVENTS, key=key)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    settings = Settings(
+        kafka=KafkaSettings(kafka_bootstrap="test:9092"),
+        store=StoreSettings(store_url="memory://"),
+    )
+    repo = SqliteProfilesRepository.open(StoreLocation.parse("memory://"))
+    app = create_app(settings, repository=repo)
+    broker = app.broker
+    assert broker is not None
+    out = Collected()
+
+    @broker.subscriber(PROFILES_CHANGED, batch=False)
+    async def on_changed(_: Any, message: KafkaMessage) -> None:
+        out.changed.append(ProfileChanged.model_validate_json(message.body))
+
+    @broker.subscriber(CONTACTS, batch=False)
+    async def on_contact(_: Any, message: KafkaMessage) -> None:
+        out.contacts.append((message.raw_message.key, message.body))  # type: ignore[union-attr]
+
+    @broker.subscriber(DEADLETTER, batch=False)
+    async def on_dead(_: Any, message: KafkaMessage) -> None:
+        out.dead.append(DeadLetter.model_validate_json(message.body))
+
+    async with TestKafkaBroker(broker) as test_broker:
+        yield Harness(app, repo, out, test_broker)
+    await repo.close()
+
+
+def purchase(event_id: str, when: dt.datetime = T0, customer: str | None = "c-1") -> bytes:
+    lines = (
+        PurchaseLine(
+            sku="MILK",
+            name="Milk 1 l",
+            quantity=Decimal(2),
+            unit_price=Decimal("1.19"),
+            amount=Decimal("2.38"),
+        ),
+        PurchaseLine(
+            sku="MILK",
+            name="Milk 1 l",
+            quantity=Decimal(1),
+            unit_price=Decimal("1.19"),
+            amount=Decimal("1.19"),
+        ),
+        PurchaseLine(
+            sku="BREAD", quantity=Decimal(1), unit_price=Decimal("2.00"), amount=Decimal("2.00")
+        ),
+    )
+    event = PurchaseRecorded(
+        event_id=event_id,
+        occurred_at=when,
+        customer_id=customer,
+        card_id="card-1" if customer else None,
+        store_id="S001",
+        currency="EUR",
+        lines=lines,
+        total=Decimal("5.57"),
+        coupons=("C-1",),
+    )
+    return event.model_dump_json().encode()
+
+
+def signup(event_id: str = "s1", when: dt.datetime = T0) -> bytes:
+    return (
+        CustomerSignedUp(
+            event_id=event_id,
+            occurred_at=when,
+            customer_id="c-1",
+            card_id="card-1",
+            email="ana@example.com",
+            first_name="Ana",
+            marketing_consent=True,
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+async def test_purchase_updates_the_profile_and_publishes_profile_changed(
+    harness: Harness,
+) -> None:
+    await harness.send(purchase("e1"), purchase("e2", T0 + dt.timedelta(days=2)))
+    changed = harness.out.changed
+    assert [c.cause_event_id for c in changed] == ["e1", "e2"]
+    last = changed[-1]
+    assert last.customer_id == "c-1"
+    assert last.cause_type == "purchase_recorded"
+    assert last.visits == 2
+    assert last.purchase is not None
+    assert last.purchase.products == {"MILK": "Milk 1 l", "BREAD": None}
+    assert last.purchase.coupons == ("C-1",)
+    assert last.purchase.card_id == "card-1"
+    assert last.sku_checkouts["MILK"] == (T0, T0 + dt.timedelta(days=2))
+    stored = await harness.repo.get("c-1")
+    assert stored is not None
+    assert stored.visits == 2
+    assert stored.skus["MILK"].quantity == 6
+    assert stored.total_spend == Decimal("11.14")
+    assert (await harness.repo.find_by_card("card-1")) == stored
+    stats = service_of(harness.app).stats
+    assert stats["events_applied"] == 2
+    assert stats["applied_purchase_recorded"] == 2
+
+
+async def test_duplicate_swipe_is_counted_once(harness: Harness) -> None:
+    await harness.send(purchase("e1"))
+    await harness.send(purchase("e1"))
+    stored = await harness.repo.get("c-1")
+    assert stored is not None
+    assert stored.visits == 1
+    assert stored.version == 1
+    assert [c.cause_event_id for c in harness.out.changed] == ["e1"]
+    assert service_of(harness.app).stats["duplicates"] == 1
+
+
+async def test_undecodable_event_is_dead_lettered_and_the_batch_goes_on(
+    harness: Harness,
+) -> None:
+    await harness.send(b"{not json", b'{"type": "purchase_recorded"}', purchase("e1"))
+    assert [d.reason for d in harness.out.dead] == ["invalid_event", "invalid_event"]
+    assert harness.out.dead[0].source_topic == EVENTS
+    assert harness.out.dead[0].service == "profiles"
+    assert [c.cause_event_id for c in harness.out.changed] == ["e1"]
+    assert service_of(harness.app).stats["dead_lettered_invalid_event"] == 2
+
+
+async def test_anonymous_purchase_builds_no_profile(harness: Harness) -> None:
+    await harness.send(purchase("e1", customer=None), key=b"S001")
+    assert await harness.repo.count() == 0
+    assert harness.out.changed == []
+    assert service_of(harness.app).stats["anonymous_purchases"] == 1
+
+
+async def test_signup_publishes_contact_details(harness: Harness) -> None:
+    await harness.send(signup())
+    [(key, body)] = harness.out.contacts
+    assert key == b"c-1"
+    contact = ContactChanged.model_validate_json(body)
+    assert contact.email == "ana@example.com"
+    assert contact.marketing_consent
+    assert harness.out.changed[0].has_email
+
+
+async def test_erasure_publishes_a_contact_tombstone_and_blocks_later_events(
+    harness: Harness,
+) -> None:
+    erase = CustomerErased(event_id="x1", occurred_at=T0 + dt.timedelta(hours=1), customer_id="c-1")
+    await harness.send(signup(), purchase("e1"), erase.model_dump_json().encode())
+    await harness.send(purchase("e2", T0 + dt.timedelta(hours=2)))
+    key, value = harness.out.contacts[-1]
+    assert key == b"c-1"
+    assert not value  # a tombstone (the in-memory broker shows the null value as b"")
+    assert harness.out.changed[-1].erased
+    assert harness.out.changed[-1].cause_event_id == "x1"
+    stored = await harness.repo.get("c-1")
+    assert stored is not None
+    assert stored.erased
+    assert stored.email is None
+    assert stored.visits == 0
+    assert await harness.repo.find_by_card("card-1") is None
+    assert service_of(harness.app).stats["ignored_erased"] == 1
+
+
+async def test_duplicate_in_one_batch_is_applied_once(harness: Harness) -> None:
+    await harness.send_batch(purchase("e1"), purchase("e1"), purchase("e2"))
+    stored = await harness.repo.get("c-1")
+    assert stored is not None
+    assert stored.visits == 2
+    assert stored.version == 1  # one write for the batch
+    assert [c.cause_event_id for c in harness.out.changed] == ["e1", "e2"]
+    assert service_of(harness.app).stats["batches"] == 1
+
+
+async def test_card_link_merges_profiles_and_later_events_reach_the_target(
+    harness: Harness,
+) -> None:
+    other = PurchaseRecorded.model_validate_json(purchase("b1")).model_copy(
+        update={"customer_id": "c-2", "card_id": "card-2"}
+    )
+    link = CardLinked(
+        event_id="l1",
+        occurred_at=T0 + dt.timedelta(hours=1),
+        customer_id="c-1",
+        card_id="card-2",
+        merged_customer_id="c-2",
+    )
+    later = other.model_copy(update={"event_id": "b2", "occurred_at": T0 + dt.timedelta(hours=2)})
+    await harness.send(signup(), other.model_dump_json().encode())
+    await harness.send(link.model_dump_json().encode())
+    await harness.send(later.model_dump_json().encode(), key=b"c-2")
+    target = await harness.repo.get("c-1")
+    alias = await harness.repo.get("c-2")
+    assert target is not None
+    assert alias is not None
+    assert alias.merged_into == "c-1"
+    assert target.visits == 2
+    assert target.card_ids == ["card-1", "card-2"]
+    assert (await harness.repo.find_by_card("card-2")) == target
+    assert harness.out.changed[-1].customer_id == "c-1"
+    assert harness.out.changed[-1].visits == 2
+    merged_away = [c for c in harness.out.changed if c.customer_id == "c-2" and c.merged_into == "c-1"]
+    assert [c.cause_event_id for c in merged_away] == ["l1"]
+    assert await harness.repo.count() == 1
+    assert service_of(harness.app).stats["merges"] == 1
