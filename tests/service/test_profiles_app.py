@@ -256,7 +256,9 @@ async def test_card_link_merges_profiles_and_later_events_reach_the_target(
     assert (await harness.repo.find_by_card("card-2")) == target
     assert harness.out.changed[-1].customer_id == "c-1"
     assert harness.out.changed[-1].visits == 2
-    merged_away = [c for c in harness.out.changed if c.customer_id == "c-2" and c.merged_into == "c-1"]
+    merged_away = [
+        c for c in harness.out.changed if c.customer_id == "c-2" and c.merged_into == "c-1"
+    ]
     assert [c.cause_event_id for c in merged_away] == ["l1"]
     assert await harness.repo.count() == 1
     assert service_of(harness.app).stats["merges"] == 1
