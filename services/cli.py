@@ -65,7 +65,9 @@ def demo(
 
     configure_logging("demo")
     folder = data_dir or Path(".crm-demo") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    config = SimulationConfig(customers=customers, stores=stores, days=days, seed=seed)
+    # The simulated weeks end today, so the coupons they earn are still valid to be e-mailed.
+    start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
+    config = SimulationConfig(customers=customers, stores=stores, days=days, seed=seed, start=start)
     raise typer.Exit(demo_main(DemoOptions(data_dir=folder, simulation=config)))
 
 
@@ -74,7 +76,9 @@ def simulate(
     customers: Annotated[int, typer.Option(help="Customers.")] = 300,
     stores: Annotated[int, typer.Option(help="Stores.")] = 4,
     days: Annotated[int, typer.Option(help="Days of traffic.")] = 28,
-    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2026-03-01",
+    start: Annotated[
+        str | None, typer.Option(help="First day, YYYY-MM-DD (default: so that the last is today).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     rate: Annotated[float, typer.Option(help="Messages per second; 0 = as fast as possible.")] = 0,
     ticks: Annotated[bool, typer.Option(help="Publish the clock tick at each day's start.")] = True,
@@ -92,7 +96,9 @@ def simulate(
         stores=stores,
         days=days,
         seed=seed,
-        start=dt.date.fromisoformat(start),
+        start=dt.date.fromisoformat(start)
+        if start
+        else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days - 1),
     )
 
     async def go() -> int:

@@ -13,7 +13,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from shared.events import ClockTicked
-from shared.kafka import client_options, require_bootstrap
+from shared.kafka import client_options, partition_lag, require_bootstrap
 from shared.settings import KafkaSettings
 from shared.simulation import RawMessage
 from shared.topics import CLOCK, SERVICE_TOPICS
@@ -83,8 +83,13 @@ class PipelineWatch:
         self._consumers.clear()
 
     async def lag(self) -> dict[str, int]:
-        """Uncommitted messages per group, in pipeline order."""
+        """Uncommitted messages per group, in pipeline order (see `partition_lag`)."""
+        result, _ = await self._measure()
+        return result
+
+    async def _measure(self) -> tuple[dict[str, int], int]:
         result: dict[str, int] = {}
+        written = 0
         for group, (consumer, topics) in self._consumers.items():
             await consumer._client.force_metadata_update()
             partitions = [
@@ -95,16 +100,24 @@ class PipelineWatch:
             ends = await consumer.end_offsets(partitions) if partitions else {}
             lag = 0
             for tp in partitions:
-                lag += ends[tp] - (await consumer.committed(tp) or 0)
+                lag += partition_lag(ends[tp], await consumer.committed(tp))
+                written += ends[tp]
             result[group] = lag
-        return result
+        return result, written
 
     async def drained(self, within: float, poll: float = 0.25) -> bool:
-        """Wait until every group has committed everything; False on timeout."""
+        """Wait until every group has committed everything, twice in a row with no new
+        messages written in between; False on timeout."""
         deadline = time.monotonic() + within
+        previous: int | None = None
         while time.monotonic() < deadline:
-            if not any((await self.lag()).values()):
-                return True
+            lags, written = await self._measure()
+            if not any(lags.values()):
+                if previous == written:
+                    return True
+                previous = written
+            else:
+                previous = None
             await asyncio.sleep(poll)
         return False
 

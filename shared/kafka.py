@@ -237,6 +237,16 @@ async def ensure_topics(
         await admin.close()
 
 
+def partition_lag(end: int, committed: int | None) -> int:
+    """Messages of a partition not yet committed.
+
+    Clamped at zero: Tansu (the embedded broker) reports a partition's end as the base offset
+    of its last record batch plus one, so a group that committed a whole multi-record batch
+    is ahead of the reported end. Apache Kafka reports the exact end.
+    """
+    return max(0, end - (committed or 0))
+
+
 async def consumer_lag(settings: KafkaSettings, group_id: str, topics: Sequence[str]) -> int:
     """Messages in `topics` not yet committed by `group_id` (0 when drained)."""
     consumer = AIOKafkaConsumer(
@@ -257,8 +267,7 @@ async def consumer_lag(settings: KafkaSettings, group_id: str, topics: Sequence[
         ends = await consumer.end_offsets(partitions)
         lag = 0
         for tp in partitions:
-            committed = await consumer.committed(tp)
-            lag += ends[tp] - (committed or 0)
+            lag += partition_lag(ends[tp], await consumer.committed(tp))
         return lag
     finally:
         await consumer.stop()

@@ -18,6 +18,7 @@ from services.ingest.domain import (
     normalize_checkout,
     normalize_customer_event,
     normalize_interaction,
+    parse_time,
 )
 from services.ingest.store import IngestRepository
 from shared.events import CardLinked, NormalizedEvent, PurchaseRecorded
@@ -30,6 +31,7 @@ from shared.topics import EVENTS
 
 log = get_logger(__name__)
 SERVICE = "ingest"
+_LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 @dataclass(slots=True)
@@ -84,6 +86,9 @@ class IngestService:
                 decoded.append((record, decode(record.topic, record.value)))
             except Rejected as rejected:
                 decoded.append((record, rejected))
+        # The three raw topics have no order between them: within a batch, event time decides,
+        # so that a sign-up a minute before a swipe is applied before it.
+        decoded.sort(key=self._event_time)
         keys = {
             f"{record.topic}:{item.event_id}"
             for record, item in decoded
@@ -121,6 +126,18 @@ class IngestService:
             result.outgoing.append((EVENTS, routing.encode(), dump(event)))
             self.stats[f"normalized_{event.type}"] += 1
         return result
+
+    def _event_time(
+        self, item: tuple[ConsumerRecord[Any, Any], RawEvent | Rejected]
+    ) -> dt.datetime:
+        raw = item[1]
+        if isinstance(raw, Rejected):
+            return _LATEST
+        zone = self._calendar.zone_of(raw.store_id.strip().upper() if raw.store_id else None)
+        try:
+            return parse_time(raw.occurred_at, zone)
+        except Rejected:
+            return _LATEST
 
     async def _normalize(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 from typing import Any
@@ -22,14 +23,22 @@ ANA = "6035 1111 2222 3333"
 BEN = "6035-4444-5555-6666"
 
 
+TODAY = dt.datetime.now(dt.UTC).date()
+
+
+def days_ago(days: int) -> str:
+    """Recent dates: the notifier does not e-mail a coupon that has already expired."""
+    return (TODAY - dt.timedelta(days=days)).isoformat()
+
+
 def raw_input() -> list[tuple[str, dict[str, Any]]]:
-    def checkout(event_id: str, card: str, day: int, skus: list[str]) -> tuple[str, dict[str, Any]]:
+    def checkout(event_id: str, card: str, ago: int, skus: list[str]) -> tuple[str, dict[str, Any]]:
         return (
             CHECKOUTS_RAW,
             {
                 "event_id": event_id,
                 "store_id": "S001",
-                "occurred_at": f"2026-03-{day:02d}T10:00:00+01:00",
+                "occurred_at": f"{days_ago(ago)}T10:00:00+01:00",
                 "card_number": card,
                 "lines": [
                     {"sku": sku, "name": sku.title(), "quantity": 1, "unit_price": "1,19"}
@@ -44,7 +53,7 @@ def raw_input() -> list[tuple[str, dict[str, Any]]]:
             {
                 "event_id": "su-ana",
                 "type": "signup",
-                "occurred_at": "2026-02-28T09:00:00Z",
+                "occurred_at": f"{days_ago(20)}T09:00:00Z",
                 "card_number": ANA,
                 "email": "ana@example.com",
                 "first_name": "Ana",
@@ -56,7 +65,7 @@ def raw_input() -> list[tuple[str, dict[str, Any]]]:
             {
                 "event_id": "su-ben",
                 "type": "signup",
-                "occurred_at": "2026-02-28T09:00:00Z",
+                "occurred_at": f"{days_ago(20)}T09:00:00Z",
                 "card_number": BEN,
                 "email": "ben@example.com",
                 "first_name": "Ben",
@@ -65,12 +74,12 @@ def raw_input() -> list[tuple[str, dict[str, Any]]]:
         ),
     ]
     checkouts = [
-        checkout("a1", ANA, 2, ["milk-1l", "bread"]),
+        checkout("a1", ANA, 16, ["milk-1l", "bread"]),
         checkout("a2", ANA.replace(" ", ""), 9, ["MILK-1L", "bread"]),
-        checkout("a3", ANA.replace(" ", "-"), 16, ["Milk-1l", "apples"]),
-        checkout("b1", BEN, 2, ["coffee"]),
-        checkout("b2", BEN, 5, ["coffee"]),
-        checkout("b3", BEN, 7, ["coffee"]),
+        checkout("a3", ANA.replace(" ", "-"), 2, ["Milk-1l", "apples"]),
+        checkout("b1", BEN, 16, ["coffee"]),
+        checkout("b2", BEN, 9, ["coffee"]),
+        checkout("b3", BEN, 2, ["coffee"]),
     ]
     return signups + checkouts
 

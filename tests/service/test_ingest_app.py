@@ -113,3 +113,42 @@ async def test_linked_card_feeds_the_first_cards_customer(app, collected) -> Non
     linked = events["customer:l-1"]
     assert linked["type"] == "card_linked"
     assert linked["merged_customer_id"] == events["before"]["customer_id"]
+
+
+async def test_batch_from_several_raw_topics_is_published_in_event_time_order(
+    app, collected
+) -> None:  # type: ignore[no-untyped-def]
+    signup = {
+        "event_id": "s-1",
+        "type": "signup",
+        "occurred_at": "2026-03-01T08:00:00Z",
+        "card_number": CARD,
+        "email": "ana@example.com",
+        "marketing_consent": True,
+    }
+    repository = SqliteIngestRepository.open(StoreLocation.parse("memory://"))
+    from services.ingest.service import IngestService
+    from shared.settings import CalendarSettings
+
+    service = IngestService(repository, card_key=b"k", calendar=CalendarSettings())
+
+    class Record:
+        def __init__(self, topic: str, value: bytes, offset: int) -> None:
+            self.topic, self.value, self.offset, self.partition, self.key = (
+                topic,
+                value,
+                offset,
+                0,
+                None,
+            )
+
+    result = await service.process(
+        [
+            Record(CHECKOUTS_RAW, checkout("late"), 0),
+            Record(CUSTOMERS_RAW, json.dumps(signup).encode(), 0),
+        ]  # type: ignore[list-item]
+    )
+    assert [json.loads(value)["event_id"] for _, _, value in result.outgoing if value] == [
+        "customer:s-1",
+        "late",
+    ]
