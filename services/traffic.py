@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -122,25 +122,6 @@ class PipelineWatch:
         return False
 
 
-async def topic_counts(settings: KafkaSettings, topics: Sequence[str]) -> dict[str, int]:
-    """Messages ever written to each topic (sum of end offsets)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=require_bootstrap(settings), **client_options(settings)
-    )
-    await consumer.start()
-    try:
-        counts: dict[str, int] = {}
-        for topic in topics:
-            partitions = [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            ends = await consumer.end_offsets(partitions) if partitions else {}
-            counts[topic] = sum(ends.values())
-        return counts
-    finally:
-        await consumer.stop()
-
-
 async def read_topic(settings: KafkaSettings, topic: str, within: float = 10.0) -> list[Any]:
     """Every record of a topic, from the beginning to its current end."""
     consumer = AIOKafkaConsumer(
@@ -181,9 +162,9 @@ def count_types(records: Iterable[Any]) -> Counter[str]:
         if not record.value:
             continue
         doc = orjson.loads(record.value)
-        counts[doc.get("type", "?")] += 1
-        if "kind" in doc:
-            counts[f"{doc['type']}:{doc['kind']}"] += 1
-        if "reason" in doc:
-            counts[f"{doc['type']}:{doc['reason']}"] += 1
+        kind = doc.get("type", "?")
+        counts[kind] += 1
+        for field in ("kind", "state", "reason"):
+            if doc.get(field):
+                counts[f"{kind}:{doc[field]}"] += 1
     return counts
