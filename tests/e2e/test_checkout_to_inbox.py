@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,16 @@ from services.traffic import PipelineWatch, read_topic
 from shared.embedded import EmbeddedKafka
 from shared.events import OfferIssued
 from shared.settings import KafkaSettings
-from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, OFFERS
+from shared.topics import (
+    CHECKOUTS_RAW,
+    CONTACTS,
+    CUSTOMERS_RAW,
+    DEADLETTER,
+    DELIVERIES,
+    EVENTS,
+    OFFERS,
+    PROFILES_CHANGED,
+)
 from tests.e2e.conftest import Mailbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -154,9 +164,17 @@ def test_frequent_item_coupon_reaches_the_consenting_customer_once(
     records = asyncio.run(read_topic(KafkaSettings(kafka_bootstrap=broker.bootstrap), OFFERS))
     assert sum(1 for r in records if b'"offer_issued"' in r.value) == 1
 
-    # No raw card number in any service's log.
+    # No raw card number in any service's log, any topic after ingest, or any stored document.
+    spellings = [s for card in (ANA, BEN) for s in (card, card.replace(" ", "").replace("-", ""))]
     for name in ("ingest", "profiles", "offers", "notifier"):
         logs = pipeline.logs(name)
-        for card in (ANA, BEN):
-            assert card not in logs
-            assert card.replace(" ", "").replace("-", "") not in logs
+        assert not [s for s in spellings if s in logs], name
+    kafka = KafkaSettings(kafka_bootstrap=broker.bootstrap)
+    for topic in (EVENTS, PROFILES_CHANGED, CONTACTS, OFFERS, DELIVERIES, DEADLETTER):
+        values = b"".join(r.value or b"" for r in asyncio.run(read_topic(kafka, topic)))
+        assert values or topic == DEADLETTER, topic
+        assert not [s for s in spellings if s.encode() in values], topic
+    store = Path(pipeline.env["CRM_STORE_URL"].removeprefix("sqlite://"))
+    for database in store.glob("*.sqlite3*"):
+        content = database.read_bytes()
+        assert not [s for s in spellings if s.encode() in content], database.name
