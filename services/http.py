@@ -34,13 +34,13 @@ _PREFIXES: tuple[tuple[str, str], ...] = (
     ("dead_lettered_", "crm_dead_lettered"),
     ("dead_letter_", "crm_dead_lettered"),
     ("issued_", "crm_offers_issued"),
-    ("suppressed_", "crm_suppressed"),
+    ("suppressed_", "crm_offers_suppressed"),
     ("emails_", "crm_emails"),
 )
 _FAMILIES: dict[str, tuple[str, str]] = {
     "crm_dead_lettered": ("reason", "Messages dead-lettered, by reason."),
     "crm_offers_issued": ("kind", "Offers issued, by kind."),
-    "crm_suppressed": ("reason", "Offers or e-mails suppressed, by reason."),
+    "crm_offers_suppressed": ("reason", "Offers (offers) or their e-mails (notifier) suppressed, by reason."),
     "crm_emails": ("outcome", "E-mails by final outcome."),
 }
 _LABEL = re.compile(r"[^a-zA-Z0-9_]")
