@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
+from aiokafka import ConsumerRecord
+from fastapi import APIRouter
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -16,7 +19,7 @@ from services.notifier.mailer import Transport, transport_for
 from services.notifier.service import Clock, NotifierService, utc_now
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import NotifierRepository, open_repository
-from shared.kafka import batch_options, new_broker, publish_all
+from shared.kafka import BatchGuard, batch_options, new_broker, publish_all
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.topics import CONTACTS, GROUP_NOTIFIER, OFFERS
@@ -113,6 +116,7 @@ def create_app(
     settings = settings or Settings()
     nsettings = notifier_settings or NotifierSettings()
     broker = new_broker(settings.kafka, client_id="crm-notifier")
+    guard = BatchGuard(broker, service="notifier")
     service = build_service(
         settings,
         repository=repository,
@@ -130,7 +134,9 @@ def create_app(
 
     @subscriber
     async def on_offers_and_contacts(_: list[bytes], message: KafkaMessage) -> None:
-        records = message.raw_message
+        await guard.run(message.raw_message, process)
+
+    async def process(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         outgoing = await service.handle_batch(records)
         await publish_all(broker, outgoing)
 
@@ -167,3 +173,10 @@ def notifier_of(app: FastStream) -> NotifierService:
     if not isinstance(service, NotifierService):
         raise LookupError("not a notifier app")
     return service
+
+
+def create_router(app: FastStream, settings: Settings) -> APIRouter:
+    """The notifier's HTTP routes (the unsubscribe link), served on CRM_HTTP_PORT."""
+    from services.notifier.api import create_router as unsubscribe_router
+
+    return unsubscribe_router(app, settings, service_of=notifier_of)

@@ -1,0 +1,101 @@
+"""The unsubscribe link of every e-mail: a confirmation page, then a one-click POST that records
+the opt-out at once, cancels queued e-mails and tells profiles through a consent event."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+
+import services.notifier.api as api_module
+from services.notifier.app import create_router
+from shared.events import ConsentChanged
+from shared.settings import KafkaSettings, Settings
+from shared.topics import CONTACTS, EVENTS, OFFERS
+from tests.service.test_notifier_app import (
+    DAY,
+    Harness,
+    contact_payload,
+    harness_for,
+    offer_payload,
+)
+
+NIGHT = dt.datetime(2026, 3, 2, 22, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    async for harness in harness_for(tmp_path, quiet="21:00-08:00", now=DAY):
+        yield harness
+
+
+def client_for(h: Harness) -> httpx.AsyncClient:
+    api = FastAPI()
+    api.include_router(create_router(h.app, Settings(kafka=KafkaSettings(kafka_bootstrap="t:9"))))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://crm.test")
+
+
+async def unsubscribe_link(h: Harness) -> str:
+    await h.publish(CONTACTS, contact_payload(), key="c-1")
+    await h.publish(OFFERS, offer_payload("of-1"), key="c-1")
+    [eml] = h.emails()
+    message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    header = str(message["List-Unsubscribe"])
+    match = re.search(r"<(https?://[^>]+)>", header)
+    assert match, header
+    return match.group(1)
+
+
+async def test_link_in_the_email_opts_the_customer_out_in_one_click(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consents: list[ConsentChanged] = []
+    real_publish = api_module.publish_all
+
+    async def publish(broker: KafkaBroker, messages: list[Any]) -> None:
+        consents.extend(
+            ConsentChanged.model_validate_json(v) for t, _, v in messages if t == EVENTS
+        )
+        await real_publish(broker, messages)
+
+    monkeypatch.setattr(api_module, "publish_all", publish)
+    url = await unsubscribe_link(h)
+    path = url.split("://", 1)[1].split("/", 1)[1]
+    async with client_for(h) as client:
+        page = await client.get(f"/{path}")
+        assert page.status_code == 200
+        assert "<form" in page.text  # a GET (mail scanners) changes nothing
+        assert consents == []
+        done = await client.post(f"/{path}", data={"List-Unsubscribe": "One-Click"})
+    assert done.status_code == 200
+    assert [(c.customer_id, c.marketing_consent) for c in consents] == [("c-1", False)]
+    contact = (await h.repo.get_contacts(["c-1"]))["c-1"]
+    assert contact.marketing_consent is False
+
+
+async def test_queued_email_is_cancelled_by_unsubscribing(h: Harness) -> None:
+    url = await unsubscribe_link(h)
+    h.clock.now = NIGHT  # quiet hours: the next offer's e-mail waits
+    await h.publish(OFFERS, offer_payload("of-2"), key="c-1")
+    assert [d.state for d in (await h.repo.get_deliveries(["of-2"])).values()] == ["pending"]
+    path = url.split("://", 1)[1].split("/", 1)[1]
+    async with client_for(h) as client:
+        assert (await client.post(f"/{path}")).status_code == 200
+    assert [d.state for d in (await h.repo.get_deliveries(["of-2"])).values()] == ["suppressed"]
+
+
+async def test_forged_or_garbled_token_is_refused(h: Harness) -> None:
+    async with client_for(h) as client:
+        for token in ["", "abc", "YzE.AAAA", "x" * 2000]:
+            response = await client.post("/unsubscribe", params={"token": token})
+            assert response.status_code in (400, 422), token
+    assert (await h.repo.get_contacts(["c-1"])) == {}
