@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,7 @@ cli = typer.Typer(
 )
 err = Console(stderr=True)
 
-SERVICE_NAMES = ("ingest", "profiles", "offers", "notifier", "all")
+SERVICE_NAMES = ("ingest", "profiles", "offers", "notifier", "reports", "all")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -32,7 +33,9 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 @cli.command()
 def run(
-    service: Annotated[str, typer.Argument(help="ingest, profiles, offers, notifier or all")],
+    service: Annotated[
+        str, typer.Argument(help="ingest, profiles, offers, notifier, reports or all")
+    ],
 ) -> None:
     """Run a service (or all four in one process) against CRM_KAFKA_BOOTSTRAP and CRM_STORE_URL."""
     from services.runtime import SERVICES, ConfigurationError, check_configuration, serve
@@ -55,6 +58,12 @@ def demo(
     stores: Annotated[int, typer.Option(help="Stores in the simulation.")] = 4,
     days: Annotated[int, typer.Option(help="Simulated days.")] = 28,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same traffic.")] = 7,
+    history_days: Annotated[
+        int,
+        typer.Option(
+            help="Days of sparse history before the simulated days (anniversaries, win-backs)."
+        ),
+    ] = 400,
     data_dir: Annotated[
         Path | None, typer.Option(help="Folder for the store, outbox and logs.")
     ] = None,
@@ -67,7 +76,14 @@ def demo(
     folder = data_dir or Path(".crm-demo") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     # The simulated weeks end today, so the coupons they earn are still valid to be e-mailed.
     start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
-    config = SimulationConfig(customers=customers, stores=stores, days=days, seed=seed, start=start)
+    config = SimulationConfig(
+        customers=customers,
+        stores=stores,
+        days=days,
+        seed=seed,
+        start=start,
+        history_days=history_days,
+    )
     raise typer.Exit(demo_main(DemoOptions(data_dir=folder, simulation=config)))
 
 
@@ -117,6 +133,55 @@ def simulate(
     Console().print(f"published {sent} raw events")
 
 
+@cli.command("report")
+def report_command(
+    name: Annotated[str, typer.Argument(help="campaigns, products, stores or segments")],
+    output: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    as_of: Annotated[
+        str | None, typer.Option(help="Last day reported, YYYY-MM-DD (default: latest data).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="First date of the segments report, YYYY-MM-DD.")
+    ] = None,
+) -> None:
+    """Print a report of the reports read model in CRM_STORE_URL (table, CSV or JSON)."""
+    from rich.table import Table
+
+    from services.reports.app import build_report, report_csv
+    from services.reports.domain import REPORT_NAMES, tables_of
+    from services.reports.settings import ReportsSettings
+    from services.reports.static import load_facts
+
+    settings = Settings()
+    configure_logging("report", settings.log)
+    if name not in REPORT_NAMES:
+        raise _fail(f"unknown report {name!r}: choose one of {', '.join(REPORT_NAMES)}")
+    if output not in {"table", "csv", "json"}:
+        raise _fail("--format must be table, csv or json")
+    if not settings.store.store_url:
+        raise _fail("CRM_STORE_URL is not set")
+    try:
+        day = dt.date.fromisoformat(as_of) if as_of else None
+        first = dt.date.fromisoformat(since) if since else None
+    except ValueError:
+        raise _fail("dates must be YYYY-MM-DD") from None
+    facts = asyncio.run(load_facts(settings.store.store_url))
+    built = build_report(name, facts, ReportsSettings(), as_of=day, since=first)
+    out = Console()
+    if output == "json":
+        print(built.model_dump_json(indent=2))
+    elif output == "csv":
+        print(report_csv(built), end="")
+    else:
+        for table in tables_of(built):
+            rich_table = Table(title=table.title)
+            for column in table.columns:
+                rich_table.add_column(column)
+            for row in table.rows:
+                rich_table.add_row(*("" if v is None else str(v) for v in row))
+            out.print(rich_table)
+
+
 @cli.command("tick")
 def tick_command(
     date: Annotated[
@@ -151,6 +216,43 @@ def tick_command(
     Console().print(f"clock: {day.isoformat()} has begun")
 
 
+@cli.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="A small run, under a minute.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    checkouts: Annotated[
+        int | None, typer.Option(help="Checkouts per burst (default 50,000; quick 4,000).")
+    ] = None,
+    customers: Annotated[
+        tuple[int, int] | None,
+        typer.Option(help="The two population sizes (default 10000 200000; quick 1000 4000)."),
+    ] = None,
+    rate: Annotated[float, typer.Option(help="Paced load of the latency phase, checkouts/s.")] = (
+        2000.0
+    ),
+    latency_checkouts: Annotated[
+        int | None, typer.Option(help="Checkouts of the latency phase (default 10,000).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of the generated traffic.")] = 11,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Keep stores and logs here (default: a temp folder).")
+    ] = None,
+) -> None:
+    """Benchmark: transport baseline, ingest, pipeline, latency, growth; checks its result."""
+    from services.bench import BenchOptions, bench_main
+
+    configure_logging("bench")
+    options = (BenchOptions.quick() if quick else BenchOptions()).with_overrides(
+        checkouts=checkouts,
+        populations=customers,
+        latency_rate=rate,
+        latency_checkouts=latency_checkouts,
+        seed=seed,
+        keep_dir=data_dir,
+    )
+    raise typer.Exit(bench_main(options, as_json=as_json))
+
+
 @cli.command("create-topics")
 def create_topics() -> None:
     """Create the missing crm. topics with their partitions, retention and compaction."""
@@ -162,6 +264,84 @@ def create_topics() -> None:
         raise _fail("CRM_KAFKA_BOOTSTRAP is not set")
     created = asyncio.run(ensure_topics(settings.kafka))
     Console().print(f"created {len(created)} topics: {', '.join(created) or '-'}")
+
+
+@cli.command("export-customer")
+def export_customer(
+    customer_id: Annotated[
+        str | None, typer.Option("--customer-id", help="The pseudonymous customer id.")
+    ] = None,
+    card_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--card-file", help="File holding the card number (kept off the command line)."
+        ),
+    ] = None,
+) -> None:
+    """Print as JSON everything the services store of one customer (right of access)."""
+    from services.privacy_tools import export_customer as gather
+    from services.privacy_tools import resolve_customer
+    from shared.privacy import InvalidCardNumber
+
+    settings = Settings()
+    configure_logging("export-customer", settings.log)
+    if (customer_id is None) == (card_file is None):
+        raise _fail("give exactly one of --customer-id and --card-file")
+    if not settings.store.store_url:
+        raise _fail("CRM_STORE_URL is not set")
+
+    async def go() -> dict[str, object]:
+        if card_file is None:
+            return await gather(settings.store, customer_id or "")
+        who = await resolve_customer(
+            settings.store,
+            card_number=card_file.read_text().strip(),
+            card_key=settings.privacy.card_key.get_secret_value().encode(),
+        )
+        return await gather(settings.store, who)
+
+    try:
+        document = asyncio.run(go())
+    except InvalidCardNumber:
+        raise _fail("the card file does not hold a card number") from None
+    typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+@cli.command("rotate-card-key")
+def rotate_card_key(
+    cards_file: Annotated[
+        Path, typer.Option("--cards-file", help="Card numbers, one a line (the card registry).")
+    ],
+) -> None:
+    """Re-key card pseudonyms: link every card's id under CRM_NEW_CARD_KEY to its customer.
+
+    Run with CRM_CARD_KEY (the current key) and CRM_NEW_CARD_KEY set, then restart ingest
+    with CRM_CARD_KEY set to the new key. Profiles, offers and e-mails keep their customer ids.
+    """
+    import os
+
+    from services.privacy_tools import rotate_card_keys
+
+    settings = Settings()
+    configure_logging("rotate-card-key", settings.log)
+    new_key = os.environ.get("CRM_NEW_CARD_KEY", "")
+    if not new_key:
+        raise _fail("CRM_NEW_CARD_KEY is not set: the key ingest will use from now on")
+    if not settings.store.store_url:
+        raise _fail("CRM_STORE_URL is not set")
+    old_key = settings.privacy.card_key.get_secret_value()
+    if new_key == old_key:
+        raise _fail("CRM_NEW_CARD_KEY is the current CRM_CARD_KEY")
+    with cards_file.open() as lines:
+        report = asyncio.run(
+            rotate_card_keys(
+                settings.store, lines, old_key=old_key.encode(), new_key=new_key.encode()
+            )
+        )
+    Console().print(
+        f"{report.linked} cards re-keyed, {report.invalid} invalid lines skipped; "
+        "now restart ingest with CRM_CARD_KEY set to the new key"
+    )
 
 
 def main() -> None:

@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -32,9 +36,10 @@ from services.traffic import (
 )
 from shared.embedded import EmbeddedKafka
 from shared.kafka import ensure_topics
-from shared.settings import KafkaSettings
-from shared.simulation import SimulationConfig, by_day, generate
-from shared.topics import DEADLETTER, DELIVERIES, EVENTS, OFFERS, RAW_TOPICS
+from shared.privacy import card_id, customer_id_for_card
+from shared.settings import KafkaSettings, PrivacySettings
+from shared.simulation import RawMessage, SimulationConfig, by_day, generate
+from shared.topics import CHECKOUTS_RAW, DEADLETTER, DELIVERIES, EVENTS, OFFERS, RAW_TOPICS
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +50,19 @@ class DemoOptions:
 
 
 class ServiceProcesses:
-    """The four services as `crm run <service>` child processes, logs in the data folder."""
+    """Services (all four by default) as `crm run <service>` child processes; logs in a folder."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, names: tuple[str, ...] = SERVICES
+    ) -> None:
         self._env = env
         self._log_dir = log_dir
+        self._names = names
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        for name in SERVICES:
+        for name in self._names:
             log = (self._log_dir / f"{name}.log").open("ab")
             self.processes[name] = subprocess.Popen(  # noqa: S603 - our own entry point
                 [sys.executable, "-m", "services.cli", "run", name],
@@ -91,6 +99,85 @@ def _count_files(folder: Path, pattern: str) -> int:
     return sum(1 for _ in folder.glob(pattern)) if folder.exists() else 0
 
 
+async def _drain(
+    watch: PipelineWatch, services: ServiceProcesses, within: float, after: str
+) -> None:
+    """Wait until the pipeline is drained, failing at once when a service died."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        services.check_alive()
+        if await watch.drained(2.0):
+            return
+    raise RuntimeError(f"pipeline not drained after {after}: {await watch.lag()}")
+
+
+class CouponRedeemer:
+    """Plays the shoppers who bring their coupons: reads `crm.offers` as marketing would and
+    lists an open coupon's code at some of the customer's later checkouts (and, rarely, a code
+    that does not exist), so the demo shows redemptions and rejections."""
+
+    def __init__(self, kafka: KafkaSettings, *, seed: int, share: float = 0.4) -> None:
+        self._kafka = kafka
+        self._rng = random.Random(seed)  # noqa: S311 - simulated shoppers, not secrets
+        self._share = share
+        self._key = PrivacySettings().card_key.get_secret_value().encode()
+        self._open: dict[str, dict[str, dt.date]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._kafka.kafka_bootstrap, auto_offset_reset="earliest"
+        )
+        await self._consumer.start()
+        partitions = [
+            TopicPartition(OFFERS, p)
+            for p in sorted(self._consumer.partitions_for_topic(OFFERS) or ())
+        ]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_beginning(*partitions)
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def catch_up(self) -> None:
+        """Read the offer events published so far."""
+        assert self._consumer is not None
+        while batch := await self._consumer.getmany(timeout_ms=200):
+            for records in batch.values():
+                for record in records:
+                    self._note(orjson.loads(record.value))
+
+    def _note(self, event: dict[str, Any]) -> None:
+        codes = self._open.setdefault(event["customer_id"], {})
+        if event["type"] == "offer_issued":
+            codes[event["coupon_code"]] = dt.date.fromisoformat(event["valid_until"])
+        elif event["type"] in ("offer_redeemed", "offer_expired"):
+            codes.pop(event["coupon_code"], None)
+
+    def redeem(self, day: dt.date, batch: list[RawMessage]) -> list[RawMessage]:
+        out = []
+        for message in batch:
+            if message.topic != CHECKOUTS_RAW or self._rng.random() > self._share:
+                out.append(message)
+                continue
+            doc = orjson.loads(message.value) if message.value.startswith(b"{") else None
+            card = doc.get("card_number") if isinstance(doc, dict) else None
+            if not isinstance(doc, dict) or not isinstance(card, str):
+                out.append(message)
+                continue
+            customer = customer_id_for_card(card_id(card, self._key))
+            usable = [c for c, until in self._open.get(customer, {}).items() if until >= day]
+            if self._rng.random() < 0.03:
+                usable = ["ZZZZ-ZZZZ-ZZZZ"]  # a mistyped code: rejected as unknown
+            if not usable:
+                out.append(message)
+                continue
+            doc["coupons"] = [self._rng.choice(usable)]
+            out.append(replace(message, value=orjson.dumps(doc)))
+        return out
+
+
 async def _profiles_count(store_url: str) -> int:
     from services.profiles.store import open_repository
     from shared.settings import StoreSettings
@@ -125,12 +212,20 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         env.pop("CRM_SMTP_HOST", None)
         services = ServiceProcesses(env, data / "logs")
         services.start()
-        watch = PipelineWatch(kafka)
+        watch = PipelineWatch(kafka, services=SERVICES)
         producer = await open_producer(kafka)
         await watch.start()
         try:
             messages = generate(options.simulation)
-            days = list(by_day(messages))
+            start = options.simulation.start
+            history = [m for m in messages if m.day < start]
+            days = list(by_day([m for m in messages if m.day >= start]))
+            redeemer = CouponRedeemer(kafka, seed=options.simulation.seed)
+            await redeemer.start()
+            if history:
+                console.print(f"history before {start}: {len(history)} events")
+                await publish(producer, history)
+                await _drain(watch, services, options.drain_timeout, "the history")
             with Progress(
                 TextColumn("[progress.description]{task.description}"),
                 BarColumn(),
@@ -143,14 +238,14 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
                 for day, batch in days:
                     services.check_alive()
                     await tick(producer, day)
-                    await publish(producer, batch)
-                    if not await watch.drained(options.drain_timeout):
-                        raise RuntimeError(f"pipeline not drained after {day}: {await watch.lag()}")
+                    await redeemer.catch_up()
+                    await publish(producer, redeemer.redeem(day, batch))
+                    await _drain(watch, services, options.drain_timeout, day.isoformat())
                     progress.update(task, advance=1, description=f"simulated {day.isoformat()}")
+            await redeemer.stop()
             last = days[-1][0] + dt.timedelta(days=1)
             await tick(producer, last)
-            if not await watch.drained(options.drain_timeout):
-                raise RuntimeError(f"pipeline not drained: {await watch.lag()}")
+            await _drain(watch, services, options.drain_timeout, "the last tick")
             summary = await _summary(kafka, store_url, outbox, len(messages))
         finally:
             await watch.stop()

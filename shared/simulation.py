@@ -103,6 +103,11 @@ class SimulationConfig:
     linked_cards: int = 3
     erasures: int = 1
     consent_withdrawals: int = 3
+    history_days: int = 0
+    """With history: some customers first bought about a year before `start` (their anniversary
+    falls in the simulated days) and some stopped coming 70 to 160 days before it (win-back)."""
+    established_share: float = 0.15
+    lapsed_share: float = 0.06
     store_timezones: dict[str, str] = field(default_factory=dict)
 
 
@@ -233,6 +238,9 @@ class _Generator:
         home = rng.choice(self.stores)
         favourites = rng.sample(range(len(CATALOG)), 3)
         first_day = rng.choice(days[: max(1, len(days) // 3)])
+        earlier = self._history(days) if config.history_days > 0 else None
+        if earlier is not None:
+            first_day = earlier[0]
         if rng.random() < config.signup_share:
             at = self._moment(first_day) - dt.timedelta(hours=1)
             birth = dt.date(rng.randrange(1950, 2005), 1, 1) + dt.timedelta(days=rng.randrange(365))
@@ -252,9 +260,13 @@ class _Generator:
         second_card = None
         if index <= config.linked_cards:
             second_card = card_number(config.customers + index)
-        for day in days:
-            if day < first_day or rng.random() > config.visits_per_week / 7:
-                continue
+        lapsed = earlier is not None and earlier[-1] < days[0] - dt.timedelta(days=60)
+        visits = [
+            day
+            for day in days
+            if not lapsed and day >= first_day and rng.random() <= config.visits_per_week / 7
+        ]
+        for day in [*(earlier or []), *visits]:
             at = self._moment(day)
             store = home if rng.random() < 0.8 else rng.choice(self.stores)
             use = second_card if second_card and rng.random() < 0.3 else card
@@ -306,6 +318,24 @@ class _Generator:
                 "card_number": card,
             }
             self._add(CUSTOMERS_RAW, home, erase, erase_at)
+
+    def _history(self, days: list[dt.date]) -> list[dt.date] | None:
+        """Visit days before `start` for an established or a lapsed customer, else None."""
+        config, rng = self.config, self.rng
+        start = days[0]
+        roll = rng.random()
+        if roll < config.established_share:
+            first = start - dt.timedelta(days=365) + dt.timedelta(days=rng.randrange(len(days)))
+            later = [
+                first + dt.timedelta(days=n)
+                for n in range(1, (start - first).days)
+                if rng.random() < 1 / 14
+            ]
+            return [first, *later]
+        if roll < config.established_share + config.lapsed_share:
+            span = [start - dt.timedelta(days=n) for n in range(160, 70, -1)]
+            return sorted(rng.sample(span, rng.randrange(5, 10)))
+        return None
 
     def _broken(self, days: list[dt.date]) -> None:
         rng = self.rng
