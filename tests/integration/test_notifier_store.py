@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import mongomock.collection
 import pytest
 from mongomock_motor import AsyncMongoMockClient
 
@@ -27,49 +24,6 @@ from shared.store import StoreLocation, open_mongo
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-
-
-def _docker_usable() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return (
-            subprocess.run(
-                ["docker", "info"], capture_output=True, timeout=10, check=False
-            ).returncode
-            == 0
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.fixture(scope="module")
-def real_mongo_url() -> Iterator[str]:
-    url = os.environ.get("CRM_TEST_MONGO_URL")
-    if url:
-        yield url
-        return
-    if not _docker_usable():
-        pytest.skip("real MongoDB: set CRM_TEST_MONGO_URL or make docker usable")
-    from testcontainers.mongodb import MongoDbContainer
-
-    with MongoDbContainer("mongo:7") as container:
-        yield container.get_connection_url()
-
-
-@pytest.fixture
-def emulator_bulk_compat(monkeypatch: pytest.MonkeyPatch) -> None:
-    """mongomock's bulk builder predates PyMongo 4.11's `sort` argument to ReplaceOne/UpdateOne."""
-    builder = mongomock.collection.BulkOperationBuilder
-
-    def without_sort(method: Any) -> Any:
-        def call(self: Any, *args: Any, sort: Any = None, **kwargs: Any) -> Any:
-            return method(self, *args, **kwargs)
-
-        return call
-
-    monkeypatch.setattr(builder, "add_replace", without_sort(builder.add_replace))
-    monkeypatch.setattr(builder, "add_update", without_sort(builder.add_update))
 
 
 @pytest.fixture(

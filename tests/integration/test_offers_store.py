@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,30 +34,6 @@ KEY = b"k"
 UTC = dt.UTC
 
 
-def _docker_usable() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.fixture(scope="session")
-def real_mongo_url() -> Iterator[str]:
-    """`CRM_TEST_MONGO_URL`, else a MongoDB container when docker works, else skip."""
-    url = os.environ.get("CRM_TEST_MONGO_URL")
-    if url:
-        yield url
-        return
-    if not _docker_usable():
-        pytest.skip("real MongoDB: set CRM_TEST_MONGO_URL or make docker usable")
-    from testcontainers.mongodb import MongoDbContainer
-
-    with MongoDbContainer("mongo:7") as container:
-        yield container.get_connection_url()
-
-
 @pytest.fixture(
     params=[
         "sqlite_file",
@@ -77,7 +51,7 @@ async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     elif request.param == "sqlite_memory":
         repository = await open_repository(StoreSettings(store_url="memory://"))
     elif request.param == "mongo_emulator":
-        request.getfixturevalue("_mongomock_bulk_compat")
+        request.getfixturevalue("emulator_bulk_compat")
         mongo = MongoOffersRepository(AsyncMongoMockClient()["crm_test"])
         await mongo.ensure_indexes()
         repository = mongo
@@ -339,25 +313,3 @@ async def test_sqlite_calendar_queries_use_their_indexes() -> None:
         connection.set_trace_callback(statements.append)
         assert f"USING INDEX {index}" in plan, plan
     await repository.close()
-
-
-def _mongomock_without_sort(method: Any) -> Any:
-    def call(self: Any, *args: Any, sort: Any = None, **kwargs: Any) -> Any:
-        return method(self, *args, **kwargs)
-
-    return call
-
-
-@pytest.fixture
-def _mongomock_bulk_compat(monkeypatch: pytest.MonkeyPatch) -> None:
-    """mongomock 4.3's bulk builder predates PyMongo 4.11's `sort` argument of UpdateOne."""
-    from mongomock.collection import BulkOperationBuilder
-
-    monkeypatch.setattr(
-        BulkOperationBuilder, "add_update", _mongomock_without_sort(BulkOperationBuilder.add_update)
-    )
-    monkeypatch.setattr(
-        BulkOperationBuilder,
-        "add_replace",
-        _mongomock_without_sort(BulkOperationBuilder.add_replace),
-    )

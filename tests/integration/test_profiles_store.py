@@ -7,14 +7,10 @@ can start a container.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -41,43 +37,6 @@ from shared.store import StoreLocation
 T0 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture
-def _mongomock_bulk_compat(monkeypatch: pytest.MonkeyPatch) -> None:
-    """mongomock 4.3's bulk builder predates PyMongo 4.20's `sort` argument of ReplaceOne."""
-    from mongomock.collection import BulkOperationBuilder
-
-    original = BulkOperationBuilder.add_replace
-
-    def add_replace(self: Any, selector: Any, doc: Any, upsert: Any, **kw: Any) -> Any:
-        kw.pop("sort", None)
-        return original(self, selector, doc, upsert, **kw)
-
-    monkeypatch.setattr(BulkOperationBuilder, "add_replace", add_replace)
-
-
-def _docker_usable() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.fixture(scope="module")
-def real_mongo_url() -> Iterator[str]:
-    url = os.environ.get("CRM_TEST_MONGO_URL")
-    if url:
-        yield url
-        return
-    if not _docker_usable():
-        pytest.skip("real MongoDB: set CRM_TEST_MONGO_URL or make docker usable")
-    from testcontainers.mongodb import MongoDbContainer
-
-    with MongoDbContainer("mongo:7") as container:
-        yield container.get_connection_url()
-
-
 @pytest.fixture(
     params=[
         "sqlite-file",
@@ -93,7 +52,7 @@ async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     elif request.param == "sqlite-memory":
         repository = SqliteProfilesRepository.open(StoreLocation.parse("memory://"))
     elif request.param == "mongo-emulator":
-        request.getfixturevalue("_mongomock_bulk_compat")
+        request.getfixturevalue("emulator_bulk_compat")
         from mongomock_motor import AsyncMongoMockClient
 
         mongo = MongoProfilesRepository(AsyncMongoMockClient()["crm_test"])
