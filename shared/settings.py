@@ -7,20 +7,45 @@ table is checked against these classes by a test.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
+SECRETS_DIR_VARIABLE = "CRM_SECRETS_DIR"
+"""Folder of secret files, one per setting, read in addition to the environment."""
 DEV_CARD_KEY = "crm-stream-development-card-key"
 DEV_COUPON_KEY = "crm-stream-development-coupon-key"
 
 
 class _Env(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore", secrets_dir=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Secrets may also come from files in `CRM_SECRETS_DIR` (a mounted Kubernetes
+        Secret: one file per variable, named like it, e.g. `CRM_SMTP_PASSWORD`); the
+        environment wins over a file."""
+        folder = os.environ.get(SECRETS_DIR_VARIABLE)
+        if folder:
+            file_secret_settings = SecretsSettingsSource(settings_cls, secrets_dir=folder)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
 
 
 class KafkaSettings(_Env):

@@ -72,6 +72,8 @@ def open_sqlite(location: StoreLocation, service: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=10000")
+    # Erased personal data is overwritten on disk, not left in free pages of the file.
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 

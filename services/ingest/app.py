@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from typing import Any
 
+from aiokafka import ConsumerRecord
 from faststream import FastStream
 from faststream.kafka.annotations import KafkaMessage
 
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestRepository, open_repository
-from shared.kafka import batch_subscriber, new_broker, publish_all
+from shared.kafka import BatchGuard, batch_subscriber, new_broker, publish_all
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.topics import GROUP_INGEST, RAW_TOPICS
@@ -33,6 +36,7 @@ def create_app(
     broker = new_broker(settings.kafka, client_id="crm-ingest")
     app = FastStream(broker)
     holder: dict[str, IngestService] = {}
+    guard = BatchGuard(broker, service="ingest")
 
     def build(repo: IngestRepository) -> IngestService:
         holder["service"] = IngestService(
@@ -48,8 +52,11 @@ def create_app(
 
     @batch_subscriber(broker, settings.kafka, GROUP_INGEST, *RAW_TOPICS)
     async def on_raw(_: list[bytes], message: KafkaMessage) -> None:
+        await guard.run(message.raw_message, process)
+
+    async def process(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         service = holder["service"]
-        result = await service.process(message.raw_message)
+        result = await service.process(records)
         await publish_all(broker, result.outgoing)
         await service.record(result)
 

@@ -15,7 +15,7 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from services.notifier.domain import QuietPolicy, Renderer
-from services.notifier.mailer import Transport, transport_for
+from services.notifier.mailer import Transport, transport_for, verify_smtp_login
 from services.notifier.service import Clock, NotifierService, utc_now
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import NotifierRepository, open_repository
@@ -145,6 +145,7 @@ def create_app(
 
     @app.on_startup
     async def open_store() -> None:
+        await verify_smtp_login(settings.smtp)
         if owns_repository:
             service.repository = await open_repository(settings.store)
 

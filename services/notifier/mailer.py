@@ -163,6 +163,31 @@ class SmtpTransport:
             client.close()
 
 
+class SmtpLoginRefused(RuntimeError):
+    """The SMTP server refused the configured credentials: stop, do not retry for ever."""
+
+
+async def verify_smtp_login(settings: SmtpSettings) -> None:
+    """At start-up, when credentials are set: log in once and fail clearly if refused.
+
+    A server that is merely unreachable is not an error here (the sends retry with backoff);
+    a refused login is, because retrying a wrong password never succeeds.
+    """
+    if not settings.smtp_host or not settings.smtp_username:
+        return
+    client = SmtpTransport(settings)._new_client()
+    try:
+        await client.connect()
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        raise SmtpLoginRefused(
+            f"the SMTP server {settings.smtp_host}:{settings.smtp_port} refused the login of "
+            f"CRM_SMTP_USERNAME ({exc.code}): check CRM_SMTP_USERNAME and CRM_SMTP_PASSWORD"
+        ) from None
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        return
+    client.close()
+
+
 def transport_for(settings: SmtpSettings) -> Transport:
     """SMTP when `CRM_SMTP_HOST` is set, else the outbox folder."""
     if settings.smtp_host:

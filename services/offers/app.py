@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import ConsumerRecord
 from faststream import FastStream
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import BatchSubscriber
@@ -10,7 +14,7 @@ from services.offers.domain import OfferEngine
 from services.offers.service import OffersService
 from services.offers.settings import OfferRules, OffersSettings
 from services.offers.store import OffersRepository, open_repository
-from shared.kafka import batch_options, new_broker, publish_all
+from shared.kafka import BatchGuard, batch_options, new_broker, publish_all
 from shared.settings import Settings
 from shared.topics import CLOCK, GROUP_OFFERS, PROFILES_CHANGED
 
@@ -40,6 +44,7 @@ def create_app(
     )
     owns_repository = repository is None
     broker = new_broker(settings.kafka, client_id="crm-offers")
+    guard = BatchGuard(broker, service="offers")
 
     # Typed by hand: with the options spread from a dict, mypy cannot pick an overload.
     subscriber: BatchSubscriber = broker.subscriber(
@@ -48,7 +53,10 @@ def create_app(
 
     @subscriber
     async def on_profiles_and_clock(_: list[bytes], message: KafkaMessage) -> None:
-        outgoing = await service.handle(message.raw_message)
+        await guard.run(message.raw_message, process)
+
+    async def process(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        outgoing = await service.handle(records)
         await publish_all(broker, outgoing)
 
     app = FastStream(broker)
