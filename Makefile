@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install tools demo test lint typecheck pytest bench clean
+.PHONY: install tools browser demo test lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -25,10 +25,15 @@ $(TOOLS_STAMP):
 
 tools: $(TOOLS_STAMP)
 
+# The browser tests drive Debian's Chromium with Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
 demo: install
 	$(BIN)/crm demo
 
-test: install tools lint typecheck pytest
+test: install tools browser lint typecheck pytest
 
 lint: install
 	$(BIN)/ruff check .
@@ -37,7 +42,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install browser
 	$(BIN)/pytest
 
 bench: install

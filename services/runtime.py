@@ -20,7 +20,7 @@ from shared.store import StoreLocation
 
 log = get_logger(__name__)
 
-SERVICES: tuple[str, ...] = ("ingest", "profiles", "offers", "notifier")
+SERVICES: tuple[str, ...] = ("ingest", "profiles", "offers", "notifier", "reports")
 
 
 class AppFactory(Protocol):

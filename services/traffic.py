@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import orjson
@@ -61,13 +61,18 @@ async def tick(producer: AIOKafkaProducer, day: dt.date) -> None:
 class PipelineWatch:
     """Consumer-group lag of every service, checked upstream first, to know the pipeline is drained."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    PIPELINE: tuple[str, ...] = ("ingest", "profiles", "offers", "notifier")
+    """Services watched by default; pass `services` to watch others too (reports)."""
+
+    def __init__(self, settings: KafkaSettings, services: Collection[str] | None = None) -> None:
         self._settings = settings
+        self._services = tuple(services) if services is not None else self.PIPELINE
         self._consumers: dict[str, tuple[AIOKafkaConsumer, tuple[str, ...]]] = {}
         self._reader: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
-        for group, topics in SERVICE_TOPICS.values():
+        for name in self._services:
+            group, topics = SERVICE_TOPICS[name]
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=require_bootstrap(self._settings),
                 group_id=group,

@@ -258,8 +258,23 @@ class OfferExpired(Event):
     expired_on: dt.date = Field(description="Clock day on which it was found expired.")
 
 
+class OfferHeldOut(Event):
+    """An eligible customer was held out of an offer (the control group that measures lift)."""
+
+    type: Literal["held_out"] = "held_out"
+    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    offer_id: str = Field(description="Id the offer would have had (deterministic).")
+    customer_id: str = Field(description="Pseudonymous customer id (the message key).")
+    kind: OfferKind = Field(description="Rule the customer was eligible for.")
+    period: str = Field(description="Campaign period of the decision, ISO week `YYYY-Www`.")
+    sku: str | None = Field(default=None, description="SKU the coupon would apply to.")
+    valid_from: dt.date = Field(description="First day the coupon would have been valid.")
+    valid_until: dt.date = Field(description="Last day the coupon would have been valid.")
+    decided_at: AwareDatetime = Field(description="Time of the trigger.")
+
+
 OfferEvent = Annotated[
-    OfferIssued | OfferRedeemed | RedemptionRejected | OfferExpired,
+    OfferIssued | OfferRedeemed | RedemptionRejected | OfferExpired | OfferHeldOut,
     Field(discriminator="type"),
 ]
 """Everything offers publishes on `crm.offers`."""

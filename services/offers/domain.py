@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from services.offers.settings import OfferRules
 from shared.events import (
     OfferExpired,
+    OfferHeldOut,
     OfferIssued,
     OfferKind,
     OfferRedeemed,
@@ -70,6 +71,25 @@ def normalize_code(code: str) -> str:
     if len(compact) == 12:
         return f"{compact[:4]}-{compact[4:8]}-{compact[8:]}"
     return compact[:MAX_CODE_LENGTH]
+
+
+def campaign_period(day: dt.date) -> str:
+    """The campaign period of an offer day: its ISO week, `YYYY-Www`."""
+    year, week, _ = day.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def is_held_out(customer_id: str, kind: OfferKind, period: str, percent: Decimal) -> bool:
+    """Whether a customer is in the hold-out group of a kind for a period.
+
+    A uniform draw from SHA-256 of customer, kind and period: the same on every run and every
+    replica, independent between periods (a customer is not held out of every campaign).
+    """
+    if percent <= 0:
+        return False
+    digest = hashlib.sha256(f"holdout|{kind}|{period}|{customer_id}".encode()).digest()
+    draw = int.from_bytes(digest[:8], "big") % 1_000_000
+    return Decimal(draw) < percent * 10_000
 
 
 def one_year_after(day: dt.date) -> dt.date:
@@ -212,7 +232,7 @@ class Changes:
         )
 
 
-OutEvent = OfferIssued | OfferRedeemed | RedemptionRejected | OfferExpired
+OutEvent = OfferIssued | OfferRedeemed | RedemptionRejected | OfferExpired | OfferHeldOut
 
 
 @dataclass(slots=True)
@@ -518,6 +538,24 @@ class OfferEngine:
         reason = self._suppression(book, customer, candidate)
         if reason is not None:
             out.stats[f"suppressed_{reason}"] += 1
+            return
+        period = campaign_period(candidate.valid_from)
+        if is_held_out(customer.customer_id, candidate.kind, period, self.rules.holdout.percent):
+            # Eligible but in the control group: no offer, no e-mail, only the decision.
+            issued = candidate.issued
+            out.events.append(
+                OfferHeldOut(
+                    offer_id=issued.offer_id,
+                    customer_id=issued.customer_id,
+                    kind=issued.kind,
+                    period=period,
+                    sku=issued.sku,
+                    valid_from=issued.valid_from,
+                    valid_until=issued.valid_until,
+                    decided_at=issued.issued_at,
+                )
+            )
+            out.stats[f"held_out_{candidate.kind}"] += 1
             return
         book.put(candidate)
         out.changes.new_offers[candidate.offer_id] = candidate

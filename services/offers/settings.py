@@ -110,6 +110,20 @@ class FrequencyCap(BaseModel):
     )
 
 
+class HoldOut(BaseModel):
+    """A share of eligible customers gets no offer of a kind in a campaign period (the control)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    percent: Decimal = Field(
+        default=Decimal(5),
+        ge=0,
+        le=100,
+        description="Share of eligible customers held out, per offer kind and ISO week, chosen "
+        "deterministically from the customer id, the kind and the week.",
+    )
+
+
 class OfferRules(BaseModel):
     """Every offer rule's parameters; the defaults are the contract's."""
 
@@ -125,6 +139,9 @@ class OfferRules(BaseModel):
     win_back: WinBackRule = Field(default_factory=WinBackRule, description="The win-back rule.")
     frequency_cap: FrequencyCap = Field(
         default_factory=FrequencyCap, description="The frequency cap over all kinds."
+    )
+    holdout: HoldOut = Field(
+        default_factory=HoldOut, description="The hold-out group that measures each kind's lift."
     )
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from fastapi import APIRouter
 from faststream import FastStream
 from faststream.kafka.annotations import KafkaMessage
 
 from services.profiles.service import ProfilesService
 from services.profiles.settings import ProfilesSettings
 from services.profiles.store import ProfilesRepository, open_repository
-from shared.kafka import batch_subscriber, new_broker, publish_all
+from shared.kafka import BatchGuard, batch_subscriber, new_broker, publish_all
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.topics import EVENTS, GROUP_PROFILES
@@ -33,10 +38,14 @@ def create_app(
     app = FastStream(broker)
     app.context.set_global(SERVICE_KEY, service)
     owned: list[ProfilesRepository] = []
+    guard = BatchGuard(broker, service="profiles")
 
     @batch_subscriber(broker, settings.kafka, GROUP_PROFILES, EVENTS)
     async def on_events(_: list[bytes], message: KafkaMessage) -> None:
-        folded = await service.fold(message.raw_message)
+        await guard.run(message.raw_message, process)
+
+    async def process(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        folded = await service.fold(records)
         await publish_all(broker, folded.outgoing)
         await service.save(folded)
 
@@ -64,3 +73,10 @@ def service_of(app: FastStream) -> ProfilesService:
     if not isinstance(service, ProfilesService):
         raise LookupError("not a profiles app")
     return service
+
+
+def create_router(app: FastStream, settings: Settings) -> APIRouter:
+    """The call-centre look-up API (services/profiles/api.py), served by `crm run`."""
+    from services.profiles.api import create_lookup_router
+
+    return create_lookup_router(app, settings)

@@ -87,6 +87,7 @@ def test_image_command_serves_health_readiness_and_moving_metrics(tmp_path: Path
                 "profiles": True,
                 "offers": True,
                 "notifier": True,
+                "reports": True,
             }
             assert get(f"{base}/healthz") == (200, '{"status":"ok"}')
             before = get(f"{base}/metrics")[1]

@@ -1,0 +1,342 @@
+"""The call-centre look-up API: a customer's profile, coupons and history, for agents.
+
+`POST /api/customers/lookup` takes the card number in the body (never in a URL or a log), hashes
+it with `CRM_CARD_KEY` like ingest does and finds the profile that card feeds;
+`GET /api/customers/{customer_id}` reads it by its pseudonymous id. Both need the `agent` (or
+`admin`) role, and each look-up is written to the audit log, which `admin` reads at
+`GET /api/audit`.
+
+Coupons come from the offers service's repository (`open_offers` / `used_offers`, which it keeps
+for this view), read-only; the profile itself from the profiles repository of the running app.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the routes' Annotated
+# dependencies, which name local variables, at definition time.
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from faststream import FastStream
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from services.offers.domain import OfferRecord
+from services.offers.store import OffersRepository
+from services.offers.store import open_repository as open_offers_repository
+from services.profiles.domain import CustomerProfile, Segment
+from services.profiles.store import ProfilesRepository
+from shared.auth import (
+    AuditEntry,
+    AuditLog,
+    Principal,
+    TokenTable,
+    now_utc,
+    open_audit_log,
+    require,
+)
+from shared.events import OfferKind
+from shared.logging import get_logger
+from shared.privacy import InvalidCardNumber, card_id
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+MAX_ALIAS_HOPS = 8
+"""Aliases followed from a merged customer id to the live profile."""
+
+
+class LookupRequest(BaseModel):
+    """The card number travels in the body only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    card_number: str = Field(
+        min_length=1, max_length=64, description="Card number, digits with spaces or dashes."
+    )
+
+
+class FavouriteView(BaseModel):
+    key: str = Field(description="SKU or category.")
+    checkouts: int = Field(description="Distinct checkouts containing it.")
+    spend: Decimal = Field(description="Money spent on it.")
+
+
+class PurchaseView(BaseModel):
+    event_id: str = Field(description="The checkout's event id.")
+    at: AwareDatetime = Field(description="When it happened.")
+    store_id: str = Field(description="Store of the checkout.")
+    total: Decimal = Field(description="Basket total.")
+    lines: int = Field(description="Basket lines.")
+    skus: list[str] = Field(description="Distinct SKUs of the basket.")
+
+
+class InteractionView(BaseModel):
+    type: str = Field(description="Interaction type (support_ticket, email_open, ...).")
+    channel: str | None = Field(description="Channel.")
+    at: AwareDatetime = Field(description="When it happened.")
+    details: dict[str, str | int | float | bool | None] = Field(description="Details as sent.")
+
+
+class CouponView(BaseModel):
+    offer_id: str = Field(description="Offer id.")
+    kind: OfferKind = Field(description="Rule that issued it.")
+    coupon_code: str = Field(description="Coupon code.")
+    discount_percent: Decimal = Field(description="Percentage off.")
+    sku: str | None = Field(description="SKU it applies to; null = basket.")
+    product_name: str | None = Field(description="Name of that product.")
+    valid_from: dt.date = Field(description="First valid day.")
+    valid_until: dt.date = Field(description="Last valid day.")
+    state: Literal["issued", "redeemed", "expired"] = Field(description="Lifecycle state.")
+    redeemed_at: AwareDatetime | None = Field(description="When it was redeemed.")
+
+
+class CouponsView(BaseModel):
+    open: list[CouponView] = Field(description="Issued coupons not yet redeemed or expired.")
+    used: list[CouponView] = Field(description="Redeemed coupons.")
+
+
+class EmailStatus(BaseModel):
+    has_email: bool = Field(description="Whether an e-mail address is on file.")
+    marketing_consent: bool = Field(description="Opt-in to marketing e-mail.")
+    reachable: bool = Field(description="Whether offers and e-mails can be sent.")
+
+
+class CustomerView(BaseModel):
+    """What an agent sees of a customer."""
+
+    customer_id: str = Field(description="Pseudonymous customer id.")
+    cards: int = Field(description="Cards feeding this profile.")
+    registered: bool = Field(description="Whether the customer signed up.")
+    first_name: str | None = Field(description="First name.")
+    email: str | None = Field(description="E-mail address.")
+    birth_date: dt.date | None = Field(description="Date of birth.")
+    home_store_id: str | None = Field(description="Home store.")
+    email_status: EmailStatus = Field(description="Consent and e-mail status.")
+    visits: int = Field(description="Distinct checkouts.")
+    total_spend: Decimal = Field(description="Money spent.")
+    average_spend: Decimal = Field(description="Spend per visit.")
+    first_purchase_at: AwareDatetime | None = Field(description="First checkout.")
+    last_purchase_at: AwareDatetime | None = Field(description="Latest checkout.")
+    recency_days: int | None = Field(description="Days since the latest checkout.")
+    segment: Segment = Field(description="RFM segment (fixed thresholds).")
+    favourite_products: list[FavouriteView] = Field(description="Top SKUs.")
+    favourite_categories: list[FavouriteView] = Field(description="Top categories.")
+    recent_purchases: list[PurchaseView] = Field(description="Latest checkouts, newest first.")
+    coupons: CouponsView = Field(description="Open and used coupons.")
+    coupons_presented: list[str] = Field(description="Codes listed at checkouts.")
+    interactions: dict[str, int] = Field(description="Interactions per type.")
+    latest_interactions: list[InteractionView] = Field(
+        description="Latest interactions (support tickets, e-mail opens and clicks...), newest first."
+    )
+
+
+def _coupon(record: OfferRecord) -> CouponView:
+    issued = record.issued
+    return CouponView(
+        offer_id=issued.offer_id,
+        kind=issued.kind,
+        coupon_code=issued.coupon_code,
+        discount_percent=issued.discount_percent,
+        sku=issued.sku,
+        product_name=issued.product_name,
+        valid_from=issued.valid_from,
+        valid_until=issued.valid_until,
+        state=record.state,
+        redeemed_at=record.redemption.redeemed_at if record.redemption else None,
+    )
+
+
+def customer_view(
+    profile: CustomerProfile,
+    *,
+    open_offers: list[OfferRecord],
+    used_offers: list[OfferRecord],
+    today: dt.date,
+) -> CustomerView:
+    """The agent's view of a live profile (pure)."""
+    return CustomerView(
+        customer_id=profile.customer_id,
+        cards=len(profile.card_ids),
+        registered=profile.registered,
+        first_name=profile.first_name,
+        email=profile.email,
+        birth_date=profile.birth_date,
+        home_store_id=profile.home_store_id,
+        email_status=EmailStatus(
+            has_email=profile.email is not None,
+            marketing_consent=profile.marketing_consent,
+            reachable=profile.email is not None and profile.marketing_consent,
+        ),
+        visits=profile.visits,
+        total_spend=profile.total_spend,
+        average_spend=profile.average_spend,
+        first_purchase_at=profile.first_purchase_at,
+        last_purchase_at=profile.last_purchase_at,
+        recency_days=profile.recency_days(today),
+        segment=profile.segment(today),
+        favourite_products=[
+            FavouriteView(key=f.key, checkouts=f.checkouts, spend=f.spend)
+            for f in profile.favourite_products()
+        ],
+        favourite_categories=[
+            FavouriteView(key=f.key, checkouts=f.checkouts, spend=f.spend)
+            for f in profile.favourite_categories()
+        ],
+        recent_purchases=[
+            PurchaseView(
+                event_id=p.event_id,
+                at=p.at,
+                store_id=p.store_id,
+                total=p.total,
+                lines=p.lines,
+                skus=list(p.skus),
+            )
+            for p in reversed(profile.recent_purchases)
+        ],
+        coupons=CouponsView(
+            open=[_coupon(o) for o in open_offers], used=[_coupon(o) for o in used_offers]
+        ),
+        coupons_presented=list(profile.coupons_redeemed),
+        interactions=dict(profile.interactions),
+        latest_interactions=[
+            InteractionView(type=i.type, channel=i.channel, at=i.at, details=dict(i.details))
+            for i in reversed(profile.latest_interactions)
+        ],
+    )
+
+
+class LookupApi:
+    """The look-up's dependencies: profiles (from the app), offers and the audit log (opened lazily)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        profiles: ProfilesRepository | None,
+        *,
+        app: FastStream | None = None,
+        offers: OffersRepository | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self._settings = settings
+        self._profiles = profiles
+        self._app = app
+        self._offers = offers
+        self._audit = audit
+
+    def profiles(self) -> ProfilesRepository:
+        if self._profiles is not None:
+            return self._profiles
+        from services.profiles.app import service_of
+
+        if self._app is None:
+            raise RuntimeError("no profiles repository")
+        try:
+            return service_of(self._app).repository
+        except RuntimeError as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "not started") from exc
+
+    async def offers(self) -> OffersRepository:
+        if self._offers is None:
+            self._offers = await open_offers_repository(self._settings.store)
+        return self._offers
+
+    def audit(self) -> AuditLog:
+        if self._audit is None:
+            self._audit = open_audit_log(self._settings.store)
+        return self._audit
+
+    async def live(self, customer_id: str) -> CustomerProfile | None:
+        """The live profile of an id, following aliases left by card links."""
+        repository = self.profiles()
+        for _ in range(MAX_ALIAS_HOPS):
+            profile = await repository.get(customer_id)
+            if profile is None or profile.erased:
+                return None
+            if profile.merged_into is None:
+                return profile
+            customer_id = profile.merged_into
+        return None
+
+    async def view(self, profile: CustomerProfile) -> CustomerView:
+        offers = await self.offers()
+        return customer_view(
+            profile,
+            open_offers=await offers.open_offers(profile.customer_id),
+            used_offers=await offers.used_offers(profile.customer_id),
+            today=now_utc().date(),
+        )
+
+    async def audited(
+        self, principal: Principal, action: str, profile: CustomerProfile | None
+    ) -> CustomerView:
+        customer_id = profile.customer_id if profile else None
+        await self.audit().record(
+            AuditEntry(
+                at=now_utc(),
+                role=principal.role,
+                token_id=principal.token_id,
+                customer_id=customer_id,
+                action=action,
+                found=profile is not None,
+            )
+        )
+        log.info(
+            "customer_looked_up",
+            action=action,
+            role=principal.role,
+            token_id=principal.token_id,
+            customer_id=customer_id,
+            found=profile is not None,
+        )
+        if profile is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such customer")
+        return await self.view(profile)
+
+
+def build_router(api: LookupApi, tokens: TokenTable) -> APIRouter:
+    """The look-up routes over a `LookupApi` (tests build one with in-memory repositories)."""
+    router = APIRouter(tags=["customers"])
+    agent = require(tokens, "agent")
+    admin = require(tokens, "admin")
+
+    @router.post("/api/customers/lookup", response_model=CustomerView)
+    async def lookup(
+        body: LookupRequest, principal: Annotated[Principal, Depends(agent)]
+    ) -> CustomerView:
+        """A customer by card number (in the body: it never appears in a URL or a log)."""
+        try:
+            card = card_id(
+                body.card_number, api._settings.privacy.card_key.get_secret_value().encode()
+            )
+        except InvalidCardNumber as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+        found = await api.profiles().find_by_card(card)
+        profile = await api.live(found.customer_id) if found is not None else None
+        return await api.audited(principal, "lookup_by_card", profile)
+
+    @router.get("/api/customers/{customer_id}", response_model=CustomerView)
+    async def by_id(
+        customer_id: str, principal: Annotated[Principal, Depends(agent)]
+    ) -> CustomerView:
+        """A customer by pseudonymous id."""
+        return await api.audited(principal, "get_by_id", await api.live(customer_id))
+
+    @router.get("/api/audit", response_model=list[AuditEntry])
+    async def audit(
+        _: Annotated[Principal, Depends(admin)],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[AuditEntry]:
+        """The latest customer look-ups, newest first (admin only)."""
+        return await api.audit().latest(limit)
+
+    return router
+
+
+def create_lookup_router(app: FastStream, settings: Settings) -> APIRouter:
+    tokens = TokenTable.parse(
+        settings.http.api_tokens.get_secret_value() if settings.http.api_tokens else None
+    )
+    if not len(tokens):
+        log.warning("api_tokens_unset", detail="CRM_API_TOKENS is empty: the API refuses everyone")
+    return build_router(LookupApi(settings, None, app=app), tokens)

@@ -1,0 +1,1 @@
+"""The reports service: campaign, product, store and segment reports from a read model of events."""

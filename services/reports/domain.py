@@ -1,0 +1,491 @@
+"""The reports, pure: campaigns with lift, products, stores and segments, from the read model's facts.
+
+The read model holds facts taken from events (purchases, offers issued, held out, redeemed,
+expired, deliveries, erasures); every report is a function of those facts and a date, so the
+same facts give the same figures. Money is Decimal throughout, statistics included (Decimal has
+an exact-enough square root), so no float touches a price.
+
+Lift: for each offer kind and campaign week, the spend per customer of treated customers (offer
+issued) minus that of held-out customers (eligible, no offer), each counted over the offer's
+validity: checkouts after the trigger up to the last valid day. The 95 % confidence interval is
+Welch's: difference +- 1.96 * sqrt(s_t^2/n_t + s_c^2/n_c) (needs two customers in each group).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from services.offers.domain import campaign_period
+from services.profiles.domain import CustomerProfile, Segment
+from services.reports.settings import StoreGoal
+from shared.events import OfferKind
+
+ReportName = Literal["campaigns", "products", "stores", "segments"]
+REPORT_NAMES: tuple[ReportName, ...] = ("campaigns", "products", "stores", "segments")
+
+Z_95 = Decimal("1.96")
+_CENT = Decimal("0.01")
+_RATE = Decimal("0.0001")
+_ZERO = Decimal(0)
+ALL_WEEKS = "all"
+UNCATEGORIZED = "uncategorized"
+
+
+# ---------------------------------------------------------------- facts
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    sku: str
+    category: str
+    quantity: Decimal
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """A checkout: `day` is the store's local calendar day."""
+
+    event_id: str
+    customer_id: str | None
+    store_id: str
+    at: dt.datetime
+    day: dt.date
+    total: Decimal
+    lines: tuple[Line, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """An offer issued, or the offer a held-out customer would have had."""
+
+    offer_id: str
+    customer_id: str
+    kind: OfferKind
+    at: dt.datetime
+    valid_from: dt.date
+    valid_until: dt.date
+    held_out: bool = False
+
+    @property
+    def week(self) -> str:
+        return campaign_period(self.valid_from)
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    offer_id: str
+    redeemed_at: dt.datetime
+    basket_total: Decimal
+
+
+@dataclass(slots=True)
+class Facts:
+    """Everything the reports read, as loaded from the read model."""
+
+    purchases: list[Purchase] = field(default_factory=list)
+    campaigns: list[Campaign] = field(default_factory=list)
+    redemptions: dict[str, Redemption] = field(default_factory=dict)
+    deliveries: dict[str, str] = field(default_factory=dict)
+    """offer id -> final delivery state (sent, written, bounced, suppressed, failed)."""
+    erased: set[str] = field(default_factory=set)
+
+    def latest_day(self) -> dt.date | None:
+        return max((p.day for p in self.purchases), default=None)
+
+
+DELIVERED_STATES = frozenset({"sent", "written"})
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True, slots=True)
+class Lift:
+    treated_spend: Decimal | None
+    control_spend: Decimal | None
+    lift: Decimal | None
+    low: Decimal | None
+    high: Decimal | None
+
+
+def _mean_var(values: Sequence[Decimal]) -> tuple[Decimal, Decimal | None]:
+    mean = sum(values, _ZERO) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, sum(((v - mean) ** 2 for v in values), _ZERO) / (len(values) - 1)
+
+
+def lift_of(treated: Sequence[Decimal], control: Sequence[Decimal]) -> Lift:
+    """Difference of mean spend (treated - control) with Welch's 95 % interval."""
+    if not treated or not control:
+        mean_t = _mean_var(treated)[0].quantize(_CENT) if treated else None
+        mean_c = _mean_var(control)[0].quantize(_CENT) if control else None
+        return Lift(mean_t, mean_c, None, None, None)
+    mean_t, var_t = _mean_var(treated)
+    mean_c, var_c = _mean_var(control)
+    diff = mean_t - mean_c
+    low = high = None
+    if var_t is not None and var_c is not None:
+        half = Z_95 * (var_t / len(treated) + var_c / len(control)).sqrt()
+        low, high = (diff - half).quantize(_CENT), (diff + half).quantize(_CENT)
+    return Lift(mean_t.quantize(_CENT), mean_c.quantize(_CENT), diff.quantize(_CENT), low, high)
+
+
+# ---------------------------------------------------------------- campaigns
+
+
+class CampaignRow(BaseModel):
+    kind: OfferKind = Field(description="Offer kind.")
+    week: str = Field(description="Campaign week (ISO, `YYYY-Www`) or `all`.")
+    eligible: int = Field(description="Customers eligible: issued + held out.")
+    held_out: int = Field(description="Eligible customers held out (no offer).")
+    issued: int = Field(description="Offers issued.")
+    delivered: int = Field(description="E-mails sent or written.")
+    redeemed: int = Field(description="Offers redeemed.")
+    redemption_rate: Decimal = Field(description="redeemed / issued.")
+    revenue: Decimal = Field(description="Total of the baskets that redeemed.")
+    treated_spend: Decimal | None = Field(description="Spend per treated customer in validity.")
+    control_spend: Decimal | None = Field(description="Spend per held-out customer in validity.")
+    lift: Decimal | None = Field(description="treated_spend - control_spend.")
+    lift_low: Decimal | None = Field(description="Lower end of the 95 % interval.")
+    lift_high: Decimal | None = Field(description="Upper end of the 95 % interval.")
+
+
+class CampaignsReport(BaseModel):
+    name: Literal["campaigns"] = "campaigns"
+    as_of: dt.date = Field(description="Latest day of data.")
+    rows: list[CampaignRow] = Field(description="Per kind and week, then per kind (`all`).")
+
+
+class _SpendIndex:
+    """Each customer's checkouts in time order, to sum spend over windows."""
+
+    def __init__(self, purchases: Iterable[Purchase]) -> None:
+        self._by_customer: dict[str, list[Purchase]] = defaultdict(list)
+        for p in purchases:
+            if p.customer_id is not None:
+                self._by_customer[p.customer_id].append(p)
+
+    def spend(self, customer_id: str, after: dt.datetime, until: dt.date) -> Decimal:
+        return sum(
+            (
+                p.total
+                for p in self._by_customer.get(customer_id, ())
+                if p.at > after and p.day <= until
+            ),
+            _ZERO,
+        )
+
+
+def _campaign_row(
+    kind: OfferKind, week: str, group: list[Campaign], facts: Facts, spend: _SpendIndex
+) -> CampaignRow:
+    issued = [c for c in group if not c.held_out]
+    held = [c for c in group if c.held_out]
+    redeemed = [facts.redemptions[c.offer_id] for c in issued if c.offer_id in facts.redemptions]
+    delivered = sum(1 for c in issued if facts.deliveries.get(c.offer_id) in DELIVERED_STATES)
+    lift = lift_of(
+        [spend.spend(c.customer_id, c.at, c.valid_until) for c in issued],
+        [spend.spend(c.customer_id, c.at, c.valid_until) for c in held],
+    )
+    return CampaignRow(
+        kind=kind,
+        week=week,
+        eligible=len(group),
+        held_out=len(held),
+        issued=len(issued),
+        delivered=delivered,
+        redeemed=len(redeemed),
+        redemption_rate=(Decimal(len(redeemed)) / len(issued)).quantize(_RATE) if issued else _ZERO,
+        revenue=sum((r.basket_total for r in redeemed), _ZERO),
+        treated_spend=lift.treated_spend,
+        control_spend=lift.control_spend,
+        lift=lift.lift,
+        lift_low=lift.low,
+        lift_high=lift.high,
+    )
+
+
+def campaigns_report(facts: Facts, as_of: dt.date | None = None) -> CampaignsReport:
+    """Per kind and week, then per kind over all weeks. Erased customers are left out."""
+    as_of = as_of or facts.latest_day() or dt.datetime.now(dt.UTC).date()
+    campaigns = [
+        c for c in facts.campaigns if c.customer_id not in facts.erased and c.valid_from <= as_of
+    ]
+    spend = _SpendIndex(p for p in facts.purchases if p.day <= as_of)
+    weekly: dict[tuple[OfferKind, str], list[Campaign]] = defaultdict(list)
+    per_kind: dict[OfferKind, list[Campaign]] = defaultdict(list)
+    for c in campaigns:
+        weekly[(c.kind, c.week)].append(c)
+        per_kind[c.kind].append(c)
+    rows = [_campaign_row(k, w, weekly[(k, w)], facts, spend) for k, w in sorted(weekly)]
+    rows += [_campaign_row(k, ALL_WEEKS, per_kind[k], facts, spend) for k in sorted(per_kind)]
+    return CampaignsReport(as_of=as_of, rows=rows)
+
+
+# ---------------------------------------------------------------- products
+
+
+class ProductRow(BaseModel):
+    key: str = Field(description="SKU or category.")
+    revenue: Decimal = Field(description="Revenue in the period.")
+    units: Decimal = Field(description="Units (or weight) in the period.")
+    buyers: int = Field(description="Distinct known customers who bought it.")
+    previous_revenue: Decimal = Field(description="Revenue in the previous period.")
+    previous_units: Decimal = Field(description="Units in the previous period.")
+    previous_buyers: int = Field(description="Buyers in the previous period.")
+    revenue_change_percent: Decimal | None = Field(
+        description="Revenue change against the previous period, in percent."
+    )
+
+
+class ProductsReport(BaseModel):
+    name: Literal["products"] = "products"
+    as_of: dt.date = Field(description="Last day of the period.")
+    start: dt.date = Field(description="First day of the period.")
+    previous_start: dt.date = Field(description="First day of the previous period.")
+    skus: list[ProductRow] = Field(description="Top SKUs by revenue.")
+    categories: list[ProductRow] = Field(description="Top categories by revenue.")
+
+
+@dataclass(slots=True)
+class _Tally:
+    revenue: Decimal = _ZERO
+    units: Decimal = _ZERO
+    buyers: set[str] = field(default_factory=set)
+
+
+def _tally(
+    purchases: Iterable[Purchase], start: dt.date, end: dt.date
+) -> tuple[dict[str, _Tally], dict[str, _Tally]]:
+    skus: dict[str, _Tally] = defaultdict(_Tally)
+    categories: dict[str, _Tally] = defaultdict(_Tally)
+    for p in purchases:
+        if not start <= p.day <= end:
+            continue
+        for line in p.lines:
+            for table, key in ((skus, line.sku), (categories, line.category)):
+                tally = table[key]
+                tally.revenue += line.amount
+                tally.units += line.quantity
+                if p.customer_id is not None:
+                    tally.buyers.add(p.customer_id)
+    return skus, categories
+
+
+def _product_rows(now: dict[str, _Tally], before: dict[str, _Tally], top: int) -> list[ProductRow]:
+    ranked = sorted(now.items(), key=lambda kv: (-kv[1].revenue, kv[0]))[:top]
+    rows = []
+    for key, t in ranked:
+        p = before.get(key, _Tally())
+        change = (
+            ((t.revenue - p.revenue) * 100 / p.revenue).quantize(Decimal("0.1"))
+            if p.revenue
+            else None
+        )
+        rows.append(
+            ProductRow(
+                key=key,
+                revenue=t.revenue,
+                units=t.units,
+                buyers=len(t.buyers),
+                previous_revenue=p.revenue,
+                previous_units=p.units,
+                previous_buyers=len(p.buyers),
+                revenue_change_percent=change,
+            )
+        )
+    return rows
+
+
+def products_report(
+    facts: Facts, as_of: dt.date | None = None, *, days: int = 7, top: int = 10
+) -> ProductsReport:
+    """Top SKUs and categories of the `days` ending `as_of`, against the `days` before."""
+    as_of = as_of or facts.latest_day() or dt.datetime.now(dt.UTC).date()
+    start = as_of - dt.timedelta(days=days - 1)
+    previous_start = start - dt.timedelta(days=days)
+    skus, categories = _tally(facts.purchases, start, as_of)
+    prev_skus, prev_categories = _tally(
+        facts.purchases, previous_start, start - dt.timedelta(days=1)
+    )
+    return ProductsReport(
+        as_of=as_of,
+        start=start,
+        previous_start=previous_start,
+        skus=_product_rows(skus, prev_skus, top),
+        categories=_product_rows(categories, prev_categories, top),
+    )
+
+
+# ---------------------------------------------------------------- stores
+
+
+class StoreRow(BaseModel):
+    store_id: str = Field(description="Store.")
+    revenue: Decimal = Field(description="Revenue in the month so far.")
+    visits: int = Field(description="Checkouts in the month so far (anonymous included).")
+    revenue_goal: Decimal | None = Field(description="Monthly revenue goal.")
+    visits_goal: int | None = Field(description="Monthly checkouts goal.")
+    revenue_percent_of_goal: Decimal | None = Field(description="revenue / goal, in percent.")
+    visits_percent_of_goal: Decimal | None = Field(description="visits / goal, in percent.")
+
+
+class StoresReport(BaseModel):
+    name: Literal["stores"] = "stores"
+    as_of: dt.date = Field(description="Last day counted.")
+    month: str = Field(description="Month reported, `YYYY-MM`.")
+    rows: list[StoreRow] = Field(description="One row per store, by store id.")
+
+
+def _percent(value: Decimal, goal: Decimal | int | None) -> Decimal | None:
+    if not goal:
+        return None
+    return (value * 100 / Decimal(goal)).quantize(Decimal("0.1"))
+
+
+def stores_report(
+    facts: Facts, goals: dict[str, StoreGoal], as_of: dt.date | None = None
+) -> StoresReport:
+    """Revenue and visits per store in the month of `as_of` (up to it), against monthly goals."""
+    as_of = as_of or facts.latest_day() or dt.datetime.now(dt.UTC).date()
+    first = as_of.replace(day=1)
+    revenue: dict[str, Decimal] = defaultdict(Decimal)
+    visits: Counter[str] = Counter()
+    for p in facts.purchases:
+        if first <= p.day <= as_of:
+            revenue[p.store_id] += p.total
+            visits[p.store_id] += 1
+    rows = []
+    for store_id in sorted(set(revenue) | set(goals)):
+        goal = goals.get(store_id, StoreGoal())
+        rows.append(
+            StoreRow(
+                store_id=store_id,
+                revenue=revenue.get(store_id, _ZERO),
+                visits=visits.get(store_id, 0),
+                revenue_goal=goal.revenue,
+                visits_goal=goal.visits,
+                revenue_percent_of_goal=_percent(revenue.get(store_id, _ZERO), goal.revenue),
+                visits_percent_of_goal=_percent(Decimal(visits.get(store_id, 0)), goal.visits),
+            )
+        )
+    return StoresReport(as_of=as_of, month=f"{first:%Y-%m}", rows=rows)
+
+
+# ---------------------------------------------------------------- segments
+
+
+class SegmentMove(BaseModel):
+    from_segment: Segment = Field(description="Segment on the first date.")
+    to_segment: Segment = Field(description="Segment on the second date.")
+    customers: int = Field(description="Customers who made that move.")
+
+
+class SegmentsReport(BaseModel):
+    name: Literal["segments"] = "segments"
+    as_of: dt.date = Field(description="The second date.")
+    since: dt.date = Field(description="The first date.")
+    before: dict[str, int] = Field(description="Customers per segment on the first date.")
+    after: dict[str, int] = Field(description="Customers per segment on the second date.")
+    moves: list[SegmentMove] = Field(description="Moves between the dates (same segment too).")
+
+
+def segment_on(customer_id: str, purchases: Sequence[Purchase], day: dt.date) -> Segment:
+    """The RFM segment a customer had at the end of `day` (the profiles' fixed thresholds)."""
+    seen = [p for p in purchases if p.day <= day]
+    if not seen:
+        return "prospect"
+    profile = CustomerProfile(
+        customer_id=customer_id,
+        first_purchase_at=min(p.at for p in seen),
+        last_purchase_at=max(p.at for p in seen),
+        visits=len(seen),
+        total_spend=sum((p.total for p in seen), _ZERO),
+    )
+    return profile.segment(day)
+
+
+def segments_report(
+    facts: Facts, as_of: dt.date | None = None, since: dt.date | None = None
+) -> SegmentsReport:
+    """Known customers per segment on two dates, and how they moved (erased ones left out)."""
+    as_of = as_of or facts.latest_day() or dt.datetime.now(dt.UTC).date()
+    since = since or as_of - dt.timedelta(days=28)
+    by_customer: dict[str, list[Purchase]] = defaultdict(list)
+    for p in facts.purchases:
+        if p.customer_id is not None and p.customer_id not in facts.erased:
+            by_customer[p.customer_id].append(p)
+    before: Counter[str] = Counter()
+    after: Counter[str] = Counter()
+    moves: Counter[tuple[Segment, Segment]] = Counter()
+    for customer_id, purchases in by_customer.items():
+        if min(p.day for p in purchases) > as_of:
+            continue
+        a = segment_on(customer_id, purchases, since)
+        b = segment_on(customer_id, purchases, as_of)
+        before[a] += 1
+        after[b] += 1
+        moves[(a, b)] += 1
+    return SegmentsReport(
+        as_of=as_of,
+        since=since,
+        before=dict(sorted(before.items())),
+        after=dict(sorted(after.items())),
+        moves=[
+            SegmentMove(from_segment=a, to_segment=b, customers=n)
+            for (a, b), n in sorted(moves.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
+    )
+
+
+# ---------------------------------------------------------------- tables (CSV, terminal)
+
+AnyReport = CampaignsReport | ProductsReport | StoresReport | SegmentsReport
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+def _table(title: str, models: Sequence[BaseModel], columns: list[str]) -> Table:
+    return Table(
+        title,
+        columns,
+        [[getattr(m, c) for c in columns] for m in models],
+    )
+
+
+def tables_of(report: AnyReport) -> list[Table]:
+    """A report as flat tables, for CSV and the terminal."""
+    if isinstance(report, CampaignsReport):
+        return [
+            _table(f"campaigns (as of {report.as_of})", report.rows, list(CampaignRow.model_fields))
+        ]
+    if isinstance(report, ProductsReport):
+        cols = list(ProductRow.model_fields)
+        span = f"{report.start} to {report.as_of}, against {report.previous_start} on"
+        return [
+            _table(f"top SKUs ({span})", report.skus, cols),
+            _table(f"top categories ({span})", report.categories, cols),
+        ]
+    if isinstance(report, StoresReport):
+        return [_table(f"stores ({report.month})", report.rows, list(StoreRow.model_fields))]
+    segments = sorted(set(report.before) | set(report.after))
+    counts = Table(
+        f"segments ({report.since} and {report.as_of})",
+        ["segment", str(report.since), str(report.as_of)],
+        [[s, report.before.get(s, 0), report.after.get(s, 0)] for s in segments],
+    )
+    return [counts, _table("segment moves", report.moves, list(SegmentMove.model_fields))]

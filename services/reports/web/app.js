@@ -1,0 +1,131 @@
+// The crm-stream page: plain JavaScript, no library, no CDN. The token stays in this tab only.
+"use strict";
+
+const pages = ["customer", "campaigns", "products", "stores"];
+let token = sessionStorage.getItem("crm-token") || "";
+
+function api(path, options = {}) {
+  const headers = Object.assign({ Authorization: "Bearer " + token }, options.headers || {});
+  return fetch(path, Object.assign({}, options, { headers }));
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  for (const child of children) node.append(child instanceof Node ? child : String(child ?? ""));
+  return node;
+}
+
+function table(columns, rows, caption) {
+  const head = el("tr", {}, ...columns.map((c) => el("th", { scope: "col" }, c)));
+  const body = rows.map((r) => el("tr", {}, ...columns.map((c) => el("td", {}, r[c] ?? ""))));
+  return el("table", {}, el("caption", {}, caption || ""), el("thead", {}, head), el("tbody", {}, ...body));
+}
+
+function show(page) {
+  document.getElementById("login").hidden = Boolean(token);
+  for (const p of pages) {
+    document.getElementById(p).hidden = !token || p !== page;
+    const button = document.querySelector(`nav button[data-page="${p}"]`);
+    if (p === page) button.setAttribute("aria-current", "page");
+    else button.removeAttribute("aria-current");
+  }
+  if (!token) return;
+  location.hash = page;
+  if (page === "campaigns") loadCampaigns();
+  if (page === "products") loadProducts();
+  if (page === "stores") loadStores();
+}
+
+async function chart(name, target) {
+  const response = await api(`/api/charts/${name}.svg`);
+  const box = document.getElementById(target);
+  box.innerHTML = response.ok ? await response.text() : "";
+  if (!response.ok) box.textContent = "chart not available (" + response.status + ")";
+}
+
+async function report(name) {
+  const response = await api(`/api/reports/${name}`);
+  if (!response.ok) throw new Error(response.status === 403 ? "not allowed for this role" : "error " + response.status);
+  return response.json();
+}
+
+async function loadCampaigns() {
+  const target = document.getElementById("campaigns-table");
+  try {
+    const data = await report("campaigns");
+    const cols = ["kind", "week", "eligible", "held_out", "issued", "delivered", "redeemed", "redemption_rate", "revenue", "lift", "lift_low", "lift_high"];
+    target.replaceChildren(table(cols, data.rows, `Campaigns as of ${data.as_of}`));
+    await Promise.all([chart("issued", "chart-issued"), chart("lift", "chart-lift")]);
+  } catch (error) { target.textContent = error.message; }
+}
+
+async function loadProducts() {
+  const target = document.getElementById("products-table");
+  try {
+    const data = await report("products");
+    const cols = ["key", "revenue", "units", "buyers", "previous_revenue", "revenue_change_percent"];
+    target.replaceChildren(table(cols, data.skus, `Top SKUs, ${data.start} to ${data.as_of}`), table(cols, data.categories, "Top categories"));
+    await chart("products", "chart-products");
+  } catch (error) { target.textContent = error.message; }
+}
+
+async function loadStores() {
+  const target = document.getElementById("stores-table");
+  try {
+    const data = await report("stores");
+    const cols = ["store_id", "revenue", "revenue_goal", "revenue_percent_of_goal", "visits", "visits_goal", "visits_percent_of_goal"];
+    target.replaceChildren(table(cols, data.rows, `Stores, ${data.month}`));
+    await chart("stores", "chart-stores");
+  } catch (error) { target.textContent = error.message; }
+}
+
+function customerView(c) {
+  const card = (label, value) => el("div", { class: "card" }, label, el("b", {}, value));
+  const coupon = (o) => ({ code: o.coupon_code, kind: o.kind, discount: o.discount_percent + " %", product: o.product_name || o.sku || "basket", valid: `${o.valid_from} to ${o.valid_until}`, state: o.state });
+  const couponCols = ["code", "kind", "discount", "product", "valid", "state"];
+  return [
+    el("h3", {}, (c.first_name || "Customer") + " · " + c.customer_id),
+    el("div", { class: "cards" },
+      card("Segment", c.segment), card("Visits", c.visits), card("Spend", c.total_spend),
+      card("Average basket", c.average_spend), card("Home store", c.home_store_id || "-"),
+      card("E-mail", c.email_status.has_email ? (c.email_status.marketing_consent ? "consented" : "no consent") : "none")),
+    el("h4", {}, "Open coupons"), table(couponCols, c.coupons.open.map(coupon), "Coupons the customer can use"),
+    el("h4", {}, "Used coupons"), table(couponCols, c.coupons.used.map(coupon), "Coupons redeemed"),
+    el("h4", {}, "Recent purchases"), table(["at", "store_id", "total", "lines"], c.recent_purchases, "Latest checkouts"),
+    el("h4", {}, "Favourite products"), table(["key", "checkouts", "spend"], c.favourite_products, ""),
+    el("h4", {}, "Latest interactions"), table(["at", "type", "channel"], c.latest_interactions, "Support tickets, e-mail opens and clicks"),
+  ];
+}
+
+document.getElementById("search-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const status = document.getElementById("customer-status");
+  const view = document.getElementById("customer-view");
+  status.textContent = "Searching…";
+  const response = await api("/api/customers/lookup", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ card_number: document.getElementById("card").value }),
+  });
+  if (!response.ok) {
+    view.replaceChildren();
+    status.textContent = response.status === 404 ? "No customer with this card." : response.status === 403 ? "Not allowed for this role." : "Error " + response.status;
+    return;
+  }
+  status.textContent = "";
+  view.replaceChildren(...customerView(await response.json()));
+});
+
+document.getElementById("login-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  token = document.getElementById("token").value.trim();
+  sessionStorage.setItem("crm-token", token);
+  show(pages.includes(location.hash.slice(1)) ? location.hash.slice(1) : "customer");
+});
+
+for (const button of document.querySelectorAll("nav button")) {
+  button.addEventListener("click", () => show(button.dataset.page));
+}
+
+show(pages.includes(location.hash.slice(1)) ? location.hash.slice(1) : "customer");

@@ -1,0 +1,178 @@
+"""The reports app through FastStream's TestKafkaBroker: events, offers and deliveries into facts."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+
+from faststream.kafka import TestKafkaBroker
+from typer.testing import CliRunner
+
+from services.cli import cli
+from services.reports.app import create_app, service_of
+from services.reports.domain import campaigns_report, stores_report
+from services.reports.store import SqliteReportsRepository
+from shared.events import (
+    CustomerErased,
+    DeliveryRecorded,
+    OfferHeldOut,
+    OfferIssued,
+    OfferRedeemed,
+    PurchaseLine,
+    PurchaseRecorded,
+)
+from shared.kafka import dump
+from shared.settings import KafkaSettings, Settings, StoreSettings
+from shared.store import StoreLocation, open_sqlite
+from shared.topics import DELIVERIES, EVENTS, OFFERS
+
+AT = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
+DAY = AT.date()
+
+
+def purchase(n: int, customer: str | None, total: str, hours: int = 3) -> PurchaseRecorded:
+    amount = Decimal(total)
+    return PurchaseRecorded(
+        event_id=f"p{n}",
+        occurred_at=AT + dt.timedelta(hours=hours),
+        customer_id=customer,
+        card_id=None,
+        store_id="S001",
+        currency="EUR",
+        total=amount,
+        lines=(PurchaseLine(sku="MILK", quantity=Decimal(1), unit_price=amount, amount=amount),),
+    )
+
+
+def offer(n: int, customer: str) -> OfferIssued:
+    return OfferIssued(
+        offer_id=f"o{n}",
+        customer_id=customer,
+        kind="birthday",
+        coupon_code=f"CODE-{n}",
+        discount_percent=Decimal(15),
+        valid_from=DAY,
+        valid_until=DAY + dt.timedelta(days=7),
+        issued_at=AT,
+        template="birthday",
+    )
+
+
+async def test_events_offers_and_deliveries_become_report_figures_once() -> None:
+    repository = SqliteReportsRepository(open_sqlite(StoreLocation.parse("memory://"), "reports"))
+    settings = Settings(
+        kafka=KafkaSettings(kafka_bootstrap="localhost:9092"),
+        store=StoreSettings(store_url="memory://"),
+    )
+    app = create_app(settings, repository=repository)
+    held = OfferHeldOut(
+        offer_id="o3",
+        customer_id="c3",
+        kind="birthday",
+        period="2026-W10",
+        valid_from=DAY,
+        valid_until=DAY + dt.timedelta(days=7),
+        decided_at=AT,
+    )
+    messages = [
+        (EVENTS, purchase(1, "c1", "30")),
+        (EVENTS, purchase(2, "c2", "10")),
+        (EVENTS, purchase(3, "c3", "5")),
+        (EVENTS, purchase(4, None, "7")),
+        (OFFERS, offer(1, "c1")),
+        (OFFERS, offer(2, "c2")),
+        (OFFERS, held),
+        (
+            OFFERS,
+            OfferRedeemed(
+                offer_id="o1",
+                customer_id="c1",
+                kind="birthday",
+                coupon_code="CODE-1",
+                redeemed_at=AT,
+                checkout_event_id="p1",
+                store_id="S001",
+                basket_total=Decimal(30),
+            ),
+        ),
+        (
+            DELIVERIES,
+            DeliveryRecorded(
+                offer_id="o1",
+                customer_id="c1",
+                state="sent",
+                attempts=1,
+                message_id="m1",
+                recorded_at=AT,
+            ),
+        ),
+        (
+            DELIVERIES,
+            DeliveryRecorded(
+                offer_id="o2",
+                customer_id="c2",
+                state="written",
+                attempts=1,
+                message_id="m2",
+                recorded_at=AT,
+            ),
+        ),
+    ]
+    async with TestKafkaBroker(app.broker) as broker:  # type: ignore[arg-type]
+        for _ in range(2):  # every message delivered twice: counted once
+            for topic, event in messages:
+                await broker.publish(dump(event), topic, key=b"k")
+        await broker.publish(b"not json", EVENTS, key=b"k")
+    facts = await repository.load()
+    assert len(facts.purchases) == 4
+    row = next(r for r in campaigns_report(facts, DAY).rows if r.week == "all")
+    assert (row.eligible, row.issued, row.held_out, row.delivered, row.redeemed) == (3, 2, 1, 2, 1)
+    assert row.treated_spend == Decimal("20.00")
+    assert row.control_spend == Decimal("5.00")
+    assert row.lift == Decimal("15.00")
+    assert stores_report(facts, {}, DAY).rows[0].visits == 4
+    assert service_of(app).stats["skipped_invalid"] == 1
+
+    async with TestKafkaBroker(app.broker) as broker:  # type: ignore[arg-type]
+        await broker.publish(
+            dump(CustomerErased(event_id="x", occurred_at=AT, customer_id="c1")), EVENTS, key=b"k"
+        )
+    facts = await repository.load()
+    assert "c1" in facts.erased
+    assert all(p.customer_id != "c1" for p in facts.purchases)
+    assert next(r for r in campaigns_report(facts, DAY).rows if r.week == "all").issued == 1
+
+
+async def test_the_static_campaigns_report_and_the_cli_read_the_read_model(tmp_path: Path) -> None:
+    from services.reports.domain import Campaign
+    from services.reports.static import write_static_report
+    from services.reports.store import campaign_fact
+
+    store_url = f"sqlite:///{tmp_path / 'store'}"
+    repository = SqliteReportsRepository(open_sqlite(StoreLocation.parse(store_url), "reports"))
+    await repository.add(
+        [
+            campaign_fact(Campaign(f"o{i}", f"c{i}", "birthday", AT, DAY, DAY, held_out=i == 0))
+            for i in range(5)
+        ]
+    )
+    await repository.close()
+    path = await asyncio.to_thread(
+        write_static_report, store_url, tmp_path / "out" / "campaigns.html"
+    )
+    html = path.read_text(encoding="utf-8")
+    assert html.count("<svg") == 2
+    assert "<script" not in html  # works offline: nothing to run or fetch
+    assert 'src="http' not in html
+    assert "<link" not in html
+    assert ">birthday<" in html
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli,
+        ["report", "campaigns", "--format", "csv"],
+        env={"CRM_STORE_URL": store_url},
+    )
+    assert result.exit_code == 0, result.output
+    assert "birthday,all,5,1,4" in result.output
