@@ -64,6 +64,10 @@ def demo(
             help="Days of sparse history before the simulated days (anniversaries, win-backs)."
         ),
     ] = 400,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Keep the web page up on localhost afterwards.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Port of the web page with --serve.")] = 8080,
     data_dir: Annotated[
         Path | None, typer.Option(help="Folder for the store, outbox and logs.")
     ] = None,
@@ -84,7 +88,8 @@ def demo(
         start=start,
         history_days=history_days,
     )
-    raise typer.Exit(demo_main(DemoOptions(data_dir=folder, simulation=config)))
+    options = DemoOptions(data_dir=folder, simulation=config, serve=serve, port=port)
+    raise typer.Exit(demo_main(options))
 
 
 @cli.command()

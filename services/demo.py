@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from services.reports.static import write_static_report
 from services.runtime import SERVICES
 from services.traffic import (
     PipelineWatch,
@@ -34,7 +39,7 @@ from services.traffic import (
     read_topic,
     tick,
 )
-from shared.embedded import EmbeddedKafka
+from shared.embedded import EmbeddedKafka, free_port
 from shared.kafka import ensure_topics
 from shared.privacy import card_id, customer_id_for_card
 from shared.settings import KafkaSettings, PrivacySettings
@@ -47,6 +52,8 @@ class DemoOptions:
     data_dir: Path
     simulation: SimulationConfig
     drain_timeout: float = 120.0
+    serve: bool = False
+    port: int = 8080
 
 
 class ServiceProcesses:
@@ -59,14 +66,17 @@ class ServiceProcesses:
         self._log_dir = log_dir
         self._names = names
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: dict[str, int] = {}
 
     def start(self) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         for name in self._names:
             log = (self._log_dir / f"{name}.log").open("ab")
+            port = int(self._env.get("CRM_HTTP_PORT", "0")) or free_port()
+            self.ports[name] = port
             self.processes[name] = subprocess.Popen(  # noqa: S603 - our own entry point
                 [sys.executable, "-m", "services.cli", "run", name],
-                env=self._env,
+                env={**self._env, "CRM_HTTP_PORT": str(port)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -161,7 +171,10 @@ class CouponRedeemer:
             if message.topic != CHECKOUTS_RAW or self._rng.random() > self._share:
                 out.append(message)
                 continue
-            doc = orjson.loads(message.value) if message.value.startswith(b"{") else None
+            try:
+                doc = orjson.loads(message.value)
+            except orjson.JSONDecodeError:  # the simulator's broken messages stay broken
+                doc = None
             card = doc.get("card_number") if isinstance(doc, dict) else None
             if not isinstance(doc, dict) or not isinstance(card, str):
                 out.append(message)
@@ -247,13 +260,20 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
             await tick(producer, last)
             await _drain(watch, services, options.drain_timeout, "the last tick")
             summary = await _summary(kafka, store_url, outbox, len(messages))
+            _add_suppressions(summary, services.ports.get("offers"))
+            report = await asyncio.to_thread(
+                write_static_report, store_url, data / "campaigns-report.html"
+            )
         finally:
             await watch.stop()
             await producer.stop()
             services.stop()
-    console.print(summary)
-    console.print(f"E-mails are in [bold]{outbox}[/bold] (one .eml file per offer).")
-    console.print(f"Service logs: {data / 'logs'}")
+        console.print(summary)
+        console.print(f"E-mails are in [bold]{outbox}[/bold] (one .eml file per offer).")
+        console.print(f"Campaigns report (HTML, charts inline): [bold]{report}[/bold]")
+        console.print(f"Service logs: {data / 'logs'}")
+        if options.serve:
+            _serve(env, data, options.port, console)
     return 0
 
 
@@ -280,7 +300,10 @@ async def _summary(kafka: KafkaSettings, store_url: str, outbox: Path, published
     redeemed = offers["offer_redeemed"]
     rate = f" ({redeemed / offers['offer_issued']:.1%})" if offers["offer_issued"] else ""
     table.add_row("coupons redeemed", f"{redeemed}{rate}")
+    table.add_row("held out (control group)", str(offers["held_out"]))
     table.add_row("redemptions rejected", str(offers["redemption_rejected"]))
+    for key in sorted(k for k in offers if k.startswith("redemption_rejected:")):
+        table.add_row(f"  {key.split(':', 1)[1]}", str(offers[key]))
     table.add_row("coupons expired", str(offers["offer_expired"]))
     for state in ("written", "sent", "suppressed", "bounced", "failed"):
         if deliveries[f"delivery_recorded:{state}"] or state in ("written", "suppressed"):
@@ -293,6 +316,49 @@ async def _summary(kafka: KafkaSettings, store_url: str, outbox: Path, published
             table.add_row(f"  suppressed: {reason}", str(deliveries[key]))
     table.add_row(".eml files in the outbox", str(_count_files(outbox, "*.eml")))
     return table
+
+
+def _add_suppressions(table: Table, port: int | None) -> None:
+    """Offers not issued, per reason, from the offers service's own counters (/metrics)."""
+    if port is None:
+        return
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return
+    for family in text_string_to_metric_families(text):
+        if family.name != "crm_offers_suppressed":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.value:
+                table.add_row(
+                    f"offers suppressed: {sample.labels['reason']}", f"{sample.value:.0f}"
+                )
+
+
+def _serve(env: dict[str, str], data: Path, port: int, console: Console) -> None:
+    """Keep the web page and the APIs up on localhost (`crm run all`) until Ctrl-C."""
+    token = secrets.token_urlsafe(18)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    serving = ServiceProcesses(
+        {**env, "CRM_HTTP_PORT": str(port), "CRM_API_TOKENS": f"admin:{digest}"},
+        data / "logs",
+        names=("all",),
+    )
+    serving.start()
+    console.print(
+        f"Web page: [bold]http://127.0.0.1:{port}/ui/[/bold]  (sign in with the admin token "
+        f"[bold]{token}[/bold]; it works only for this run). Ctrl-C stops."
+    )
+    try:
+        while True:
+            serving.check_alive()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        serving.stop()
 
 
 def demo_main(options: DemoOptions) -> int:

@@ -40,7 +40,10 @@ _PREFIXES: tuple[tuple[str, str], ...] = (
 _FAMILIES: dict[str, tuple[str, str]] = {
     "crm_dead_lettered": ("reason", "Messages dead-lettered, by reason."),
     "crm_offers_issued": ("kind", "Offers issued, by kind."),
-    "crm_offers_suppressed": ("reason", "Offers (offers) or their e-mails (notifier) suppressed, by reason."),
+    "crm_offers_suppressed": (
+        "reason",
+        "Offers (offers) or their e-mails (notifier) suppressed, by reason.",
+    ),
     "crm_emails": ("outcome", "E-mails by final outcome."),
 }
 _LABEL = re.compile(r"[^a-zA-Z0-9_]")

@@ -14,6 +14,7 @@ SERVICE_SETTINGS = (
     ("services.profiles.settings", "ProfilesSettings"),
     ("services.offers.settings", "OffersSettings"),
     ("services.notifier.settings", "NotifierSettings"),
+    ("services.reports.settings", "ReportsSettings"),
 )
 
 
