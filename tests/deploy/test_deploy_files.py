@@ -42,7 +42,10 @@ KUSTOMIZATIONS = {
     "prod": K8S / "overlays" / "prod",
 }
 OVERLAYS = ("dev", "prod")
-SERVICES = ("ingest", "profiles", "offers", "notifier")
+SERVICES = ("ingest", "profiles", "offers", "notifier", "reports")
+# What the ingress controller may reach: the look-up API, the reports API and web
+# page, and the unsubscribe link of the e-mails.
+PUBLIC_SERVICES = ("profiles", "reports", "notifier")
 IMAGE = "ghcr.io/crm-stream/crm-stream"
 APP_UID = 10001
 # Every topic a consumer group reads has 6 partitions: a 7th consumer would idle.
@@ -617,6 +620,7 @@ def test_prod_keeps_cpu_autoscalers_only_where_keda_does_not_scale() -> None:
     assert sorted(h["metadata"]["name"] for h in of_kind(prod, "HorizontalPodAutoscaler")) == [
         "crm-notifier",
         "crm-offers",
+        "crm-reports",
     ]
 
 
@@ -736,8 +740,8 @@ def test_network_policies_deny_by_default_and_allow_only_what_is_needed(name: st
             smtp = egress_allowed(policies, labels, int(settings["CRM_SMTP_PORT"]))
             assert smtp == (component == "notifier"), f"{where}: only the notifier sends e-mail"
             from_ingress = ingress_allowed(policies, labels, "http", "ingress-nginx")
-            assert from_ingress == (component == "profiles"), (
-                f"{where}: only the profiles API is public"
+            assert from_ingress == (component in PUBLIC_SERVICES), (
+                f"{where}: only the APIs, the web page and /unsubscribe are public"
             )
         else:
             assert not egress_allowed(policies, labels, 27017), f"{where}: jobs need no store"
