@@ -43,7 +43,7 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 bench: install
 	$(BIN)/crm bench

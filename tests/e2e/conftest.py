@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import os
 import signal
 import subprocess
@@ -23,6 +24,9 @@ from aiosmtpd.controller import Controller
 from shared.embedded import EmbeddedKafka, free_port
 
 SERVICES = ("ingest", "profiles", "offers", "notifier")
+
+# aiosmtpd logs every connection from its own thread, also after a test's output is closed.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 class Mailbox:

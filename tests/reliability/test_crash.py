@@ -111,7 +111,10 @@ def test_killed_service_restarts_and_every_total_offer_and_email_is_exact(
         mailbox,
         messages,
         allowed_resends=1 if victim == "notifier" else 0,
-        allow_republished=victim == "offers",
+        # Killed between publishing and saving, profiles re-applies its batch and republishes
+        # the same profile changes; offers then republishes the identical offers it already
+        # stored (the same happens when offers itself is killed after storing).
+        allow_republished=victim in ("profiles", "offers"),
     )
     print(f"kill -9 {victim}: {len(messages)} raw events, checked {counts}")
 
