@@ -38,7 +38,7 @@ def run(
     ],
 ) -> None:
     """Run a service (or all four in one process) against CRM_KAFKA_BOOTSTRAP and CRM_STORE_URL."""
-    from services.runtime import SERVICES, ConfigurationError, check_configuration, serve
+    from services.runtime import SERVICES, ConfigurationError, check_configuration, run_forever
 
     if service not in SERVICE_NAMES:
         raise _fail(f"unknown service {service!r}: choose one of {', '.join(SERVICE_NAMES)}")
@@ -49,7 +49,7 @@ def run(
     except ConfigurationError as exc:
         raise _fail(str(exc)) from None
     names = SERVICES if service == "all" else (service,)
-    asyncio.run(serve(names, settings))
+    run_forever(names, settings)
 
 
 @cli.command()
