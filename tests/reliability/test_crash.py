@@ -4,6 +4,7 @@ result is the one of the input: exact profile totals, each offer once, each e-ma
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +79,15 @@ def check_exact(
     }
 
 
+def record_counts(fault: str, events: int, counts: dict[str, int]) -> None:
+    """Keep what each fault test checked in test-output/, for the report of a run."""
+    folder = Path(__file__).resolve().parents[2] / "test-output"
+    folder.mkdir(exist_ok=True)
+    line = json.dumps({"fault": fault, "raw_events": events, **counts})
+    with (folder / "reliability-counts.jsonl").open("a", encoding="utf-8") as out:
+        out.write(line + "\n")
+
+
 @pytest.mark.parametrize("victim", SERVICES)
 def test_killed_service_restarts_and_every_total_offer_and_email_is_exact(
     victim: str,
@@ -117,6 +127,7 @@ def test_killed_service_restarts_and_every_total_offer_and_email_is_exact(
         allow_republished=victim in ("profiles", "offers"),
     )
     print(f"kill -9 {victim}: {len(messages)} raw events, checked {counts}")
+    record_counts(f"kill -9 {victim}", len(messages), counts)
 
 
 def test_sigterm_during_load_finishes_the_batch_in_flight_and_loses_nothing(
@@ -142,3 +153,4 @@ def test_sigterm_during_load_finishes_the_batch_in_flight_and_loses_nothing(
     pipeline.stop_all()
     counts = check_exact(store_dir, broker.bootstrap, mailbox, messages)
     print(f"SIGTERM all: {len(messages)} raw events, checked {counts}")
+    record_counts("SIGTERM all", len(messages), counts)

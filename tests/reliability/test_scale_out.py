@@ -27,7 +27,7 @@ from tests.reliability.harness import (
     wait_drained,
     wait_mid_stream,
 )
-from tests.reliability.test_crash import SERVICES, check_exact
+from tests.reliability.test_crash import SERVICES, check_exact, record_counts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -87,3 +87,4 @@ def test_two_instances_per_service_survive_losing_one_with_exact_totals_and_orde
         start = sequence.index(ids[0])
         assert sequence[start : start + len(ids)] == ids, customer_id
     print(f"scale-out, kill -9 one of two of each: checked {counts}, order of {len(applied)}")
+    record_counts("scale-out: kill -9 one of two of each", len(messages), counts)
