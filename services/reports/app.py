@@ -30,7 +30,7 @@ from services.reports.service import ReportsService
 from services.reports.settings import ReportsSettings
 from services.reports.store import ReportsRepository, open_repository
 from shared.auth import Principal, TokenTable, require
-from shared.kafka import batch_subscriber, new_broker
+from shared.kafka import BatchGuard, batch_subscriber, new_broker
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.topics import DELIVERIES, EVENTS, GROUP_REPORTS, OFFERS
@@ -56,9 +56,12 @@ def create_app(
     app.context.set_global(SERVICE_KEY, service)
     owned: list[ReportsRepository] = []
 
+    guard = BatchGuard(broker, service="reports")
+
     @batch_subscriber(broker, settings.kafka, GROUP_REPORTS, EVENTS, OFFERS, DELIVERIES)
     async def on_records(_: list[bytes], message: KafkaMessage) -> None:
-        await service.handle(message.raw_message)
+        # Same back-pressure and poison-message isolation as the pipeline's services.
+        await guard.run(message.raw_message, service.handle)
 
     @app.on_startup
     async def open_store() -> None:
