@@ -352,9 +352,11 @@ def _serve(env: dict[str, str], data: Path, port: int, console: Console) -> None
         f"[bold]{token}[/bold]; it works only for this run). Ctrl-C stops."
     )
     try:
-        while True:
-            serving.check_alive()
+        # Ctrl-C reaches the whole process group: a server that stopped cleanly ends the wait.
+        while all(process.poll() is None for process in serving.processes.values()):
             time.sleep(1)
+        if any(process.returncode for process in serving.processes.values()):
+            serving.check_alive()  # raises, naming the log to read
     except KeyboardInterrupt:
         console.print("stopping")
     finally:
