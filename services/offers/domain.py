@@ -55,7 +55,8 @@ def offer_id_for(kind: OfferKind, customer_id: str, rule_key: str, trigger: str)
 
 
 def coupon_code_for(offer_id: str, key: bytes) -> str:
-    """`XXXX-XXXX-XXXX`: HMAC-SHA-256 of the offer id, base32; unguessable without the key."""
+    """Three groups of four base32 characters (`K7QX-M2PA-9FHT`): HMAC-SHA-256 of the offer id;
+    unguessable without the key."""
     digest = hmac.new(key, offer_id.encode(), hashlib.sha256).digest()
     text = base64.b32encode(digest).decode()[:12]
     return f"{text[:4]}-{text[4:8]}-{text[8:]}"
