@@ -72,6 +72,7 @@ async def serve(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
+        # Event loops without signal support (Windows) raise here; there Ctrl-C still works.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     apps = {name: app_factory(name)(settings) for name in names}

@@ -146,22 +146,6 @@ def batch_subscriber(
     )
 
 
-def batch_options(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
-    """Keyword arguments of `batch_subscriber`, for callers that build subscribers themselves."""
-    return {
-        "batch": True,
-        "group_id": group_id,
-        "auto_offset_reset": "earliest",
-        "ack_policy": AckPolicy.NACK_ON_ERROR,
-        "max_records": settings.batch_max_records,
-        "batch_timeout_ms": settings.batch_timeout_ms,
-        "max_partition_fetch_bytes": 2 * 1024 * 1024,
-        "session_timeout_ms": 10_000,
-        "heartbeat_interval_ms": 1_000,
-        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
-    }
-
-
 def dump(model: BaseModel) -> bytes:
     """JSON bytes of an event."""
     return model.model_dump_json().encode()

@@ -12,14 +12,13 @@ from fastapi import APIRouter
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from services.notifier.domain import QuietPolicy, Renderer
 from services.notifier.mailer import Transport, transport_for, verify_smtp_login
 from services.notifier.service import Clock, NotifierService, utc_now
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import NotifierRepository, open_repository
-from shared.kafka import BatchGuard, batch_options, new_broker, publish_all
+from shared.kafka import BatchGuard, batch_subscriber, new_broker, publish_all
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.topics import CONTACTS, GROUP_NOTIFIER, OFFERS
@@ -127,12 +126,7 @@ def create_app(
     poller = DuePoller(service, broker, interval_s=nsettings.due_poll_interval_s)
     owns_repository = repository is None
 
-    # Annotated: with the options spread as **kwargs, mypy cannot pick the batch overload.
-    subscriber: BatchSubscriber = broker.subscriber(
-        OFFERS, CONTACTS, **batch_options(settings.kafka, GROUP_NOTIFIER)
-    )
-
-    @subscriber
+    @batch_subscriber(broker, settings.kafka, GROUP_NOTIFIER, OFFERS, CONTACTS)
     async def on_offers_and_contacts(_: list[bytes], message: KafkaMessage) -> None:
         await guard.run(message.raw_message, process)
 

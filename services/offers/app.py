@@ -8,13 +8,12 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from faststream import FastStream
 from faststream.kafka.annotations import KafkaMessage
-from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from services.offers.domain import OfferEngine
 from services.offers.service import OffersService
 from services.offers.settings import OfferRules, OffersSettings
 from services.offers.store import OffersRepository, open_repository
-from shared.kafka import BatchGuard, batch_options, new_broker, publish_all
+from shared.kafka import BatchGuard, batch_subscriber, new_broker, publish_all
 from shared.settings import Settings
 from shared.topics import CLOCK, GROUP_OFFERS, PROFILES_CHANGED
 
@@ -46,12 +45,7 @@ def create_app(
     broker = new_broker(settings.kafka, client_id="crm-offers")
     guard = BatchGuard(broker, service="offers")
 
-    # Typed by hand: with the options spread from a dict, mypy cannot pick an overload.
-    subscriber: BatchSubscriber = broker.subscriber(
-        PROFILES_CHANGED, CLOCK, **batch_options(settings.kafka, GROUP_OFFERS)
-    )
-
-    @subscriber
+    @batch_subscriber(broker, settings.kafka, GROUP_OFFERS, PROFILES_CHANGED, CLOCK)
     async def on_profiles_and_clock(_: list[bytes], message: KafkaMessage) -> None:
         await guard.run(message.raw_message, process)
 

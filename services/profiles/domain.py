@@ -602,12 +602,7 @@ class ProfileBook:
         self._add_card(doc, event.card_id)
         doc.registered = True
         doc.registered_at = event.occurred_at
-        if event.email is not None:
-            doc.email = event.email
-        if event.first_name is not None:
-            doc.first_name = event.first_name
-        if event.birth_date is not None:
-            doc.birth_date = event.birth_date
+        _set_personal(doc, event)
         doc.marketing_consent = event.marketing_consent
         if event.store_id is not None:
             doc.signup_store_id = event.store_id
@@ -615,12 +610,7 @@ class ProfileBook:
 
     @staticmethod
     def _update(doc: CustomerProfile, event: CustomerUpdated) -> None:
-        if event.email is not None:
-            doc.email = event.email
-        if event.first_name is not None:
-            doc.first_name = event.first_name
-        if event.birth_date is not None:
-            doc.birth_date = event.birth_date
+        _set_personal(doc, event)
         if event.marketing_consent is not None:
             doc.marketing_consent = event.marketing_consent
         if event.store_id is not None:
@@ -802,3 +792,13 @@ def _sku_checkouts(
             bucket.sort()
     # History is sorted by time with one entry per checkout, so each list is already in order.
     return {sku: tuple(ts) for sku, ts in times.items()}
+
+
+def _set_personal(doc: CustomerProfile, event: CustomerSignedUp | CustomerUpdated) -> None:
+    """E-mail, first name and birth date that the event gives; a null leaves the field as is."""
+    if event.email is not None:
+        doc.email = event.email
+    if event.first_name is not None:
+        doc.first_name = event.first_name
+    if event.birth_date is not None:
+        doc.birth_date = event.birth_date
