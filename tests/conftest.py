@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.embedded import EmbeddedKafka
+from crm.embedded import EmbeddedKafka
 from shared.settings import KafkaSettings
 
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from shared.embedded import free_port
+from crm.embedded import free_port
 from tests.browser.population import CARD, TOKENS, World, build_world
 
 CHROMIUM = shutil.which("chromium") or (

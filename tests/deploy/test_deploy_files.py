@@ -977,7 +977,7 @@ def test_dockerignore_sends_only_the_package_to_the_build() -> None:
         if line.strip() and not line.startswith("#")
     ]
     assert lines[0] == "*", "exclude everything, then re-include the package"
-    assert {"!pyproject.toml", "!services/", "!shared/"} <= set(lines)
+    assert {"!pyproject.toml", "!services/", "!shared/", "!crm/"} <= set(lines)
 
 
 def test_dockerfile_passes_hadolint() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from shared.embedded import EmbeddedKafka, free_port
+from crm.embedded import EmbeddedKafka, free_port
 
 SERVICES = ("ingest", "profiles", "offers", "notifier")
 
@@ -81,7 +81,7 @@ class Pipeline:
         self.ports[name] = self.ports.get(name) or free_port()
         log = (self.log_dir / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run", name],
+            [sys.executable, "-m", "crm.cli", "run", name],
             env={**self.env, "CRM_HTTP_PORT": str(self.ports[name])},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from services.traffic import PipelineWatch, read_topic
-from shared.embedded import EmbeddedKafka
+from crm.embedded import EmbeddedKafka
+from crm.traffic import PipelineWatch, read_topic
 from shared.events import OfferIssued
 from shared.settings import KafkaSettings
 from shared.topics import (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.embedded import EmbeddedKafka, free_port
+from crm.embedded import EmbeddedKafka, free_port
 from shared.topics import CHECKOUTS_RAW
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

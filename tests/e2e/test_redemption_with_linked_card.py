@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from services.traffic import read_topic
-from shared.embedded import EmbeddedKafka
+from crm.embedded import EmbeddedKafka
+from crm.traffic import read_topic
 from shared.events import OFFER_EVENT, OfferIssued, OfferRedeemed, RedemptionRejected
 from shared.settings import KafkaSettings
 from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, OFFERS

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.traffic import PipelineWatch, read_topic, tick
-from shared.embedded import EmbeddedKafka
+from crm.embedded import EmbeddedKafka
+from crm.simulation import RawMessage, SimulationConfig, generate
+from crm.traffic import PipelineWatch, read_topic, tick
 from shared.events import OfferIssued
 from shared.privacy import card_id, customer_id_for_card
 from shared.settings import KafkaSettings
-from shared.simulation import RawMessage, SimulationConfig, generate
 from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, OFFERS
 from tests.e2e.conftest import Mailbox
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import pytest
 
-from services.bench import BenchOptions, make_workload
+from crm.bench import BenchOptions, make_workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ TINY = ("--checkouts", "600", "--customers", "100", "300", "--latency-checkouts"
 def test_quick_bench_reports_every_figure_and_passes_its_self_check() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
     completed = subprocess.run(
-        [sys.executable, "-m", "services.cli", "bench", "--quick", "--json", *TINY],
+        [sys.executable, "-m", "crm.cli", "bench", "--quick", "--json", *TINY],
         env=env,
         capture_output=True,
         timeout=240,

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from crm.traffic import read_topic
 from services.ingest.app import create_app
 from services.ingest.store import SqliteIngestRepository
-from services.traffic import read_topic
 from shared.events import DeadLetter
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings, Settings, StoreSettings

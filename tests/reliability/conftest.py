@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.embedded import EmbeddedKafka
+from crm.embedded import EmbeddedKafka
 from tests.e2e.conftest import broker, smtp_server
 from tests.reliability.harness import CARD_KEY, Cluster
 

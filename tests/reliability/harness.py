@@ -21,15 +21,15 @@ from typing import Any
 import orjson
 from aiokafka import ConsumerRecord
 
+from crm.embedded import free_port
+from crm.simulation import RawMessage, SimulationConfig, generate
+from crm.traffic import PipelineWatch, open_producer, publish, read_topic
 from services.ingest.service import IngestService
 from services.ingest.store import SqliteIngestRepository
 from services.profiles.service import ProfilesService
 from services.profiles.store import SqliteProfilesRepository, open_repository
-from services.traffic import PipelineWatch, open_producer, publish, read_topic
-from shared.embedded import free_port
 from shared.kafka import ensure_topics
 from shared.settings import CalendarSettings, KafkaSettings, StoreSettings
-from shared.simulation import RawMessage, SimulationConfig, generate
 from shared.store import StoreLocation
 from shared.topics import CUSTOMERS_RAW, DELIVERIES, EVENTS, OFFERS, SERVICE_TOPICS
 from tests.e2e.conftest import Mailbox
@@ -134,7 +134,7 @@ class Cluster:
         self.ports[instance] = self.ports.get(instance) or free_port()
         log = (self.log_dir / f"{instance}.log").open("ab")
         self.processes[instance] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run", self.service(instance)],
+            [sys.executable, "-m", "crm.cli", "run", self.service(instance)],
             env={**self.env, "CRM_HTTP_PORT": str(self.ports[instance])},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -18,10 +18,10 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crm.traffic import read_topic
 from services.ingest.app import create_app
 from services.ingest.service import IngestService
 from services.ingest.store import SqliteIngestRepository
-from services.traffic import read_topic
 from shared.events import DeadLetter
 from shared.kafka import ensure_topics
 from shared.settings import CalendarSettings, KafkaSettings, Settings, StoreSettings

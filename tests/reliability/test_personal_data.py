@@ -14,16 +14,16 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from services.cli import cli
+from crm.cli import cli
+from crm.embedded import EmbeddedKafka
+from crm.simulation import RawMessage
+from crm.traffic import read_topic
 from services.ingest.service import IngestService
 from services.ingest.store import open_repository as open_ingest
 from services.profiles.service import ProfilesService
 from services.profiles.store import open_repository as open_profiles
-from services.traffic import read_topic
-from shared.embedded import EmbeddedKafka
 from shared.privacy import card_id, customer_id_for_card
 from shared.settings import CalendarSettings, StoreSettings
-from shared.simulation import RawMessage
 from shared.topics import CHECKOUTS_RAW, CONTACTS, CUSTOMERS_RAW, EVENTS
 from tests.e2e.conftest import Mailbox
 from tests.reliability.harness import (

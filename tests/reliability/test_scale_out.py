@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from crm.embedded import EmbeddedKafka
+from crm.traffic import read_topic
 from services.profiles.store import open_repository
-from services.traffic import read_topic
-from shared.embedded import EmbeddedKafka
 from shared.settings import StoreSettings
 from shared.topics import EVENTS
 from tests.e2e.conftest import Mailbox

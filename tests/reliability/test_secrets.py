@@ -16,8 +16,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from typer.testing import CliRunner
 
-from services.cli import cli
-from shared.embedded import free_port
+from crm.cli import cli
+from crm.embedded import free_port
 from shared.settings import KafkaSettings, PrivacySettings, Settings, SmtpSettings
 from tests.e2e.conftest import Mailbox
 
@@ -95,7 +95,7 @@ def test_a_wrong_smtp_password_stops_the_notifier_at_start_with_a_clear_message(
         }
     )
     process = subprocess.run(
-        [sys.executable, "-m", "services.cli", "run", "notifier"],
+        [sys.executable, "-m", "crm.cli", "run", "notifier"],
         env=env,
         capture_output=True,
         timeout=90,  # a retry loop would hang here

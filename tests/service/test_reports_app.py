@@ -10,7 +10,7 @@ from pathlib import Path
 from faststream.kafka import TestKafkaBroker
 from typer.testing import CliRunner
 
-from services.cli import cli
+from crm.cli import cli
 from services.reports.app import create_app, service_of
 from services.reports.domain import campaigns_report, stores_report
 from services.reports.store import SqliteReportsRepository

@@ -29,9 +29,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.reports.static import write_static_report
-from services.runtime import SERVICES
-from services.traffic import (
+from crm.embedded import EmbeddedKafka, free_port
+from crm.simulation import RawMessage, SimulationConfig, by_day, generate
+from crm.traffic import (
     PipelineWatch,
     count_types,
     open_producer,
@@ -39,11 +39,11 @@ from services.traffic import (
     read_topic,
     tick,
 )
-from shared.embedded import EmbeddedKafka, free_port
+from services.reports.static import write_static_report
 from shared.kafka import ensure_topics
 from shared.privacy import card_id, customer_id_for_card
+from shared.runtime import SERVICES
 from shared.settings import KafkaSettings, PrivacySettings
-from shared.simulation import RawMessage, SimulationConfig, by_day, generate
 from shared.topics import CHECKOUTS_RAW, DEADLETTER, DELIVERIES, EVENTS, OFFERS, RAW_TOPICS
 
 
@@ -75,7 +75,7 @@ class ServiceProcesses:
             port = int(self._env.get("CRM_HTTP_PORT", "0")) or free_port()
             self.ports[name] = port
             self.processes[name] = subprocess.Popen(  # noqa: S603 - our own entry point
-                [sys.executable, "-m", "services.cli", "run", name],
+                [sys.executable, "-m", "crm.cli", "run", name],
                 env={**self._env, "CRM_HTTP_PORT": str(port)},
                 stdout=log,
                 stderr=subprocess.STDOUT,

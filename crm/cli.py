@@ -38,7 +38,7 @@ def run(
     ],
 ) -> None:
     """Run a service (or all four in one process) against CRM_KAFKA_BOOTSTRAP and CRM_STORE_URL."""
-    from services.runtime import SERVICES, ConfigurationError, check_configuration, run_forever
+    from shared.runtime import SERVICES, ConfigurationError, check_configuration, run_forever
 
     if service not in SERVICE_NAMES:
         raise _fail(f"unknown service {service!r}: choose one of {', '.join(SERVICE_NAMES)}")
@@ -73,8 +73,8 @@ def demo(
     ] = None,
 ) -> None:
     """The main job on the embedded default: broker, SQLite, four services, traffic, summary."""
-    from services.demo import DemoOptions, demo_main
-    from shared.simulation import SimulationConfig
+    from crm.demo import DemoOptions, demo_main
+    from crm.simulation import SimulationConfig
 
     configure_logging("demo")
     folder = data_dir or Path(".crm-demo") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
@@ -105,8 +105,8 @@ def simulate(
     ticks: Annotated[bool, typer.Option(help="Publish the clock tick at each day's start.")] = True,
 ) -> None:
     """Publish realistic raw events to the configured Kafka (CRM_KAFKA_BOOTSTRAP)."""
-    from services.traffic import open_producer, publish, tick
-    from shared.simulation import SimulationConfig, by_day, generate
+    from crm.simulation import SimulationConfig, by_day, generate
+    from crm.traffic import open_producer, publish, tick
 
     settings = Settings()
     configure_logging("simulate", settings.log)
@@ -195,7 +195,7 @@ def tick_command(
     ] = None,
 ) -> None:
     """Publish the clock event `{"date": "YYYY-MM-DD"}` on crm.clock."""
-    from services.traffic import open_producer, tick
+    from crm.traffic import open_producer, tick
 
     settings = Settings()
     configure_logging("tick", settings.log)
@@ -244,7 +244,7 @@ def bench(
     ] = None,
 ) -> None:
     """Benchmark: transport baseline, ingest, pipeline, latency, growth; checks its result."""
-    from services.bench import BenchOptions, bench_main
+    from crm.bench import BenchOptions, bench_main
 
     configure_logging("bench")
     options = (BenchOptions.quick() if quick else BenchOptions()).with_overrides(
@@ -284,8 +284,8 @@ def export_customer(
     ] = None,
 ) -> None:
     """Print as JSON everything the services store of one customer (right of access)."""
-    from services.privacy_tools import export_customer as gather
-    from services.privacy_tools import resolve_customer
+    from crm.privacy_tools import export_customer as gather
+    from crm.privacy_tools import resolve_customer
     from shared.privacy import InvalidCardNumber
 
     settings = Settings()
@@ -325,7 +325,7 @@ def rotate_card_key(
     """
     import os
 
-    from services.privacy_tools import rotate_card_keys
+    from crm.privacy_tools import rotate_card_keys
 
     settings = Settings()
     configure_logging("rotate-card-key", settings.log)

@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from crm.simulation import RawMessage
 from shared.events import ClockTicked
 from shared.kafka import client_options, partition_lag, require_bootstrap
 from shared.settings import KafkaSettings
-from shared.simulation import RawMessage
 from shared.topics import CLOCK, SERVICE_TOPICS
 
 

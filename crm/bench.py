@@ -41,12 +41,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from services.demo import ServiceProcesses
-from services.traffic import PipelineWatch, open_producer, publish, read_topic
-from shared.embedded import EmbeddedKafka
+from crm.demo import ServiceProcesses
+from crm.embedded import EmbeddedKafka
+from crm.simulation import CATALOG, RawMessage, card_number
+from crm.traffic import PipelineWatch, open_producer, publish, read_topic
 from shared.kafka import FETCH_MAX_WAIT_MS, client_options, ensure_topics, require_bootstrap
 from shared.settings import KafkaSettings, PrivacySettings
-from shared.simulation import CATALOG, RawMessage, card_number
 from shared.topics import (
     CHECKOUTS_RAW,
     CUSTOMERS_RAW,
@@ -488,7 +488,7 @@ def _start_passthrough(env: dict[str, str], log_file: Path) -> subprocess.Popen[
     """The baseline's pass-through as a process of its own, like a service."""
     with log_file.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.bench", "passthrough"],
+            [sys.executable, "-m", "crm.bench", "passthrough"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -13,7 +13,7 @@ from typing import Protocol
 from fastapi import APIRouter
 from faststream import FastStream
 
-from services.http import HttpEndpoints
+from shared.http import HttpEndpoints
 from shared.kafka import KafkaConfigError, ensure_topics, require_bootstrap
 from shared.logging import get_logger
 from shared.settings import Settings

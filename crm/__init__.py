@@ -1,0 +1,1 @@
+"""The `crm` command line and its tools: demo, bench, simulated traffic, embedded servers, privacy tools."""
