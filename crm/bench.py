@@ -37,13 +37,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from crm.demo import ServiceProcesses
 from crm.embedded import EmbeddedKafka
-from crm.simulation import CATALOG, RawMessage, card_number
+from crm.registry import PIPELINE
+from crm.simulation import CATALOG, RawMessage, basket, card_number
 from crm.traffic import PipelineWatch, open_producer, publish, read_topic
 from shared.kafka import FETCH_MAX_WAIT_MS, client_options, ensure_topics, require_bootstrap
 from shared.settings import KafkaSettings, PrivacySettings
@@ -63,7 +64,7 @@ BENCH_SOURCE = "crm.bench.raw"
 BENCH_SINK = "crm.bench.copy"
 """Output of the transport baseline."""
 BENCH_GROUP = "crm-bench-passthrough"
-PIPELINE_SERVICES = ("ingest", "profiles", "offers", "notifier")
+PIPELINE_SERVICES = tuple(spec.name for spec in PIPELINE)
 """The services a pipeline run starts (others, such as reports, are not part of it)."""
 RULES = "[holdout]\npercent = 0\n"
 """Offer rules of the bench: the defaults without the hold-out group, so that every eligible
@@ -167,31 +168,6 @@ class Workload:
     """(checkout event id, SKU) of every frequent-item offer expected."""
 
 
-def _basket(rng: random.Random, favourites: Sequence[int]) -> list[dict[str, Any]]:
-    """1 to 40 lines, favourites often in it (so frequent-item offers happen)."""
-    size = max(1, min(40, int(rng.expovariate(1 / 8)) + 1))
-    chosen = [f for f in favourites if rng.random() < 0.6]
-    while len(chosen) < size:
-        chosen.append(rng.randrange(len(CATALOG)))
-    lines = []
-    for index in chosen[:size]:
-        sku, name, category, price, weighed = CATALOG[index]
-        quantity: Any = (
-            str(Decimal(rng.randrange(150, 2500)) / 1000) if weighed else rng.choice([1, 1, 2, 3])
-        )
-        line: dict[str, Any] = {
-            "sku": sku,
-            "name": name,
-            "category": category,
-            "quantity": quantity,
-            "unit_price": price,
-        }
-        if rng.random() < 0.05:
-            line["discount"] = "0.20"
-        lines.append(line)
-    return lines
-
-
 def _amount(line: dict[str, Any]) -> Decimal:
     gross = Decimal(str(line["quantity"])) * Decimal(line["unit_price"])
     return max(gross - Decimal(line.get("discount", "0")), Decimal(0)).quantize(_MONEY)
@@ -235,7 +211,7 @@ def make_workload(
     for serial in range(checkouts):
         customer = rng.randrange(population)
         at = start + dt.timedelta(seconds=int(span * serial / max(1, checkouts)))
-        lines = _basket(rng, favourites[customer])
+        lines = basket(rng, favourites[customer], spell=False)
         event_id = f"bench-{tag}-chk-{serial}"
         doc = {
             "event_id": event_id,
@@ -669,8 +645,8 @@ async def _check(
     from shared.settings import StoreSettings
 
     problems: list[str] = []
-    repository = await open_repository(StoreSettings(store_url=f"sqlite:///{folder / 'store'}"))
-    try:
+    store = StoreSettings(store_url=f"sqlite:///{folder / 'store'}")
+    async with open_repository(store) as repository:
         for start in range(0, len(customer_ids), 1000):
             chunk = customer_ids[start : start + 1000]
             stored = await repository.get_many(chunk)
@@ -686,8 +662,6 @@ async def _check(
                         f"customer {index}: {visits} visits / {spend} spent, "
                         f"expected {expected_visits} / {expected_spend}"
                     )
-    finally:
-        await repository.close()
     mine = set(customer_ids)
     issued: dict[str, int] = defaultdict(int)
     for record in await read_topic(kafka, OFFERS, within=60.0):
@@ -899,16 +873,8 @@ async def passthrough(settings: KafkaSettings, stop: asyncio.Event) -> None:
         fetch_max_bytes=64 * 1024 * 1024,
         **client_options(settings),
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=require_bootstrap(settings),
-        linger_ms=5,
-        max_batch_size=512 * 1024,
-        max_request_size=2 * 1024 * 1024,
-        acks="all",
-        **client_options(settings),
-    )
     await consumer.start()
-    await producer.start()
+    producer = await open_producer(settings)
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=100, max_records=5_000)

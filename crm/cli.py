@@ -23,8 +23,6 @@ cli = typer.Typer(
 )
 err = Console(stderr=True)
 
-SERVICE_NAMES = ("ingest", "profiles", "offers", "notifier", "reports", "all")
-
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]crm:[/bold red] {message}")
@@ -37,19 +35,19 @@ def run(
         str, typer.Argument(help="ingest, profiles, offers, notifier, reports or all")
     ],
 ) -> None:
-    """Run a service (or all four in one process) against CRM_KAFKA_BOOTSTRAP and CRM_STORE_URL."""
-    from shared.runtime import SERVICES, ConfigurationError, check_configuration, run_forever
+    """Run a service (or all of them in one process) against CRM_KAFKA_BOOTSTRAP and CRM_STORE_URL."""
+    from crm.registry import BY_NAME, SERVICES
+    from shared.runtime import ConfigurationError, check_configuration, run_forever
 
-    if service not in SERVICE_NAMES:
-        raise _fail(f"unknown service {service!r}: choose one of {', '.join(SERVICE_NAMES)}")
+    if service != "all" and service not in BY_NAME:
+        raise _fail(f"unknown service {service!r}: choose one of {', '.join([*BY_NAME, 'all'])}")
     settings = Settings()
     configure_logging(service, settings.log)
     try:
         check_configuration(settings)
     except ConfigurationError as exc:
         raise _fail(str(exc)) from None
-    names = SERVICES if service == "all" else (service,)
-    run_forever(names, settings)
+    run_forever(SERVICES if service == "all" else (BY_NAME[service],), settings)
 
 
 @cli.command()
@@ -71,8 +69,15 @@ def demo(
     data_dir: Annotated[
         Path | None, typer.Option(help="Folder for the store, outbox and logs.")
     ] = None,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="sqlite (the embedded default) or mongodb (the PyMongo code path against an "
+            "embedded MongoDB-wire test server; needs the development extras)."
+        ),
+    ] = "sqlite",
 ) -> None:
-    """The main job on the embedded default: broker, SQLite, four services, traffic, summary."""
+    """The main job on the embedded default: broker, SQLite, five services, traffic, summary."""
     from crm.demo import DemoOptions, demo_main
     from crm.simulation import SimulationConfig
 
@@ -88,7 +93,15 @@ def demo(
         start=start,
         history_days=history_days,
     )
-    options = DemoOptions(data_dir=folder, simulation=config, serve=serve, port=port)
+    if store not in ("sqlite", "mongodb"):
+        raise _fail(f"--store must be sqlite or mongodb, not {store!r}")
+    options = DemoOptions(
+        data_dir=folder,
+        simulation=config,
+        serve=serve,
+        port=port,
+        store="mongodb" if store == "mongodb" else "sqlite",
+    )
     raise typer.Exit(demo_main(options))
 
 

@@ -8,6 +8,7 @@ then a summary read back from the topics, the stores and the outbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -20,7 +21,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,7 +30,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from crm.embedded import EmbeddedKafka, free_port
+from crm.embedded import (
+    SECANTUS_MISSING,
+    EmbeddedKafka,
+    EmbeddedMongo,
+    free_port,
+    secantus_available,
+)
+from crm.registry import SERVICES
 from crm.simulation import RawMessage, SimulationConfig, by_day, generate
 from crm.traffic import (
     PipelineWatch,
@@ -42,7 +50,6 @@ from crm.traffic import (
 from services.reports.static import write_static_report
 from shared.kafka import ensure_topics
 from shared.privacy import card_id, customer_id_for_card
-from shared.runtime import SERVICES
 from shared.settings import KafkaSettings, PrivacySettings
 from shared.topics import CHECKOUTS_RAW, DEADLETTER, DELIVERIES, EVENTS, OFFERS, RAW_TOPICS
 
@@ -54,17 +61,27 @@ class DemoOptions:
     drain_timeout: float = 120.0
     serve: bool = False
     port: int = 8080
+    store: Literal["sqlite", "mongodb"] = "sqlite"
+    """`mongodb`: the same demo on the PyMongo code path, against an embedded MongoDB-wire
+    test server (SecantusDB) in the data folder."""
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run here (a missing development extra), with what to do."""
 
 
 class ServiceProcesses:
-    """Services (all four by default) as `crm run <service>` child processes; logs in a folder."""
+    """Services (all five by default) as `crm run <service>` child processes; logs in a folder."""
 
     def __init__(
-        self, env: dict[str, str], log_dir: Path, names: tuple[str, ...] = SERVICES
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        names: tuple[str, ...] | None = None,
     ) -> None:
         self._env = env
         self._log_dir = log_dir
-        self._names = names
+        self._names = names if names is not None else tuple(spec.name for spec in SERVICES)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
 
@@ -195,19 +212,35 @@ async def _profiles_count(store_url: str) -> int:
     from services.profiles.store import open_repository
     from shared.settings import StoreSettings
 
-    repository = await open_repository(StoreSettings(store_url=store_url))
-    try:
+    async with open_repository(StoreSettings(store_url=store_url)) as repository:
         return await repository.count()
-    finally:
-        await repository.close()
+
+
+def _store(options: DemoOptions, data: Path, stack: contextlib.ExitStack) -> str:
+    """The store URL of the demo: SQLite in the data folder, or an embedded MongoDB-wire server."""
+    if options.store == "sqlite":
+        return f"sqlite:///{data / 'store'}"
+    if not secantus_available():
+        raise DemoError(SECANTUS_MISSING)
+    server = stack.enter_context(EmbeddedMongo(data / "mongo", log_file=data / "mongo.log"))
+    return server.url
 
 
 async def run_demo(options: DemoOptions, console: Console) -> int:
     data = options.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
-    store_url = f"sqlite:///{data / 'store'}"
     outbox = data / "outbox"
     console.print(f"[bold]crm demo[/bold]: data folder {data}")
+    with contextlib.ExitStack() as stack:
+        store_url = _store(options, data, stack)
+        console.print(f"store: {options.store}")
+        return await _run(options, console, data, store_url, outbox)
+    return 0  # pragma: no cover - the stack never swallows
+
+
+async def _run(
+    options: DemoOptions, console: Console, data: Path, store_url: str, outbox: Path
+) -> int:
     with EmbeddedKafka(log_file=data / "broker.log") as broker:
         kafka = KafkaSettings(kafka_bootstrap=broker.bootstrap)
         await ensure_topics(kafka)
@@ -367,6 +400,9 @@ def demo_main(options: DemoOptions) -> int:
     console = Console()
     try:
         return asyncio.run(run_demo(options, console))
+    except DemoError as exc:
+        console.print(f"[bold red]crm demo:[/bold red] {exc}")
+        return 2
     except KeyboardInterrupt:
         console.print("interrupted: services and broker stopped")
         return 130

@@ -45,41 +45,23 @@ def _plain(value: Any) -> Any:
 async def resolve_customer(store: StoreSettings, *, card_number: str, card_key: bytes) -> str:
     """The customer a card feeds (its link, else the id derived from the card)."""
     card = card_id(card_number, card_key)
-    ingest = await open_ingest(store)
-    try:
+    async with open_ingest(store) as ingest:
         links = await ingest.customers_of_cards([card])
-    finally:
-        await ingest.close()
     return links.get(card) or customer_id_for_card(card)
 
 
 async def export_customer(store: StoreSettings, customer_id: str) -> dict[str, Any]:
     """Everything the services store of one customer, per service, as JSON types."""
-    ingest = await open_ingest(store)
-    try:
+    async with open_ingest(store) as ingest:
         cards = await ingest.cards_of_customer(customer_id)
-    finally:
-        await ingest.close()
-    profiles = await open_profiles(store)
-    try:
+    async with open_profiles(store) as profiles:
         profile = await profiles.export(customer_id)
-    finally:
-        await profiles.close()
-    offers_repo = await open_offers(store)
-    try:
-        offers = [
-            *await offers_repo.open_offers(customer_id),
-            *await offers_repo.used_offers(customer_id),
-        ]
+    async with open_offers(store) as offers_repo:
+        offers = await offers_repo.offers_of(customer_id)
         rejections = await offers_repo.rejections(customer_id)
-    finally:
-        await offers_repo.close()
-    notifier = await open_notifier(store)
-    try:
+    async with open_notifier(store) as notifier:
         contacts = await notifier.get_contacts([customer_id])
         deliveries = await notifier.get_deliveries([o.offer_id for o in offers])
-    finally:
-        await notifier.close()
     return {
         "customer_id": customer_id,
         "ingest": {"linked_card_ids": sorted(cards)},
@@ -119,14 +101,11 @@ async def rotate_card_keys(
             pairs[card_id(number, old_key)] = card_id(number, new_key)
         except InvalidCardNumber:
             report.invalid += 1
-    ingest = await open_ingest(store)
-    try:
+    async with open_ingest(store) as ingest:
         known = await ingest.customers_of_cards(list(pairs))
         links = {new: known.get(old) or customer_id_for_card(old) for old, new in pairs.items()}
         if links:
             await ingest.record(set(), links, dt.datetime.now(dt.UTC))
         report.linked = len(links)
-    finally:
-        await ingest.close()
     log.info("card_key_rotated", cards=report.cards, linked=report.linked, invalid=report.invalid)
     return report

@@ -160,6 +160,37 @@ def _stamp(moment: dt.datetime, rng: random.Random) -> str:
     return moment.replace(tzinfo=None).isoformat()
 
 
+def basket(
+    rng: random.Random, favourites: list[int], *, max_lines: int = 40, spell: bool = True
+) -> list[dict[str, Any]]:
+    """1 to `max_lines` raw basket lines, the customer's favourite products often among them.
+    `spell`: in the many spellings tills send (lower-case SKUs, `,` decimals, JSON numbers);
+    without it, canonical (the bench computes its reference from the lines)."""
+    size = max(1, min(max_lines, int(rng.expovariate(1 / 8)) + 1))
+    chosen = [f for f in favourites if rng.random() < 0.6]
+    while len(chosen) < size:
+        chosen.append(rng.randrange(len(CATALOG)))
+    lines = []
+    for index in chosen[:size]:
+        sku, name, category, price, weighed = CATALOG[index]
+        quantity: Any = (
+            str(Decimal(rng.randrange(150, 2500)) / 1000)
+            if weighed
+            else rng.choice([1, 1, 1, 2, 3])
+        )
+        line: dict[str, Any] = {
+            "sku": sku.lower() if spell and rng.random() < 0.1 else sku,
+            "name": name,
+            "category": category,
+            "quantity": quantity,
+            "unit_price": _price(price, rng) if spell else price,
+        }
+        if rng.random() < 0.05:
+            line["discount"] = "0.20"
+        lines.append(line)
+    return lines
+
+
 class _Generator:
     def __init__(self, config: SimulationConfig) -> None:
         self.config = config
@@ -184,30 +215,7 @@ class _Generator:
         return dt.datetime.combine(day, dt.time(minute // 60, minute % 60, second), dt.UTC)
 
     def _basket(self, favourites: list[int]) -> list[dict[str, Any]]:
-        rng = self.rng
-        size = max(1, min(self.config.max_lines, int(rng.expovariate(1 / 8)) + 1))
-        chosen = [f for f in favourites if rng.random() < 0.6]
-        while len(chosen) < size:
-            chosen.append(rng.randrange(len(CATALOG)))
-        lines = []
-        for index in chosen[:size]:
-            sku, name, category, price, weighed = CATALOG[index]
-            quantity: Any = (
-                str(Decimal(rng.randrange(150, 2500)) / 1000)
-                if weighed
-                else rng.choice([1, 1, 1, 2, 3])
-            )
-            line: dict[str, Any] = {
-                "sku": sku.lower() if rng.random() < 0.1 else sku,
-                "name": name,
-                "category": category,
-                "quantity": quantity,
-                "unit_price": _price(price, rng),
-            }
-            if rng.random() < 0.05:
-                line["discount"] = "0.20"
-            lines.append(line)
-        return lines
+        return basket(self.rng, favourites, max_lines=self.config.max_lines)
 
     def run(self) -> list[RawMessage]:
         config, rng = self.config, self.rng

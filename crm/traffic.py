@@ -6,17 +6,19 @@ import asyncio
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from crm.registry import PIPELINE
 from crm.simulation import RawMessage
 from shared.events import ClockTicked
 from shared.kafka import client_options, partition_lag, require_bootstrap
 from shared.settings import KafkaSettings
-from shared.topics import CLOCK, SERVICE_TOPICS
+from shared.skeleton import ServiceSpec
+from shared.topics import CLOCK
 
 
 async def open_producer(settings: KafkaSettings) -> AIOKafkaProducer:
@@ -61,18 +63,18 @@ async def tick(producer: AIOKafkaProducer, day: dt.date) -> None:
 class PipelineWatch:
     """Consumer-group lag of every service, checked upstream first, to know the pipeline is drained."""
 
-    PIPELINE: tuple[str, ...] = ("ingest", "profiles", "offers", "notifier")
-    """Services watched by default; pass `services` to watch others too (reports)."""
-
-    def __init__(self, settings: KafkaSettings, services: Collection[str] | None = None) -> None:
+    def __init__(
+        self, settings: KafkaSettings, services: Sequence[ServiceSpec[Any, Any]] = PIPELINE
+    ) -> None:
+        """Watches the pipeline's services by default; pass `SERVICES` to watch reports too."""
         self._settings = settings
-        self._services = tuple(services) if services is not None else self.PIPELINE
+        self._services = tuple(services)
         self._consumers: dict[str, tuple[AIOKafkaConsumer, tuple[str, ...]]] = {}
         self._reader: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
-        for name in self._services:
-            group, topics = SERVICE_TOPICS[name]
+        for spec in self._services:
+            group, topics = spec.group, spec.topics
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=require_bootstrap(self._settings),
                 group_id=group,

@@ -10,25 +10,22 @@ hash; which customer: the pseudonymous id; when), kept in the store named by `CR
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import hmac
 import re
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from typing import ClassVar, Literal, Protocol, get_args
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from pymongo import DESCENDING
-from pymongo.asynchronous.collection import AsyncCollection
+from pymongo import DESCENDING, IndexModel
 
 from shared.logging import get_logger
 from shared.settings import StoreSettings
-from shared.store import StoreLocation, open_mongo, open_sqlite
+from shared.storage import Indexes, MongoStore, SqliteStore, StoreLocation
 
 Role = Literal["agent", "marketing", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -148,62 +145,47 @@ class AuditLog(Protocol):
     async def close(self) -> None: ...
 
 
-class SqliteAuditLog:
+class SqliteAuditLog(SqliteStore):
     """The audit log in its own SQLite file (`audit.sqlite3`), or in memory."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._lock = asyncio.Lock()
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, doc TEXT NOT NULL)"
-        )
+    SERVICE = "audit"
+    SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS audit "
+        "(id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, doc TEXT NOT NULL)"
+    )
 
     async def record(self, entry: AuditEntry) -> None:
-        async with self._lock:
-            await asyncio.to_thread(
-                self._conn.execute,
-                "INSERT INTO audit (at, doc) VALUES (?, ?)",
-                (entry.at.isoformat(), entry.model_dump_json()),
-            )
+        row = (entry.at.isoformat(), entry.model_dump_json())
+        await self.write(lambda db: db.execute("INSERT INTO audit (at, doc) VALUES (?, ?)", row))
 
     async def latest(self, limit: int) -> list[AuditEntry]:
-        async with self._lock:
-            rows = await asyncio.to_thread(
-                lambda: self._conn.execute(
-                    "SELECT doc FROM audit ORDER BY id DESC LIMIT ?", (limit,)
-                ).fetchall()
-            )
+        rows = await self.read(
+            lambda db: db.execute(
+                "SELECT doc FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        )
         return [AuditEntry.model_validate_json(doc) for (doc,) in rows]
 
-    async def close(self) -> None:
-        self._conn.close()
 
-
-class MongoAuditLog:
+class MongoAuditLog(MongoStore):
     """The audit log as a MongoDB collection `audit`."""
 
-    def __init__(self, collection: AsyncCollection[dict[str, Any]], client: Any) -> None:
-        self._collection = collection
-        self._client = client
+    INDEXES: ClassVar[Indexes] = {"audit": (IndexModel([("at", DESCENDING)], name="at"),)}
 
     async def record(self, entry: AuditEntry) -> None:
-        await self._collection.insert_one(entry.model_dump(mode="json") | {"at": entry.at})
+        await self.database["audit"].insert_one(entry.model_dump(mode="json") | {"at": entry.at})
 
     async def latest(self, limit: int) -> list[AuditEntry]:
-        cursor = self._collection.find({}, {"_id": 0}).sort("at", DESCENDING).limit(limit)
+        cursor = self.database["audit"].find({}, {"_id": 0}).sort("at", DESCENDING).limit(limit)
         return [AuditEntry.model_validate(doc) async for doc in cursor]
 
-    async def close(self) -> None:
-        await self._client.close()
 
-
-def open_audit_log(store: StoreSettings) -> AuditLog:
-    """The audit log in the store `CRM_STORE_URL` names."""
+async def open_audit_log(store: StoreSettings) -> AuditLog:
+    """The audit log in the store `CRM_STORE_URL` names (the caller closes it)."""
     location = StoreLocation.parse(store.store_url)
     if location.kind == "mongodb":
-        client, database = open_mongo(location, store.mongo_database)
-        return MongoAuditLog(database["audit"], client)
-    return SqliteAuditLog(open_sqlite(location, "audit"))
+        return await MongoAuditLog.open(location, store.mongo_database)
+    return await SqliteAuditLog.open(location)
 
 
 def now_utc() -> dt.datetime:

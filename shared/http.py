@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Response
-from faststream import FastStream
+from fastapi import FastAPI, Response
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, make_asgi_app
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -25,14 +23,13 @@ from prometheus_client.registry import Collector
 from shared.kafka import consumer_lag
 from shared.logging import get_logger
 from shared.settings import Settings
-from shared.topics import SERVICE_TOPICS
+from shared.skeleton import ServiceApp
 
 log = get_logger(__name__)
 
 # stats key prefix -> metric family; anything else goes to crm_service_events_total.
 _PREFIXES: tuple[tuple[str, str], ...] = (
     ("dead_lettered_", "crm_dead_lettered"),
-    ("dead_letter_", "crm_dead_lettered"),
     ("issued_", "crm_offers_issued"),
     ("suppressed_", "crm_offers_suppressed"),
     ("emails_", "crm_emails"),
@@ -49,17 +46,10 @@ _FAMILIES: dict[str, tuple[str, str]] = {
 _LABEL = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def _stats_of(name: str, app: FastStream) -> Counter[str] | None:
-    """Every service's app keeps its service object in the context as `<name>_service`."""
-    service = app.context.get(f"{name}_service")
-    stats = getattr(service, "stats", None)
-    return stats if isinstance(stats, Counter) else None
-
-
 class ServiceStatsCollector(Collector):
     """Reads the services' in-memory counters at scrape time."""
 
-    def __init__(self, apps: Mapping[str, FastStream]) -> None:
+    def __init__(self, apps: Sequence[ServiceApp[Any]]) -> None:
         self._apps = apps
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -70,10 +60,8 @@ class ServiceStatsCollector(Collector):
         other = CounterMetricFamily(
             "crm_service_events", "Other service counters, by event.", labels=["service", "event"]
         )
-        for name, app in self._apps.items():
-            stats = _stats_of(name, app)
-            if not stats:
-                continue
+        for app in self._apps:
+            name, stats = app.name, app.stats
             for key, value in sorted(stats.items()):
                 for prefix, metric in _PREFIXES:
                     if key.startswith(prefix):
@@ -91,10 +79,9 @@ class HttpEndpoints:
 
     def __init__(
         self,
-        apps: Mapping[str, FastStream],
+        apps: Sequence[ServiceApp[Any]],
         settings: Settings,
         *,
-        routers: Iterable[APIRouter] = (),
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         self.apps = apps
@@ -120,8 +107,9 @@ class HttpEndpoints:
         self.api.add_api_route("/healthz", self.healthz, methods=["GET"], tags=["ops"])
         self.api.add_api_route("/readyz", self.readyz, methods=["GET"], tags=["ops"])
         self.api.mount("/metrics", make_asgi_app(registry))
-        for router in routers:
-            self.api.include_router(router)
+        for app in apps:
+            if app.spec.routes is not None:
+                self.api.include_router(app.spec.routes(app))
 
     async def healthz(self) -> dict[str, str]:
         """The process is alive."""
@@ -130,9 +118,8 @@ class HttpEndpoints:
     async def readyz(self, response: Response) -> dict[str, Any]:
         """Started and connected to Kafka (each service's store is opened before it starts)."""
         checks: dict[str, bool] = {}
-        for name, app in self.apps.items():
-            broker = app.broker
-            checks[name] = bool(self.started and broker is not None and await broker.ping(1.0))
+        for app in self.apps:
+            checks[app.name] = bool(self.started and app.started and await app.broker.ping(1.0))
         ready = all(checks.values()) and bool(checks)
         response.status_code = 200 if ready else 503
         return {"status": "ready" if ready else "not ready", "services": checks}
@@ -140,15 +127,17 @@ class HttpEndpoints:
     async def measure_lag(self, every: float = 15.0) -> None:
         """Update the lag gauge periodically (a background task)."""
         while True:
-            for name in self.apps:
-                group, topics = SERVICE_TOPICS[name]
+            for app in self.apps:
+                spec = app.spec
                 try:
-                    lag = await consumer_lag(self.settings.kafka, group, topics)
+                    lag = await consumer_lag(self.settings.kafka, spec.group, spec.topics)
                 except Exception as exc:
-                    log.warning("lag_measure_failed", service_name=name, error=type(exc).__name__)
+                    log.warning(
+                        "lag_measure_failed", service_name=spec.name, error=type(exc).__name__
+                    )
                     continue
                 if self._lag is not None:
-                    self._lag.labels(service=name).set(lag)
+                    self._lag.labels(service=spec.name).set(lag)
             await asyncio.sleep(every)
 
     def server(self) -> uvicorn.Server:

@@ -1,14 +1,12 @@
 """Kafka plumbing shared by the services: broker factory, batch subscription options,
-publishing a batch without per-message waits, dead letters and topic creation.
+publishing a batch without per-message waits, topic creation, lag, and the retry policy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import inspect
 import logging
-import sqlite3
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -16,6 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
@@ -27,19 +26,14 @@ from faststream.security import (
     SASLScram512,
 )
 from prometheus_client import REGISTRY
-from pydantic import BaseModel
 
-from shared.events import DeadLetter
+from shared.edge import Outgoing, Source, dead_letter, dead_letter_message
+from shared.errors import StoreError
 from shared.logging import get_logger
-from shared.privacy import mask_card_numbers
 from shared.settings import KafkaSettings
-from shared.topics import DEADLETTER, TOPIC_SPECS, TopicSpec
+from shared.topics import TOPIC_SPECS, TopicSpec
 
 log = get_logger(__name__)
-
-DEAD_LETTER_PAYLOAD_LIMIT = 64 * 1024
-"""Dead-lettered payloads keep at most this many characters (the size is always recorded)."""
-
 
 FETCH_MAX_WAIT_MS = 20
 """Longest a fetch waits on an empty partition. Tansu appears to answer an empty fetch only
@@ -146,15 +140,6 @@ def batch_subscriber(
     )
 
 
-def dump(model: BaseModel) -> bytes:
-    """JSON bytes of an event."""
-    return model.model_dump_json().encode()
-
-
-Outgoing = tuple[str, bytes | None, bytes | None]
-"""(topic, key, value); a None value is a tombstone."""
-
-
 async def publish_all(broker: KafkaBroker, messages: Sequence[Outgoing]) -> None:
     """Hand every message to the producer without waiting, then await all acknowledgements.
 
@@ -169,36 +154,6 @@ async def publish_all(broker: KafkaBroker, messages: Sequence[Outgoing]) -> None
     futures = [item for item in pending if inspect.isawaitable(item)]
     if futures:
         await asyncio.gather(*futures)
-
-
-def dead_letter(
-    *,
-    service: str,
-    record: ConsumerRecord[Any, Any],
-    reason: str,
-    detail: str,
-    now: dt.datetime | None = None,
-) -> DeadLetter:
-    """A dead letter for a record: masked, truncated payload and where it came from."""
-    raw: bytes = record.value if isinstance(record.value, bytes) else b""
-    text = raw[: DEAD_LETTER_PAYLOAD_LIMIT * 4].decode("utf-8", errors="replace")
-    truncated = len(text) > DEAD_LETTER_PAYLOAD_LIMIT or len(raw) > DEAD_LETTER_PAYLOAD_LIMIT * 4
-    return DeadLetter(
-        service=service,
-        reason=reason,
-        detail=mask_card_numbers(detail)[:1000],
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        dead_lettered_at=now or dt.datetime.now(dt.UTC),
-        payload=mask_card_numbers(text[:DEAD_LETTER_PAYLOAD_LIMIT]),
-        payload_bytes=len(raw),
-        truncated=truncated,
-    )
-
-
-def dead_letter_message(letter: DeadLetter) -> Outgoing:
-    return (DEADLETTER, f"{letter.source_topic}:{letter.partition}".encode(), dump(letter))
 
 
 async def ensure_topics(
@@ -272,25 +227,19 @@ async def consumer_lag(settings: KafkaSettings, group_id: str, topics: Sequence[
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
-    sqlite3.OperationalError,
+    KafkaError,
+    StoreError,
 )
-"""Errors of the infrastructure (store, SMTP, Kafka down or slow): retried without limit.
-
-`ConnectionError` and socket errors are `OSError`s; PyMongo's and aiokafka's own are added
-by `is_transient`. Anything else is taken for a property of the records (a poison message).
+"""Errors of the infrastructure (store, SMTP, Kafka down or slow, a concurrent writer): retried
+without limit. Store adapters translate their drivers' errors into `StoreError`s
+(`Unavailable`, `Conflict`), so this policy knows no driver. Anything else is taken for a
+property of the records (a poison message).
 """
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether `exc` says the infrastructure is unavailable rather than the data is bad."""
-    from aiokafka.errors import KafkaError
-    from pymongo.errors import AutoReconnect, ConnectionFailure, ExecutionTimeout, WTimeoutError
-
-    transient = (*TRANSIENT_ERRORS, KafkaError, AutoReconnect, ConnectionFailure)
-    if isinstance(exc, ExecutionTimeout | WTimeoutError):
-        return True
-    # A batch that met a concurrent writer (profiles' version guard) succeeds when re-read.
-    return isinstance(exc, transient) or type(exc).__name__ == "ConcurrentUpdateError"
+    return isinstance(exc, TRANSIENT_ERRORS)
 
 
 BatchWork = Callable[[Sequence[ConsumerRecord[Any, Any]]], Awaitable[None]]
@@ -383,7 +332,7 @@ class BatchGuard:
                     raise  # the infrastructure went away meanwhile: re-read, back off again
                 letter = dead_letter(
                     service=self._service,
-                    record=record,
+                    source=Source.of(record),
                     reason="processing_failed",
                     detail=f"{type(exc).__name__} after {self._max_attempts} attempts",
                 )

@@ -1,48 +1,32 @@
-"""Running services: which apps exist, start-up checks, and a clean stop on SIGTERM/SIGINT."""
+"""Running services from their declarations: start-up checks, HTTP, and a clean stop on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
-import importlib
 import signal
-from collections.abc import Mapping, Sequence
-from typing import Protocol
-
-from fastapi import APIRouter
-from faststream import FastStream
+from collections.abc import Sequence
+from typing import Any
 
 from shared.http import HttpEndpoints
 from shared.kafka import KafkaConfigError, ensure_topics, require_bootstrap
 from shared.logging import get_logger
 from shared.settings import Settings
-from shared.store import StoreLocation
+from shared.skeleton import ServiceApp, ServiceSpec
+from shared.storage import StoreLocation
 
 log = get_logger(__name__)
 
-SERVICES: tuple[str, ...] = ("ingest", "profiles", "offers", "notifier", "reports")
 
-
-def run_forever(names: Sequence[str], settings: Settings) -> None:
+def run_forever(specs: Sequence[ServiceSpec[Any, Any]], settings: Settings) -> None:
     """Run `serve` on uvloop where it is installed (Linux, macOS), else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a Linux/macOS dependency
-        asyncio.run(serve(names, settings))
+        asyncio.run(serve(specs, settings))
         return
-    uvloop.run(serve(names, settings))
-
-
-class AppFactory(Protocol):
-    def __call__(self, settings: Settings | None = None) -> FastStream: ...
-
-
-def app_factory(name: str) -> AppFactory:
-    """The `create_app` of a service, imported only when that service runs."""
-    module = importlib.import_module(f"services.{name}.app")
-    factory: AppFactory = module.create_app
-    return factory
+    uvloop.run(serve(specs, settings))
 
 
 class ConfigurationError(RuntimeError):
@@ -59,7 +43,7 @@ def check_configuration(settings: Settings) -> None:
 
 
 async def serve(
-    names: Sequence[str], settings: Settings, stop: asyncio.Event | None = None
+    specs: Sequence[ServiceSpec[Any, Any]], settings: Settings, stop: asyncio.Event | None = None
 ) -> None:
     """Start the named services in this process and run until SIGTERM/SIGINT (or `stop`).
 
@@ -75,17 +59,17 @@ async def serve(
         # Event loops without signal support (Windows) raise here; there Ctrl-C still works.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    apps = {name: app_factory(name)(settings) for name in names}
-    endpoints = HttpEndpoints(apps, settings, routers=_routers(apps, settings))
+    apps = [ServiceApp(spec, settings) for spec in specs]
+    endpoints = HttpEndpoints(apps, settings)
     server = endpoints.server()
     http_task = asyncio.create_task(server.serve(), name="http")
     lag_task = asyncio.create_task(endpoints.measure_lag(), name="lag")
-    started: list[FastStream] = []
+    started: list[ServiceApp[Any]] = []
     try:
-        for name, app in apps.items():
+        for app in apps:
             await app.start()
             started.append(app)
-            log.info("service_started", service_name=name)
+            log.info("service_started", service_name=app.name)
         endpoints.started = True
         # Long-lived objects made at start-up (apps, models, templates) need no more scanning,
         # and per-batch garbage is young: fewer, cheaper collections (measured +40% in profiles).
@@ -103,15 +87,4 @@ async def serve(
         with contextlib.suppress(asyncio.CancelledError):
             await lag_task
         await http_task
-        log.info("services_stopped", services=list(names))
-
-
-def _routers(apps: Mapping[str, FastStream], settings: Settings) -> list[APIRouter]:
-    """HTTP routes a service offers besides health and metrics (`create_router` in its app)."""
-    routers = []
-    for name, app in apps.items():
-        module = importlib.import_module(f"services.{name}.app")
-        factory = getattr(module, "create_router", None)
-        if factory is not None:
-            routers.append(factory(app, settings))
-    return routers
+        log.info("services_stopped", services=[spec.name for spec in specs])

@@ -57,12 +57,3 @@ GROUP_PROFILES: Final = "crm-profiles"
 GROUP_OFFERS: Final = "crm-offers"
 GROUP_NOTIFIER: Final = "crm-notifier"
 GROUP_REPORTS: Final = "crm-reports"
-
-SERVICE_TOPICS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
-    "ingest": (GROUP_INGEST, RAW_TOPICS),
-    "profiles": (GROUP_PROFILES, (EVENTS,)),
-    "offers": (GROUP_OFFERS, (PROFILES_CHANGED, CLOCK)),
-    "notifier": (GROUP_NOTIFIER, (OFFERS, CONTACTS)),
-    "reports": (GROUP_REPORTS, (EVENTS, OFFERS, DELIVERIES)),
-}
-"""Which group each service consumes with and which topics it reads (for lag and drain checks)."""

@@ -1,4 +1,4 @@
-"""Fixtures shared by every tier: the Kafka-wire broker and settings for it."""
+"""Fixtures shared by every tier: the Kafka-wire broker, the MongoDB-wire server, settings."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from crm.embedded import EmbeddedKafka
-from shared.settings import KafkaSettings
+from crm.embedded import EmbeddedKafka, EmbeddedMongo
+from shared.settings import KafkaSettings, StoreSettings
 
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
 
@@ -25,6 +25,26 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     with EmbeddedKafka(log_file=log) as broker:
         yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB for the PyMongo code path: CRM_TEST_MONGO_URL (any MongoDB, a real mongod in CI
+    elsewhere), else a SecantusDB server this session starts, on a free loopback port with its
+    data in a temporary folder, stopped at the end."""
+    external = os.environ.get("CRM_TEST_MONGO_URL")
+    if external:
+        yield external
+        return
+    folder = tmp_path_factory.mktemp("mongo")
+    with EmbeddedMongo(folder / "data", log_file=folder / "server.log") as server:
+        yield server.url
+
+
+@pytest.fixture
+def mongo_store(mongo_url: str) -> StoreSettings:
+    """Store settings on the test MongoDB, in a database of this test's own."""
+    return StoreSettings(store_url=mongo_url, mongo_database=f"crm_test_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

@@ -1,27 +1,65 @@
-"""Ingest's composition root: the broker, the repository and one thin batch handler."""
+"""The ingest service, declared: it reads the three raw topics, publishes normalized,
+pseudonymized events on `crm.events`, then records the event ids and card links it saw."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator
 
-from aiokafka import ConsumerRecord
-from faststream import FastStream
-from faststream.kafka.annotations import KafkaMessage
-
+from services.ingest.domain import RawEvent, decode
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestRepository, open_repository
-from shared.kafka import BatchGuard, batch_subscriber, new_broker, publish_all
+from shared.edge import Source
 from shared.logging import get_logger
 from shared.settings import Settings
+from shared.skeleton import ServiceApp, ServiceSpec
 from shared.topics import GROUP_INGEST, RAW_TOPICS
 
 log = get_logger(__name__)
 
-SERVICE_KEY = "ingest_service"
-"""Where the app's context holds the IngestService."""
+
+def decode_raw(source: Source) -> RawEvent:
+    """A raw record as its tolerant wire model, by its topic (`Rejected` with the reason)."""
+    return decode(source.topic, source.value)
+
+
+@contextlib.asynccontextmanager
+async def open_pruned(
+    settings: Settings, ingest: IngestSettings | None = None
+) -> AsyncIterator[IngestRepository]:
+    """The store, rid of event ids older than the dedup window before the first batch."""
+    days = (ingest or IngestSettings()).dedup_days
+    async with open_repository(settings.store, dedup_days=days) as repository:
+        await repository.forget_before(dt.datetime.now(dt.UTC) - dt.timedelta(days=days))
+        yield repository
+
+
+async def check(settings: Settings) -> None:
+    """Starts, but says so, on the public development card key."""
+    if settings.privacy.card_key_is_default:
+        log.warning("card_key_default", hint="set CRM_CARD_KEY: the development key is public")
+
+
+def build(settings: Settings, repository: IngestRepository) -> IngestService:
+    return IngestService(
+        repository,
+        card_key=settings.privacy.card_key.get_secret_value().encode(),
+        calendar=settings.calendar,
+    )
+
+
+SPEC: ServiceSpec[IngestRepository, IngestService] = ServiceSpec(
+    name="ingest",
+    group=GROUP_INGEST,
+    decoders={topic: decode_raw for topic in RAW_TOPICS},
+    open_store=open_pruned,
+    build=build,
+    order="publish_then_save",
+    check=check,
+)
 
 
 def create_app(
@@ -29,56 +67,10 @@ def create_app(
     *,
     repository: IngestRepository | None = None,
     ingest_settings: IngestSettings | None = None,
-) -> FastStream:
-    """Build the ingest app; the repository opens at start-up unless one is given."""
-    settings = settings or Settings()
-    own = ingest_settings or IngestSettings()
-    broker = new_broker(settings.kafka, client_id="crm-ingest")
-    app = FastStream(broker)
-    holder: dict[str, IngestService] = {}
-    guard = BatchGuard(broker, service="ingest")
-
-    def build(repo: IngestRepository) -> IngestService:
-        holder["service"] = IngestService(
-            repo,
-            card_key=settings.privacy.card_key.get_secret_value().encode(),
-            calendar=settings.calendar,
-        )
-        app.context.set_global(SERVICE_KEY, holder["service"])
-        return holder["service"]
-
-    if repository is not None:
-        build(repository)
-
-    @batch_subscriber(broker, settings.kafka, GROUP_INGEST, *RAW_TOPICS)
-    async def on_raw(_: list[bytes], message: KafkaMessage) -> None:
-        await guard.run(message.raw_message, process)
-
-    async def process(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-        service = holder["service"]
-        result = await service.process(records)
-        await publish_all(broker, result.outgoing)
-        await service.record(result)
-
-    @app.on_startup
-    async def open_store() -> None:
-        if settings.privacy.card_key_is_default:
-            log.warning("card_key_default", hint="set CRM_CARD_KEY: the development key is public")
-        if "service" not in holder:
-            repo = await open_repository(settings.store, dedup_days=own.dedup_days)
-            cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=own.dedup_days)
-            await repo.forget_before(cutoff)
-            build(repo)
-
-    @app.after_shutdown
-    async def close_store() -> None:
-        if repository is None and "service" in holder:
-            await holder["service"].repository.close()
-
-    return app
-
-
-def service_of(app: FastStream) -> IngestService:
-    """The app's IngestService (for metrics and tests)."""
-    service: IngestService = app.context.get(SERVICE_KEY)
-    return service
+) -> ServiceApp[IngestService]:
+    """The ingest service; a passed repository is used as is (not pruned, not closed)."""
+    spec = SPEC
+    if ingest_settings is not None:
+        own = ingest_settings
+        spec = dataclasses.replace(SPEC, open_store=lambda s: open_pruned(s, own))
+    return ServiceApp(spec, settings, repository=repository)

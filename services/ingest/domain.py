@@ -1,8 +1,9 @@
 """Normalizing what tills and channels send: pure functions, no I/O.
 
-`decode` turns raw bytes into a tolerant wire model or a `Rejected` with a reason code;
-`normalize_*` turn wire models into the normalized events of `shared.events`. Card numbers are
-replaced by their keyed hash here and never leave this module in clear.
+`decode` turns raw bytes into a tolerant wire model or raises `shared.errors.Rejected` with a
+reason code (the edge dead-letters the record with it); `normalize_*` turn wire models into
+the normalized events of `shared.events`. Card numbers are replaced by their keyed hash here
+and never leave this module in clear.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
+from shared.errors import Rejected
 from shared.events import (
     CardLinked,
     ConsentChanged,
@@ -59,15 +61,6 @@ _CONTRACT_REASONS: Final[dict[tuple[str, str], str]] = {
     ("unit_price", "greater_than_equal"): "negative_price",
     ("discount", "greater_than_equal"): "negative_discount",
 }
-
-
-class Rejected(Exception):
-    """An input that cannot be processed: `reason` is a stable code, `detail` explains it."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def decode(topic: str, value: bytes | None) -> RawEvent:

@@ -1,4 +1,10 @@
-"""Ingest's service layer: one batch of raw records in, normalized events and dead letters out."""
+"""Ingest's service layer: a batch of raw events in, normalized events out, then what to record.
+
+The edge has decoded the records; `handle` orders the batch by event time, drops event ids
+seen before, resolves cards to customers (one look-up per batch), normalizes with the pure
+domain and hands back the events to publish, the events it rejected, and the `save` that
+records the event keys and card links once the events are published.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +12,34 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from aiokafka import ConsumerRecord
 
 from services.ingest.domain import (
     LinkRequest,
     RawEvent,
-    Rejected,
-    decode,
     normalize_checkout,
     normalize_customer_event,
     normalize_interaction,
     parse_time,
 )
 from services.ingest.store import IngestRepository
+from shared.edge import Outgoing, Received, Source, dump
+from shared.errors import Rejected
 from shared.events import CardLinked, NormalizedEvent, PurchaseRecorded
-from shared.kafka import Outgoing, dead_letter, dead_letter_message, dump
-from shared.logging import get_logger
 from shared.privacy import InvalidCardNumber, card_id, customer_id_for_card
 from shared.raw import RawCheckout, RawCustomerEvent, RawInteraction
 from shared.settings import CalendarSettings
+from shared.skeleton import Handled
 from shared.topics import EVENTS
 
-log = get_logger(__name__)
-SERVICE = "ingest"
 _LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 @dataclass(slots=True)
-class BatchResult:
+class _Batch:
     """What a batch produced; `keys` and `links` are recorded only after publishing."""
 
     outgoing: list[Outgoing] = field(default_factory=list)
+    rejected: list[tuple[Source, Rejected]] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
     links: dict[str, str] = field(default_factory=dict)
 
@@ -47,8 +48,17 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _key(item: Received[RawEvent]) -> str:
+    """An event's duplicate key: its id on its raw topic."""
+    return f"{item.source.topic}:{item.event.event_id}"
+
+
 class IngestService:
-    """Validates, normalizes, pseudonymizes and de-duplicates raw events, per batch."""
+    """Validates, normalizes, pseudonymizes and de-duplicates raw events, per batch.
+
+    `stats` counts what it did: `duplicates`, `anonymous_interactions`,
+    `normalized_<event type>`, and (counted by the edge) `dead_lettered_<reason>`.
+    """
 
     def __init__(
         self,
@@ -74,47 +84,34 @@ class IngestService:
                 try:
                     cards.append(card_id(number, self._key))
                 except InvalidCardNumber:
-                    continue  # normalization dead-letters it with the reason
+                    continue  # normalization rejects it with the reason
         return cards
 
-    async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> BatchResult:
-        """Decode and normalize a batch. Nothing is recorded: call `record` after publishing."""
-        result = BatchResult()
-        decoded: list[tuple[ConsumerRecord[Any, Any], RawEvent | Rejected]] = []
-        for record in records:
-            try:
-                decoded.append((record, decode(record.topic, record.value)))
-            except Rejected as rejected:
-                decoded.append((record, rejected))
+    async def handle(self, batch: Sequence[Received[RawEvent]]) -> Handled:
+        """Normalize a batch. Nothing is recorded until `Handled.save`, after publishing: a
+        crash in between re-reads the batch and publishes the same events again (downstream
+        drops them) instead of dropping them as duplicates unpublished."""
         # The three raw topics have no order between them: within a batch, event time decides,
         # so that a sign-up a minute before a swipe is applied before it.
-        decoded.sort(key=self._event_time)
-        keys = {
-            f"{record.topic}:{item.event_id}"
-            for record, item in decoded
-            if not isinstance(item, Rejected)
-        }
+        items = sorted(batch, key=self._event_time)
+        keys = {_key(item) for item in items}
         already = await self.repository.seen(keys) if keys else set()
-        cards = {
-            c for _, item in decoded if not isinstance(item, Rejected) for c in self._cards_in(item)
-        }
+        cards = {c for item in items for c in self._cards_in(item.event)}
         links: dict[str, str] = await self.repository.customers_of_cards(cards) if cards else {}
 
         def resolve(card: str) -> str:
             return links.get(card) or customer_id_for_card(card)
 
-        for record, item in decoded:
-            if isinstance(item, Rejected):
-                self._reject(result, record, item)
-                continue
-            key = f"{record.topic}:{item.event_id}"
+        result = _Batch()
+        for item in items:
+            key = _key(item)
             if key in already or key in result.keys:
                 self.stats["duplicates"] += 1
                 continue
             try:
-                event = await self._normalize(item, resolve, links, result)
+                event = await self._normalize(item.event, resolve, links, result)
             except Rejected as rejected:
-                self._reject(result, record, rejected)
+                result.rejected.append((item.source, rejected))
                 continue
             result.keys.add(key)
             if event is None:
@@ -125,14 +122,16 @@ class IngestService:
             )
             result.outgoing.append((EVENTS, routing.encode(), dump(event)))
             self.stats[f"normalized_{event.type}"] += 1
-        return result
 
-    def _event_time(
-        self, item: tuple[ConsumerRecord[Any, Any], RawEvent | Rejected]
-    ) -> dt.datetime:
-        raw = item[1]
-        if isinstance(raw, Rejected):
-            return _LATEST
+        async def save() -> None:
+            """Remember what the published batch contained, so a replay is a duplicate."""
+            if result.keys or result.links:
+                await self.repository.record(result.keys, result.links, self._clock())
+
+        return Handled(outgoing=result.outgoing, rejected=result.rejected, save=save)
+
+    def _event_time(self, item: Received[RawEvent]) -> dt.datetime:
+        raw = item.event
         zone = self._calendar.zone_of(raw.store_id.strip().upper() if raw.store_id else None)
         try:
             return parse_time(raw.occurred_at, zone)
@@ -144,7 +143,7 @@ class IngestService:
         raw: RawEvent,
         resolve: Callable[[str], str],
         links: dict[str, str],
-        result: BatchResult,
+        result: _Batch,
     ) -> NormalizedEvent | None:
         store_id = raw.store_id
         zone = self._calendar.zone_of(store_id.strip().upper() if store_id else None)
@@ -162,7 +161,7 @@ class IngestService:
         request: LinkRequest,
         resolve: Callable[[str], str],
         links: dict[str, str],
-        result: BatchResult,
+        result: _Batch,
     ) -> CardLinked:
         """The other card (and every card that fed its customer) now feeds this customer."""
         customer = resolve(request.card)
@@ -183,28 +182,3 @@ class IngestService:
             card_id=request.other_card,
             merged_customer_id=previous if previous != customer else None,
         )
-
-    def _reject(
-        self, result: BatchResult, record: ConsumerRecord[Any, Any], rejected: Rejected
-    ) -> None:
-        letter = dead_letter(
-            service=SERVICE,
-            record=record,
-            reason=rejected.reason,
-            detail=rejected.detail,
-            now=self._clock(),
-        )
-        result.outgoing.append(dead_letter_message(letter))
-        self.stats[f"dead_lettered_{rejected.reason}"] += 1
-        log.warning(
-            "dead_lettered",
-            reason=rejected.reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
-
-    async def record(self, result: BatchResult) -> None:
-        """Remember what a published batch contained, so that a replay is dropped as duplicate."""
-        if result.keys or result.links:
-            await self.repository.record(result.keys, result.links, self._clock())

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DEDUP_DAYS: Final = 30
 
 
 class IngestSettings(BaseSettings):
@@ -12,5 +16,7 @@ class IngestSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
 
     dedup_days: int = Field(
-        default=30, ge=1, description="Days an event id is remembered for duplicate detection."
+        default=DEFAULT_DEDUP_DAYS,
+        ge=1,
+        description="Days an event id is remembered for duplicate detection.",
     )

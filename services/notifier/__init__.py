@@ -1,5 +1,5 @@
-"""The notifier: e-mails each issued offer once (SMTP or .eml outbox), honouring consent and quiet hours."""
+"""notifier: e-mails each issued offer once (SMTP or .eml outbox), honouring consent and quiet hours."""
 
-from services.notifier.app import create_app
+from services.notifier.app import SPEC, create_app
 
-__all__ = ["create_app"]
+__all__ = ["SPEC", "create_app"]

@@ -1,90 +1,92 @@
-"""Composition root of the notifier: broker, repository, transport, renderer, quiet-hours poller."""
+"""The notifier service, declared: it reads issued offers and contacts, e-mails each offer once
+(SMTP or .eml outbox), saves each delivery before publishing its outcome, serves the
+unsubscribe link and sends what quiet hours held back from a background poller."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import Any
+import dataclasses
+from collections.abc import AsyncIterator
 
-from aiokafka import ConsumerRecord
-from fastapi import APIRouter
-from faststream import FastStream
-from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
+import orjson
+from pydantic import ValidationError
 
-from services.notifier.domain import QuietPolicy, Renderer
+from services.notifier.api import unsubscribe_routes
+from services.notifier.domain import ContactUpdate, QuietPolicy, Renderer
 from services.notifier.mailer import Transport, transport_for, verify_smtp_login
 from services.notifier.service import Clock, NotifierService, utc_now
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import NotifierRepository, open_repository
-from shared.kafka import BatchGuard, batch_subscriber, new_broker, publish_all
+from shared.edge import Source, describe
+from shared.errors import Rejected
+from shared.events import ContactChanged, OfferIssued
 from shared.logging import get_logger
 from shared.settings import Settings
+from shared.skeleton import ServiceApp, ServiceSpec
 from shared.topics import CONTACTS, GROUP_NOTIFIER, OFFERS
 
 log = get_logger(__name__)
 
-SERVICE_KEY = "notifier_service"
-"""Where the app's context holds the NotifierService (for metrics and tests)."""
+POLLER_STOP_TIMEOUT_S = 30.0
+"""How long shutdown waits for a poll in progress (its sends are recorded) before cancelling."""
 
 
-class DuePoller:
-    """Background task: every few seconds, send the deliveries whose quiet hours are over."""
+# ---------------------------------------------------------------- decoders
 
-    def __init__(self, service: NotifierService, broker: KafkaBroker, *, interval_s: float) -> None:
-        self._service = service
-        self._broker = broker
-        self._interval = interval_s
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self._task is None:
-            self._stop.clear()
-            self._task = asyncio.create_task(self._run(), name="notifier-due-poller")
+def _type_of(value: bytes) -> str | None:
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    kind = parsed.get("type") if isinstance(parsed, dict) else None
+    return kind if isinstance(kind, str) else None
 
-    async def poll_once(self) -> int:
-        outgoing = await self._service.run_due()
-        if outgoing:
-            await publish_all(self._broker, outgoing)
-        return len(outgoing)
 
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.poll_once()
-            except Exception:
-                # The store or Kafka is down: try again at the next tick.
-                log.exception("due_poll_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self._interval)
+def decode_offer(source: Source) -> OfferIssued | None:
+    """An issued offer; None for the other offer events (redeemed, expired, held out...),
+    which are not the notifier's; `invalid_offer` for anything else."""
+    if source.value is None:
+        return None
+    try:
+        return OfferIssued.model_validate_json(source.value)
+    except ValidationError as exc:
+        kind = _type_of(source.value)
+        if kind is not None and kind != "offer_issued":
+            return None
+        raise Rejected("invalid_offer", describe(exc)) from None
 
-    async def stop(self, timeout_s: float = 30.0) -> None:
-        """Let a poll in progress finish (its sends are recorded), then end the task."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stop.set()
-        try:
-            await asyncio.wait_for(task, timeout=timeout_s)
-        except TimeoutError:
-            log.warning("due_poller_cancelled")
+
+def decode_contact(source: Source) -> ContactUpdate:
+    """The contact update of a record; a tombstone erases the contact of the key's customer."""
+    if source.value is None:
+        key = source.key.decode(errors="replace") if source.key else ""
+        if not key:
+            raise Rejected("missing_key", "tombstone without a key")
+        return (key, None)
+    try:
+        contact = ContactChanged.model_validate_json(source.value)
+    except ValidationError as exc:
+        raise Rejected("invalid_contact", describe(exc)) from None
+    return (contact.customer_id, contact)
+
+
+# ---------------------------------------------------------------- wiring
 
 
 def build_service(
     settings: Settings,
+    repository: NotifierRepository,
     *,
-    repository: NotifierRepository | None = None,
     transport: Transport | None = None,
     notifier_settings: NotifierSettings | None = None,
     clock: Clock = utc_now,
-    **overrides: Any,
 ) -> NotifierService:
-    """The service object with everything but Kafka wired in (tests pass overrides)."""
+    """The service object on an open repository (tests pass a transport, settings, a clock)."""
     calendar = settings.calendar
     return NotifierService(
-        repository=repository,
+        repository,
         transport=transport or transport_for(settings.smtp),
         renderer=Renderer(
             sender=settings.smtp.smtp_from,
@@ -94,8 +96,59 @@ def build_service(
         quiet=QuietPolicy(window=calendar.quiet_window(), zone_of=calendar.zone_of),
         settings=notifier_settings or NotifierSettings(),
         clock=clock,
-        **overrides,
     )
+
+
+def build(settings: Settings, repository: NotifierRepository) -> NotifierService:
+    return build_service(settings, repository)
+
+
+async def check_smtp(settings: Settings) -> None:
+    """Refuse to start when the SMTP server refuses the configured login."""
+    await verify_smtp_login(settings.smtp)
+
+
+async def _poll(app: ServiceApp[NotifierService], stop: asyncio.Event) -> None:
+    service = app.service
+    while not stop.is_set():
+        try:
+            outgoing = await service.run_due()
+            if outgoing:
+                await app.publish(outgoing)
+        except Exception:
+            # The store or Kafka is down: try again at the next tick.
+            log.exception("due_poll_failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=service.settings.due_poll_interval_s)
+
+
+@contextlib.asynccontextmanager
+async def due_poller(app: ServiceApp[NotifierService]) -> AsyncIterator[None]:
+    """Every few seconds, send the deliveries whose quiet hours are over. Started after the
+    broker (it publishes outcomes); on shutdown a poll in progress finishes first."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(_poll(app, stop), name="notifier-due-poller")
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, timeout=POLLER_STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("due_poller_cancelled")
+
+
+SPEC: ServiceSpec[NotifierRepository, NotifierService] = ServiceSpec(
+    name="notifier",
+    group=GROUP_NOTIFIER,
+    decoders={OFFERS: decode_offer, CONTACTS: decode_contact},
+    open_store=lambda settings: open_repository(settings.store),
+    build=build,
+    order="save_then_publish",
+    routes=unsubscribe_routes,
+    check=check_smtp,
+    background=due_poller,
+)
 
 
 def create_app(
@@ -106,72 +159,22 @@ def create_app(
     notifier_settings: NotifierSettings | None = None,
     clock: Clock | None = None,
     poll: bool = True,
-) -> FastStream:
-    """The notifier app. Nothing connects until the app starts.
+) -> ServiceApp[NotifierService]:
+    """The notifier; a passed repository is used as is (and not closed).
 
     `transport`, `notifier_settings` and `clock` are for tests; `poll=False` leaves the
     quiet-hours poller off (tests drive `NotifierService.run_due` themselves).
     """
-    settings = settings or Settings()
-    nsettings = notifier_settings or NotifierSettings()
-    broker = new_broker(settings.kafka, client_id="crm-notifier")
-    guard = BatchGuard(broker, service="notifier")
-    service = build_service(
+    spec = SPEC if poll else dataclasses.replace(SPEC, background=None)
+    return ServiceApp(
+        spec,
         settings,
         repository=repository,
-        transport=transport,
-        notifier_settings=nsettings,
-        clock=clock or utc_now,
+        build=lambda settings, repo: build_service(
+            settings,
+            repo,
+            transport=transport,
+            notifier_settings=notifier_settings,
+            clock=clock or utc_now,
+        ),
     )
-    poller = DuePoller(service, broker, interval_s=nsettings.due_poll_interval_s)
-    owns_repository = repository is None
-
-    @batch_subscriber(broker, settings.kafka, GROUP_NOTIFIER, OFFERS, CONTACTS)
-    async def on_offers_and_contacts(_: list[bytes], message: KafkaMessage) -> None:
-        await guard.run(message.raw_message, process)
-
-    async def process(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-        outgoing = await service.handle_batch(records)
-        await publish_all(broker, outgoing)
-
-    app = FastStream(broker)
-    app.context.set_global(SERVICE_KEY, service)
-
-    @app.on_startup
-    async def open_store() -> None:
-        await verify_smtp_login(settings.smtp)
-        if owns_repository:
-            service.repository = await open_repository(settings.store)
-
-    @app.after_startup
-    async def start_poller() -> None:
-        # After the broker is connected: the poller publishes outcomes.
-        if poll:
-            poller.start()
-
-    @app.on_shutdown
-    async def stop_poller() -> None:
-        await poller.stop()
-
-    @app.after_shutdown
-    async def close_store() -> None:
-        if owns_repository:
-            await service.repository.close()
-            service.repository = None
-
-    return app
-
-
-def notifier_of(app: FastStream) -> NotifierService:
-    """The NotifierService of an app made by `create_app`."""
-    service = app.context.get(SERVICE_KEY)
-    if not isinstance(service, NotifierService):
-        raise LookupError("not a notifier app")
-    return service
-
-
-def create_router(app: FastStream, settings: Settings) -> APIRouter:
-    """The notifier's HTTP routes (the unsubscribe link), served on CRM_HTTP_PORT."""
-    from services.notifier.api import create_router as unsubscribe_router
-
-    return unsubscribe_router(app, settings, service_of=notifier_of)

@@ -1,11 +1,12 @@
-"""The notifier's service layer: decode a batch, fold it with the pure core, persist, send, report.
+"""The notifier's service layer: fold a batch of events with the pure core, persist, send, report.
 
 Delivery guarantee at the SMTP boundary: at-least-once. A delivery is persisted `sending`
 before its SMTP transaction and `sent` right after it, one message at a time, so a crash
 can repeat at most the one message that was in flight; the repeat carries the same
 Message-ID (`<offer-{offer_id}@crm-stream>`), so duplicates are detectable downstream.
 Outbox files are idempotent by construction (same name, atomic replace), so their outcomes
-are persisted once per batch.
+are persisted once per batch. Everything is durable inside `handle`, before the app
+publishes the outcomes (the declaration's order is `save_then_publish`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ from dataclasses import replace
 from typing import Any
 
 import jinja2
-import orjson
-from aiokafka import ConsumerRecord
-from pydantic import ValidationError
 
 from services.notifier.domain import (
     BOUNCED,
@@ -43,14 +41,13 @@ from services.notifier.domain import (
 from services.notifier.mailer import PermanentFailure, TemporaryFailure, Transport
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import NotifierRepository, StoreChanges
-from shared.events import ContactChanged, OfferIssued
-from shared.kafka import Outgoing, dead_letter, dead_letter_message, dump
+from shared.edge import Outgoing, Received, dump
+from shared.events import ConsentChanged, ContactChanged, OfferIssued
 from shared.logging import get_logger
-from shared.topics import CONTACTS, DELIVERIES, OFFERS
+from shared.skeleton import Handled
+from shared.topics import DELIVERIES, EVENTS
 
 log = get_logger(__name__)
-
-SERVICE = "notifier"
 
 Clock = Callable[[], dt.datetime]
 Sleep = Callable[[float], Awaitable[None]]
@@ -60,32 +57,15 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _errors(exc: ValidationError) -> str:
-    """Where and why validation failed, without echoing the input (it may hold an address)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-        for e in exc.errors(include_input=False, include_url=False)[:5]
-    )
-
-
-def _type_of(value: bytes) -> str | None:
-    try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    kind = parsed.get("type") if isinstance(parsed, dict) else None
-    return kind if isinstance(kind, str) else None
-
-
 class NotifierService:
-    """One per app. `handle_batch` and `run_due` never overlap (one lock), so a consent
+    """One per app. Batches, polls and opt-outs never overlap (one lock), so a consent
     withdrawal is always persisted before or after a send, never during it.
     """
 
     def __init__(
         self,
+        repository: NotifierRepository,
         *,
-        repository: NotifierRepository | None,
         transport: Transport,
         renderer: Renderer,
         quiet: QuietPolicy,
@@ -95,7 +75,7 @@ class NotifierService:
         monotonic: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self._repository = repository
+        self.repository = repository
         self.transport = transport
         self.renderer = renderer
         self.quiet = quiet
@@ -107,113 +87,92 @@ class NotifierService:
         self._bucket = TokenBucket(rate=settings.send_rate_per_s, now=monotonic())
         self._lock = asyncio.Lock()
         self.stats: collections.Counter[str] = collections.Counter()
-        """offers_received, offers_ignored, contacts_applied, contacts_erased,
-        dead_letter_<reason>, emails_<state> (sent/written/bounced/suppressed/failed),
-        suppressed_<reason>, deferred_quiet_hours, waiting_contact, send_retries."""
-
-    @property
-    def repository(self) -> NotifierRepository:
-        if self._repository is None:
-            raise RuntimeError("the notifier's repository is not open yet")
-        return self._repository
-
-    @repository.setter
-    def repository(self, repository: NotifierRepository | None) -> None:
-        self._repository = repository
+        """offers_received, contacts_applied, contacts_erased, emails_<state>
+        (sent/written/bounced/suppressed/failed), suppressed_<reason>, deferred_quiet_hours,
+        waiting_contact, send_retries, unsubscribed; the edge adds `ignored` (offer events
+        other than issued) and dead_lettered_<reason>."""
 
     # ------------------------------------------------------------ Kafka batches
 
-    def _decode(
-        self, records: Sequence[ConsumerRecord[Any, Any]], outgoing: list[Outgoing]
-    ) -> tuple[list[ContactUpdate], list[OfferIssued]]:
-        updates: list[ContactUpdate] = []
-        offers: list[OfferIssued] = []
-        for record in records:
-            value: bytes | None = record.value
-            if record.topic == CONTACTS:
-                if value is None:
-                    key = record.key.decode(errors="replace") if record.key else ""
-                    if key:
-                        updates.append((key, None))
-                    else:
-                        self._dead(record, outgoing, "missing_key", "tombstone without a key")
-                    continue
-                try:
-                    contact = ContactChanged.model_validate_json(value)
-                except ValidationError as exc:
-                    self._dead(record, outgoing, "invalid_contact", _errors(exc))
-                    continue
-                updates.append((contact.customer_id, contact))
-            elif record.topic == OFFERS:
-                if value is None:
-                    self.stats["offers_ignored"] += 1
-                    continue
-                try:
-                    offer = OfferIssued.model_validate_json(value)
-                except ValidationError as exc:
-                    kind = _type_of(value)
-                    if kind is not None and kind != "offer_issued":
-                        self.stats["offers_ignored"] += 1  # redeemed, expired...: not ours
-                    else:
-                        self._dead(record, outgoing, "invalid_offer", _errors(exc))
-                    continue
-                offers.append(offer)
-            else:
-                self._dead(record, outgoing, "unexpected_topic", f"not read: {record.topic}")
-        return updates, offers
-
-    def _dead(
-        self,
-        record: ConsumerRecord[Any, Any],
-        outgoing: list[Outgoing],
-        reason: str,
-        detail: str,
-    ) -> None:
-        self.stats[f"dead_letter_{reason}"] += 1
-        log.warning(
-            "dead_lettered",
-            reason=reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
-        letter = dead_letter(
-            service=SERVICE, record=record, reason=reason, detail=detail, now=self.clock()
-        )
-        outgoing.append(dead_letter_message(letter))
-
-    async def handle_batch(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[Outgoing]:
-        """Apply a batch of `crm.offers` and `crm.contacts` records; returns what to publish.
+    async def handle(self, batch: Sequence[Received[Any]]) -> Handled:
+        """Apply a batch of issued offers and contact updates; returns the outcomes to publish.
 
         Returns only once every delivery of the batch is durable in a final or waiting state.
         """
-        outgoing: list[Outgoing] = []
-        updates, offers = self._decode(records, outgoing)
+        updates: list[ContactUpdate] = []
+        offers: list[OfferIssued] = []
+        for item in batch:
+            match item.event:
+                case OfferIssued() as offer:
+                    offers.append(offer)
+                case (str() as customer_id, ContactChanged() | None as change):
+                    updates.append((customer_id, change))
+                case other:
+                    raise TypeError(f"not a notifier event: {type(other).__name__}")
         if not updates and not offers:
-            return outgoing
+            return Handled()
         self.stats["offers_received"] += len(offers)
         async with self._lock:
-            repo = self.repository
-            changed = {customer_id for customer_id, _ in updates}
-            contacts = await repo.get_contacts(changed | {o.customer_id for o in offers})
-            known = await repo.get_deliveries({o.offer_id for o in offers}) if offers else {}
-            open_ = await repo.open_deliveries(changed) if changed else []
-            plan = plan_batch(
-                contact_updates=updates,
-                offers=offers,
-                contacts=contacts,
-                deliveries=known,
-                open_deliveries=open_,
-                now=self.clock(),
-                quiet=self.quiet,
-            )
-            self.stats["contacts_applied"] += len(plan.contacts)
-            self.stats["contacts_erased"] += len(plan.erased)
-            current = {**contacts, **plan.contacts}
-            for customer_id in plan.erased:
-                current.pop(customer_id, None)
-            outgoing.extend(await self._carry_out(plan, current))
-            outgoing.extend(self._outcome(d) for d in plan.replayed)
+            return Handled(outgoing=await self._fold(updates, offers))
+
+    async def _fold(
+        self, updates: Sequence[ContactUpdate], offers: Sequence[OfferIssued]
+    ) -> list[Outgoing]:
+        """Plan, persist and send a batch (the lock is held)."""
+        repo = self.repository
+        changed = {customer_id for customer_id, _ in updates}
+        contacts = await repo.get_contacts(changed | {o.customer_id for o in offers})
+        known = await repo.get_deliveries({o.offer_id for o in offers}) if offers else {}
+        open_ = await repo.open_deliveries(changed) if changed else []
+        plan = plan_batch(
+            contact_updates=updates,
+            offers=offers,
+            contacts=contacts,
+            deliveries=known,
+            open_deliveries=open_,
+            now=self.clock(),
+            quiet=self.quiet,
+        )
+        self.stats["contacts_applied"] += len(plan.contacts)
+        self.stats["contacts_erased"] += len(plan.erased)
+        current = {**contacts, **plan.contacts}
+        for customer_id in plan.erased:
+            current.pop(customer_id, None)
+        outgoing = await self._carry_out(plan, current)
+        outgoing.extend(self._outcome(d) for d in plan.replayed)
+        return outgoing
+
+    # ------------------------------------------------------------ the unsubscribe link
+
+    async def opt_out(self, customer_id: str, now: dt.datetime) -> list[Outgoing]:
+        """Withdraw a customer's consent at once; returns what to publish.
+
+        The withdrawal is applied to the known contact exactly as a `ContactChanged` from
+        profiles would be (queued e-mails are cancelled by the same code path), and a
+        `ConsentChanged` on `crm.events` tells profiles and offers.
+        """
+        outgoing: list[Outgoing] = []
+        async with self._lock:
+            contact = (await self.repository.get_contacts([customer_id])).get(customer_id)
+            if contact is not None:
+                change = ContactChanged(
+                    customer_id=customer_id,
+                    email=contact.email,
+                    first_name=contact.first_name,
+                    marketing_consent=False,
+                    home_store_id=contact.home_store_id,
+                    changed_at=now,
+                )
+                outgoing.extend(await self._fold([(customer_id, change)], []))
+        consent = ConsentChanged(
+            event_id=f"unsubscribe:{customer_id}:{now.isoformat()}",
+            occurred_at=now,
+            customer_id=customer_id,
+            marketing_consent=False,
+        )
+        outgoing.append((EVENTS, customer_id.encode(), dump(consent)))
+        self.stats["unsubscribed"] += 1
+        log.info("unsubscribed", customer_id=customer_id)
         return outgoing
 
     # ------------------------------------------------------------ quiet hours ended

@@ -33,6 +33,7 @@ from shared.events import (
     RedemptionRejected,
     RejectionReason,
 )
+from shared.marketing import campaign_period
 from shared.settings import CalendarSettings
 
 OfferState = Literal["issued", "redeemed", "expired"]
@@ -41,9 +42,6 @@ OFFER_NAMESPACE = uuid.UUID("5f0c6b1e-3a51-5d47-9f43-6d0c1f2e7a10")
 """Namespace of the deterministic offer and rejection ids (uuid5); never change it."""
 
 _DAY = dt.timedelta(days=1)
-
-
-# ---------------------------------------------------------------- events not yet in shared/
 
 
 # ---------------------------------------------------------------- ids and codes
@@ -72,12 +70,6 @@ def normalize_code(code: str) -> str:
     if len(compact) == 12:
         return f"{compact[:4]}-{compact[4:8]}-{compact[8:]}"
     return compact[:MAX_CODE_LENGTH]
-
-
-def campaign_period(day: dt.date) -> str:
-    """The campaign period of an offer day: its ISO week, `YYYY-Www`."""
-    year, week, _ = day.isocalendar()
-    return f"{year}-W{week:02d}"
 
 
 def is_held_out(customer_id: str, kind: OfferKind, period: str, percent: Decimal) -> bool:

@@ -1,5 +1,5 @@
-"""The profiles service: folds normalized customer events into one profile per customer."""
+"""profiles: normalized events in, one profile per customer; profile changes and contacts out."""
 
-from services.profiles.app import create_app
+from services.profiles.app import SPEC, create_app
 
-__all__ = ["create_app"]
+__all__ = ["SPEC", "create_app"]

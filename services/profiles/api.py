@@ -6,8 +6,8 @@ it with `CRM_CARD_KEY` like ingest does and finds the profile that card feeds;
 `admin`) role, and each look-up is written to the audit log, which `admin` reads at
 `GET /api/audit`.
 
-Coupons come from the offers service's repository (`open_offers` / `used_offers`, which it keeps
-for this view), read-only; the profile itself from the profiles repository of the running app.
+Coupons come from the profiles service's own view of `crm.offers` (`coupons_of`), the profile
+from its profiles; nothing here reads another service's store.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the routes' Annotated
@@ -18,13 +18,10 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
-from faststream import FastStream
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from services.offers.domain import OfferRecord
-from services.offers.store import OffersRepository
-from services.offers.store import open_repository as open_offers_repository
-from services.profiles.domain import CustomerProfile, Segment
+from services.profiles.domain import Coupon, CustomerProfile
+from services.profiles.service import ProfilesService
 from services.profiles.store import ProfilesRepository
 from shared.auth import (
     AuditEntry,
@@ -37,8 +34,10 @@ from shared.auth import (
 )
 from shared.events import OfferKind
 from shared.logging import get_logger
+from shared.marketing import Segment
 from shared.privacy import InvalidCardNumber, card_id
 from shared.settings import Settings
+from shared.skeleton import NotStarted, ServiceApp
 
 log = get_logger(__name__)
 
@@ -131,28 +130,23 @@ class CustomerView(BaseModel):
     )
 
 
-def _coupon(record: OfferRecord) -> CouponView:
-    issued = record.issued
+def _coupon(coupon: Coupon) -> CouponView:
     return CouponView(
-        offer_id=issued.offer_id,
-        kind=issued.kind,
-        coupon_code=issued.coupon_code,
-        discount_percent=issued.discount_percent,
-        sku=issued.sku,
-        product_name=issued.product_name,
-        valid_from=issued.valid_from,
-        valid_until=issued.valid_until,
-        state=record.state,
-        redeemed_at=record.redemption.redeemed_at if record.redemption else None,
+        offer_id=coupon.offer_id,
+        kind=coupon.kind,
+        coupon_code=coupon.coupon_code,
+        discount_percent=coupon.discount_percent,
+        sku=coupon.sku,
+        product_name=coupon.product_name,
+        valid_from=coupon.valid_from,
+        valid_until=coupon.valid_until,
+        state=coupon.state,
+        redeemed_at=coupon.redeemed_at,
     )
 
 
 def customer_view(
-    profile: CustomerProfile,
-    *,
-    open_offers: list[OfferRecord],
-    used_offers: list[OfferRecord],
-    today: dt.date,
+    profile: CustomerProfile, *, coupons: list[Coupon], today: dt.date
 ) -> CustomerView:
     """The agent's view of a live profile (pure)."""
     return CustomerView(
@@ -195,7 +189,8 @@ def customer_view(
             for p in reversed(profile.recent_purchases)
         ],
         coupons=CouponsView(
-            open=[_coupon(o) for o in open_offers], used=[_coupon(o) for o in used_offers]
+            open=[_coupon(c) for c in coupons if c.state == "issued"],
+            used=[_coupon(c) for c in coupons if c.state == "redeemed"],
         ),
         coupons_presented=list(profile.coupons_redeemed),
         interactions=dict(profile.interactions),
@@ -207,43 +202,35 @@ def customer_view(
 
 
 class LookupApi:
-    """The look-up's dependencies: profiles (from the app), offers and the audit log (opened lazily)."""
+    """The look-up's dependencies: the profiles repository (of the running service, or one
+    given) and the audit log (opened when first used)."""
 
     def __init__(
         self,
         settings: Settings,
-        profiles: ProfilesRepository | None,
+        profiles: ProfilesRepository | None = None,
         *,
-        app: FastStream | None = None,
-        offers: OffersRepository | None = None,
+        app: ServiceApp[ProfilesService] | None = None,
         audit: AuditLog | None = None,
     ) -> None:
         self._settings = settings
         self._profiles = profiles
         self._app = app
-        self._offers = offers
         self._audit = audit
 
     def profiles(self) -> ProfilesRepository:
         if self._profiles is not None:
             return self._profiles
-        from services.profiles.app import service_of
-
         if self._app is None:
             raise RuntimeError("no profiles repository")
         try:
-            return service_of(self._app).repository
-        except RuntimeError as exc:
+            return self._app.service.repository
+        except NotStarted as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "not started") from exc
 
-    async def offers(self) -> OffersRepository:
-        if self._offers is None:
-            self._offers = await open_offers_repository(self._settings.store)
-        return self._offers
-
-    def audit(self) -> AuditLog:
+    async def audit(self) -> AuditLog:
         if self._audit is None:
-            self._audit = open_audit_log(self._settings.store)
+            self._audit = await open_audit_log(self._settings.store)
         return self._audit
 
     async def live(self, customer_id: str) -> CustomerProfile | None:
@@ -259,11 +246,9 @@ class LookupApi:
         return None
 
     async def view(self, profile: CustomerProfile) -> CustomerView:
-        offers = await self.offers()
         return customer_view(
             profile,
-            open_offers=await offers.open_offers(profile.customer_id),
-            used_offers=await offers.used_offers(profile.customer_id),
+            coupons=await self.profiles().coupons_of(profile.customer_id),
             today=now_utc().date(),
         )
 
@@ -271,7 +256,7 @@ class LookupApi:
         self, principal: Principal, action: str, profile: CustomerProfile | None
     ) -> CustomerView:
         customer_id = profile.customer_id if profile else None
-        await self.audit().record(
+        await (await self.audit()).record(
             AuditEntry(
                 at=now_utc(),
                 role=principal.role,
@@ -328,15 +313,17 @@ def build_router(api: LookupApi, tokens: TokenTable) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[AuditEntry]:
         """The latest customer look-ups, newest first (admin only)."""
-        return await api.audit().latest(limit)
+        return await (await api.audit()).latest(limit)
 
     return router
 
 
-def create_lookup_router(app: FastStream, settings: Settings) -> APIRouter:
+def lookup_routes(app: ServiceApp[ProfilesService]) -> APIRouter:
+    """The look-up API of a running profiles service (served by `crm run`)."""
+    settings = app.settings
     tokens = TokenTable.parse(
         settings.http.api_tokens.get_secret_value() if settings.http.api_tokens else None
     )
     if not len(tokens):
         log.warning("api_tokens_unset", detail="CRM_API_TOKENS is empty: the API refuses everyone")
-    return build_router(LookupApi(settings, None, app=app), tokens)
+    return build_router(LookupApi(settings, app=app), tokens)

@@ -1,27 +1,33 @@
-"""Composition root of the profiles service: broker, repository, one batch handler."""
+"""The profiles service, declared: it folds `crm.events` into profiles and `crm.offers` into
+each customer's coupons, publishes profile changes and contacts, then saves; it serves the
+call-centre look-up."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-from aiokafka import ConsumerRecord
-from fastapi import APIRouter
-from faststream import FastStream
-from faststream.kafka.annotations import KafkaMessage
-
+from services.profiles.api import lookup_routes
 from services.profiles.service import ProfilesService
 from services.profiles.settings import ProfilesSettings
 from services.profiles.store import ProfilesRepository, open_repository
-from shared.kafka import BatchGuard, batch_subscriber, new_broker, publish_all
-from shared.logging import get_logger
+from shared.edge import foreign, json_decoder
+from shared.events import NORMALIZED_EVENT, OFFER_EVENT
 from shared.settings import Settings
-from shared.topics import EVENTS, GROUP_PROFILES
+from shared.skeleton import ServiceApp, ServiceSpec
+from shared.topics import EVENTS, GROUP_PROFILES, OFFERS
 
-SERVICE_KEY = "profiles_service"
-"""Where the app's `ProfilesService` sits in `app.context` (for metrics and tests)."""
 
-log = get_logger(__name__)
+def build(settings: Settings, repository: ProfilesRepository) -> ProfilesService:
+    return ProfilesService(repository, options=ProfilesSettings().fold_options())
+
+
+SPEC: ServiceSpec[ProfilesRepository, ProfilesService] = ServiceSpec(
+    name="profiles",
+    group=GROUP_PROFILES,
+    decoders={EVENTS: json_decoder(NORMALIZED_EVENT), OFFERS: foreign(json_decoder(OFFER_EVENT))},
+    open_store=lambda settings: open_repository(settings.store),
+    build=build,
+    order="publish_then_save",
+    routes=lookup_routes,
+)
 
 
 def create_app(
@@ -29,54 +35,12 @@ def create_app(
     *,
     repository: ProfilesRepository | None = None,
     profile_settings: ProfilesSettings | None = None,
-) -> FastStream:
-    """The profiles app; a passed repository is used as is (and not closed)."""
-    settings = settings or Settings()
-    profile_settings = profile_settings or ProfilesSettings()
-    broker = new_broker(settings.kafka, client_id="crm-profiles")
-    service = ProfilesService(repository, options=profile_settings.fold_options())
-    app = FastStream(broker)
-    app.context.set_global(SERVICE_KEY, service)
-    owned: list[ProfilesRepository] = []
-    guard = BatchGuard(broker, service="profiles")
-
-    @batch_subscriber(broker, settings.kafka, GROUP_PROFILES, EVENTS)
-    async def on_events(_: list[bytes], message: KafkaMessage) -> None:
-        await guard.run(message.raw_message, process)
-
-    async def process(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-        folded = await service.fold(records)
-        await publish_all(broker, folded.outgoing)
-        await service.save(folded)
-
-    @app.on_startup
-    async def open_store() -> None:
-        if repository is None:
-            opened = await open_repository(settings.store)
-            owned.append(opened)
-            service.repository = opened
-            log.info("profiles_store_opened")
-
-    @app.after_shutdown
-    async def close_store() -> None:
-        while owned:
-            await owned.pop().close()
-        if repository is None:
-            service.repository = None
-
-    return app
-
-
-def service_of(app: FastStream) -> ProfilesService:
-    """The service object of an app built by `create_app` (its `stats`, its repository)."""
-    service = app.context.get(SERVICE_KEY)
-    if not isinstance(service, ProfilesService):
-        raise LookupError("not a profiles app")
-    return service
-
-
-def create_router(app: FastStream, settings: Settings) -> APIRouter:
-    """The call-centre look-up API (services/profiles/api.py), served by `crm run`."""
-    from services.profiles.api import create_lookup_router
-
-    return create_lookup_router(app, settings)
+) -> ServiceApp[ProfilesService]:
+    """The profiles service; a passed repository is used as is (and not closed)."""
+    options = (profile_settings or ProfilesSettings()).fold_options()
+    return ServiceApp(
+        SPEC,
+        settings,
+        repository=repository,
+        build=lambda _settings, repo: ProfilesService(repo, options=options),
+    )

@@ -31,10 +31,16 @@ from shared.events import (
     CustomerUpdated,
     InteractionRecorded,
     NormalizedEvent,
+    OfferEvent,
+    OfferExpired,
+    OfferIssued,
+    OfferKind,
+    OfferRedeemed,
     ProfileChanged,
     PurchaseRecorded,
     PurchaseSummary,
 )
+from shared.marketing import DEFAULT_RFM, RfmThresholds, Segment, rfm_segment
 
 UNCATEGORIZED = "uncategorized"
 """Category bucket of lines sent without a category."""
@@ -118,39 +124,6 @@ class Favourite(_Part):
     spend: Decimal = Field(description="Money spent.")
 
 
-Segment = Literal[
-    "prospect", "champions", "loyal", "new", "active", "at_risk", "hibernating", "erased"
-]
-
-
-@dataclass(frozen=True, slots=True)
-class RfmThresholds:
-    """Fixed RFM thresholds (no quintiles: a profile's segment never depends on other customers).
-
-    Checked in this order, the first that matches wins:
-    - `erased`: the customer was erased; `prospect`: no purchase yet;
-    - `champions`: last purchase <= 30 days ago, >= 10 checkouts and >= 500 spent;
-    - `loyal`: last purchase <= 60 days ago and >= 5 checkouts;
-    - `new`: first purchase <= 30 days ago;
-    - `active`: last purchase <= 90 days ago;
-    - `at_risk`: >= 5 checkouts and last purchase <= 365 days ago;
-    - `hibernating`: everyone else.
-    """
-
-    champion_recency_days: int = 30
-    champion_frequency: int = 10
-    champion_monetary: Decimal = Decimal(500)
-    loyal_recency_days: int = 60
-    loyal_frequency: int = 5
-    new_days: int = 30
-    active_recency_days: int = 90
-    at_risk_frequency: int = 5
-    at_risk_recency_days: int = 365
-
-
-DEFAULT_RFM = RfmThresholds()
-
-
 class CustomerProfile(_Part):
     """Everything crm-stream knows of one customer, as stored (Decimal as string in JSON)."""
 
@@ -230,28 +203,16 @@ class CustomerProfile(_Part):
         return (today - self.last_purchase_at.date()).days
 
     def segment(self, today: dt.date, thresholds: RfmThresholds = DEFAULT_RFM) -> Segment:
-        """RFM segment with fixed thresholds (see `RfmThresholds`)."""
-        if self.erased:
-            return "erased"
-        recency = self.recency_days(today)
-        if recency is None or self.first_purchase_at is None:
-            return "prospect"
-        t = thresholds
-        if (
-            recency <= t.champion_recency_days
-            and self.visits >= t.champion_frequency
-            and self.total_spend >= t.champion_monetary
-        ):
-            return "champions"
-        if recency <= t.loyal_recency_days and self.visits >= t.loyal_frequency:
-            return "loyal"
-        if (today - self.first_purchase_at.date()).days <= t.new_days:
-            return "new"
-        if recency <= t.active_recency_days:
-            return "active"
-        if self.visits >= t.at_risk_frequency and recency <= t.at_risk_recency_days:
-            return "at_risk"
-        return "hibernating"
+        """RFM segment with fixed thresholds (`shared.marketing.RfmThresholds`)."""
+        return rfm_segment(
+            today=today,
+            first_purchase=self.first_purchase_at.date() if self.first_purchase_at else None,
+            last_purchase=self.last_purchase_at.date() if self.last_purchase_at else None,
+            visits=self.visits,
+            spend=self.total_spend,
+            erased=self.erased,
+            thresholds=thresholds,
+        )
 
     def favourite_products(self, limit: int = 5) -> list[Favourite]:
         """Top SKUs by checkouts, then spend, then SKU."""
@@ -264,16 +225,6 @@ class CustomerProfile(_Part):
             self.categories.items(), key=lambda kv: (-kv[1].checkouts, -kv[1].spend, kv[0])
         )
         return [Favourite(key=k, checkouts=s.checkouts, spend=s.spend) for k, s in ranked[:limit]]
-
-    def birth_md(self) -> str | None:
-        """`MM-DD` of the birthday, for the birthday index."""
-        return self.birth_date.strftime("%m-%d") if self.birth_date else None
-
-    def first_purchase_on(self) -> str | None:
-        return self.first_purchase_at.date().isoformat() if self.first_purchase_at else None
-
-    def last_purchase_on(self) -> str | None:
-        return self.last_purchase_at.date().isoformat() if self.last_purchase_at else None
 
 
 def tombstone(
@@ -802,3 +753,64 @@ def _set_personal(doc: CustomerProfile, event: CustomerSignedUp | CustomerUpdate
         doc.first_name = event.first_name
     if event.birth_date is not None:
         doc.birth_date = event.birth_date
+
+
+# ---------------------------------------------------------------- the customer's coupons
+
+CouponState = Literal["issued", "redeemed", "expired"]
+_STATE_RANK: dict[CouponState, int] = {"issued": 0, "expired": 1, "redeemed": 2}
+
+
+class Coupon(_Part):
+    """A coupon of the customer as the offers service announced it on `crm.offers`: the
+    profiles service's own view, so the look-up never reads another service's store."""
+
+    offer_id: str = Field(description="Offer id.")
+    customer_id: str = Field(description="Pseudonymous customer id.")
+    kind: OfferKind = Field(description="Rule that issued it.")
+    coupon_code: str = Field(description="Coupon code.")
+    discount_percent: Decimal = Field(description="Percentage off.")
+    sku: str | None = Field(default=None, description="SKU it applies to; null = basket.")
+    product_name: str | None = Field(default=None, description="Name of that product.")
+    valid_from: dt.date = Field(description="First valid day.")
+    valid_until: dt.date = Field(description="Last valid day.")
+    state: CouponState = Field(default="issued", description="Lifecycle state.")
+    redeemed_at: AwareDatetime | None = Field(default=None, description="When it was redeemed.")
+
+
+def fold_coupons(known: Mapping[str, Coupon], events: Iterable[OfferEvent]) -> dict[str, Coupon]:
+    """The coupons the offer events change (by offer id). A state only moves forward (issued,
+    expired, redeemed), so a redelivered or reordered event changes nothing; a state event of
+    a coupon not seen issued is left out (its issue comes first on the customer's partition)."""
+    current = dict(known)
+    changed: dict[str, Coupon] = {}
+    for event in events:
+        coupon: Coupon | None = None
+        if isinstance(event, OfferIssued):
+            if event.offer_id not in current:
+                coupon = Coupon(
+                    offer_id=event.offer_id,
+                    customer_id=event.customer_id,
+                    kind=event.kind,
+                    coupon_code=event.coupon_code,
+                    discount_percent=event.discount_percent,
+                    sku=event.sku,
+                    product_name=event.product_name,
+                    valid_from=event.valid_from,
+                    valid_until=event.valid_until,
+                )
+        elif isinstance(event, OfferRedeemed | OfferExpired):
+            before = current.get(event.offer_id)
+            state: CouponState = "redeemed" if isinstance(event, OfferRedeemed) else "expired"
+            if before is not None and _STATE_RANK[state] > _STATE_RANK[before.state]:
+                coupon = before.model_copy(
+                    update={
+                        "state": state,
+                        "redeemed_at": event.redeemed_at
+                        if isinstance(event, OfferRedeemed)
+                        else None,
+                    }
+                )
+        if coupon is not None:
+            current[coupon.offer_id] = changed[coupon.offer_id] = coupon
+    return changed

@@ -1,218 +1,61 @@
-"""Composition root of the reports service: the read-model consumer, the reports API and the web page."""
+"""The reports service, declared: it keeps facts of `crm.events`, `crm.offers` and
+`crm.deliveries` (topics other services own) and serves the reports, the charts and the page.
 
-# No `from __future__ import annotations`: FastAPI resolves the routes' Annotated
-# dependencies, which name local variables, at definition time.
+It publishes nothing. The HTTP side lives in `api.py`; its names are also importable from here,
+where the command line and the tests have always found them.
+"""
 
-import asyncio
-import csv
-import datetime as dt
-import io
-from pathlib import Path
-from typing import Annotated, Literal
+from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
-from fastapi.responses import FileResponse, RedirectResponse
-from faststream import FastStream
-from faststream.kafka.annotations import KafkaMessage
-
-from services.reports import charts
-from services.reports.domain import (
-    AnyReport,
-    Facts,
-    ReportName,
-    campaigns_report,
-    products_report,
-    segments_report,
-    stores_report,
-    tables_of,
+from services.reports.api import (
+    ReportsLoader,
+    add_web_routes,
+    build_report,
+    build_reports_router,
+    report_csv,
+    reports_routes,
 )
 from services.reports.service import ReportsService
-from services.reports.settings import ReportsSettings
 from services.reports.store import ReportsRepository, open_repository
-from shared.auth import Principal, TokenTable, require
-from shared.kafka import BatchGuard, batch_subscriber, new_broker
-from shared.logging import get_logger
+from shared.edge import foreign, json_decoder
+from shared.events import NORMALIZED_EVENT, OFFER_EVENT, DeliveryRecorded
 from shared.settings import Settings
+from shared.skeleton import ServiceApp, ServiceSpec
 from shared.topics import DELIVERIES, EVENTS, GROUP_REPORTS, OFFERS
 
-SERVICE_KEY = "reports_service"
-WEB_DIR = Path(__file__).parent / "web"
+__all__ = [
+    "SPEC",
+    "ReportsLoader",
+    "add_web_routes",
+    "build_report",
+    "build_reports_router",
+    "create_app",
+    "report_csv",
+]
 
-log = get_logger(__name__)
 
-ChartName = Literal["issued", "lift", "products", "stores"]
+def build(settings: Settings, repository: ReportsRepository) -> ReportsService:
+    return ReportsService(repository, calendar=settings.calendar)
+
+
+SPEC: ServiceSpec[ReportsRepository, ReportsService] = ServiceSpec(
+    name="reports",
+    group=GROUP_REPORTS,
+    decoders={
+        EVENTS: foreign(json_decoder(NORMALIZED_EVENT)),
+        OFFERS: foreign(json_decoder(OFFER_EVENT)),
+        DELIVERIES: foreign(json_decoder(DeliveryRecorded)),
+    },
+    open_store=lambda settings: open_repository(settings.store),
+    build=build,
+    # Nothing is published: the facts are saved and that is all.
+    order="save_then_publish",
+    routes=reports_routes,
+)
 
 
 def create_app(
-    settings: Settings | None = None,
-    *,
-    repository: ReportsRepository | None = None,
-) -> FastStream:
-    """The reports app; a passed repository is used as is (and not closed)."""
-    settings = settings or Settings()
-    broker = new_broker(settings.kafka, client_id="crm-reports")
-    service = ReportsService(repository, calendar=settings.calendar)
-    app = FastStream(broker)
-    app.context.set_global(SERVICE_KEY, service)
-    owned: list[ReportsRepository] = []
-
-    guard = BatchGuard(broker, service="reports")
-
-    @batch_subscriber(broker, settings.kafka, GROUP_REPORTS, EVENTS, OFFERS, DELIVERIES)
-    async def on_records(_: list[bytes], message: KafkaMessage) -> None:
-        # Same back-pressure and poison-message isolation as the pipeline's services.
-        await guard.run(message.raw_message, service.handle)
-
-    @app.on_startup
-    async def open_store() -> None:
-        if repository is None:
-            opened = await open_repository(settings.store)
-            owned.append(opened)
-            service.repository = opened
-            log.info("reports_store_opened")
-
-    @app.after_shutdown
-    async def close_store() -> None:
-        while owned:
-            await owned.pop().close()
-        if repository is None:
-            service.repository = None
-
-    return app
-
-
-def service_of(app: FastStream) -> ReportsService:
-    service = app.context.get(SERVICE_KEY)
-    if not isinstance(service, ReportsService):
-        raise LookupError("not a reports app")
-    return service
-
-
-def build_report(
-    name: ReportName,
-    facts: Facts,
-    options: ReportsSettings,
-    *,
-    as_of: dt.date | None = None,
-    since: dt.date | None = None,
-) -> AnyReport:
-    """One report of the read model's facts."""
-    if name == "campaigns":
-        return campaigns_report(facts, as_of)
-    if name == "products":
-        return products_report(
-            facts, as_of, days=options.report_period_days, top=options.report_top
-        )
-    if name == "stores":
-        return stores_report(facts, options.store_goals, as_of)
-    return segments_report(facts, as_of, since)
-
-
-def report_csv(report: AnyReport) -> str:
-    """A report as CSV: each table under a `# title` line."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for n, table in enumerate(tables_of(report)):
-        if n:
-            buffer.write("\n")
-        buffer.write(f"# {table.title}\n")
-        writer.writerow(table.columns)
-        writer.writerows(["" if v is None else v for v in row] for row in table.rows)
-    return buffer.getvalue()
-
-
-def chart_svg(name: ChartName, facts: Facts, options: ReportsSettings) -> str:
-    if name == "issued":
-        return charts.issued_redeemed_chart(campaigns_report(facts))
-    if name == "lift":
-        return charts.lift_chart(campaigns_report(facts))
-    if name == "products":
-        return charts.products_chart(
-            products_report(facts, days=options.report_period_days, top=options.report_top)
-        )
-    return charts.stores_chart(stores_report(facts, options.store_goals))
-
-
-def build_reports_router(
-    load: "ReportsLoader", tokens: TokenTable, options: ReportsSettings
-) -> APIRouter:
-    """The reports API, the charts and the web page."""
-    router = APIRouter(tags=["reports"])
-    marketing = require(tokens, "marketing")
-
-    @router.get("/api/reports/{name}", response_model=None)
-    async def report(
-        name: ReportName,
-        _: Annotated[Principal, Depends(marketing)],
-        as_of: Annotated[dt.date | None, Query(description="Last day reported.")] = None,
-        since: Annotated[dt.date | None, Query(description="First date (segments).")] = None,
-        format: Annotated[Literal["json", "csv"], Query(description="json or csv.")] = "json",
-    ) -> AnyReport | Response:
-        """A report: campaigns (with lift), products, stores or segments."""
-        built = build_report(name, await load(), options, as_of=as_of, since=since)
-        if format == "csv":
-            return Response(report_csv(built), media_type="text/csv")
-        return built
-
-    @router.get("/api/charts/{name}.svg", response_class=Response)
-    async def chart(name: ChartName, _: Annotated[Principal, Depends(marketing)]) -> Response:
-        """A chart as SVG (drawn on the server)."""
-        facts = await load()
-        svg = await asyncio.to_thread(chart_svg, name, facts, options)
-        return Response(svg, media_type="image/svg+xml")
-
-    @router.get("/", include_in_schema=False)
-    async def home() -> RedirectResponse:
-        return RedirectResponse("/ui/", status_code=status.HTTP_307_TEMPORARY_REDIRECT)
-
-    return router
-
-
-class ReportsLoader:
-    """Loads the facts from the running app's repository."""
-
-    def __init__(
-        self, app: FastStream | None = None, repository: ReportsRepository | None = None
-    ) -> None:
-        self._app = app
-        self._repository = repository
-
-    async def __call__(self) -> Facts:
-        repository = self._repository
-        if repository is None and self._app is not None:
-            try:
-                repository = service_of(self._app).repository
-            except RuntimeError:
-                repository = None
-        if repository is None:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "not started")
-        return await repository.load()
-
-
-WEB_FILES = {
-    "": ("index.html", "text/html; charset=utf-8"),
-    "app.js": ("app.js", "text/javascript; charset=utf-8"),
-    "style.css": ("style.css", "text/css; charset=utf-8"),
-}
-
-
-def add_web_routes(router: APIRouter) -> None:
-    """The static page under /ui/: our own small JavaScript and CSS, no CDN, nothing fetched."""
-
-    @router.get("/ui/", include_in_schema=False)
-    @router.get("/ui/{name}", include_in_schema=False)
-    async def web(name: str = "") -> FileResponse:
-        if name not in WEB_FILES:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
-        file, media_type = WEB_FILES[name]
-        return FileResponse(WEB_DIR / file, media_type=media_type)
-
-
-def create_router(app: FastStream, settings: Settings) -> APIRouter:
-    """Served by `crm run` on CRM_HTTP_PORT: `/api/reports/*`, `/api/charts/*`, the page at `/ui/`."""
-    tokens = TokenTable.parse(
-        settings.http.api_tokens.get_secret_value() if settings.http.api_tokens else None
-    )
-    router = build_reports_router(ReportsLoader(app), tokens, ReportsSettings())
-    add_web_routes(router)
-    return router
+    settings: Settings | None = None, *, repository: ReportsRepository | None = None
+) -> ServiceApp[ReportsService]:
+    """The reports service; a passed repository is used as is (and not closed)."""
+    return ServiceApp(SPEC, settings, repository=repository)

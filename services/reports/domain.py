@@ -22,10 +22,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from services.offers.domain import campaign_period
-from services.profiles.domain import CustomerProfile, Segment
 from services.reports.settings import StoreGoal
 from shared.events import OfferKind
+from shared.marketing import Segment, campaign_period, rfm_segment
 
 ReportName = Literal["campaigns", "products", "stores", "segments"]
 REPORT_NAMES: tuple[ReportName, ...] = ("campaigns", "products", "stores", "segments")
@@ -399,19 +398,18 @@ class SegmentsReport(BaseModel):
     moves: list[SegmentMove] = Field(description="Moves between the dates (same segment too).")
 
 
-def segment_on(customer_id: str, purchases: Sequence[Purchase], day: dt.date) -> Segment:
+def segment_on(purchases: Sequence[Purchase], day: dt.date) -> Segment:
     """The RFM segment a customer had at the end of `day` (the profiles' fixed thresholds)."""
     seen = [p for p in purchases if p.day <= day]
     if not seen:
         return "prospect"
-    profile = CustomerProfile(
-        customer_id=customer_id,
-        first_purchase_at=min(p.at for p in seen),
-        last_purchase_at=max(p.at for p in seen),
+    return rfm_segment(
+        today=day,
+        first_purchase=min(p.at for p in seen).date(),
+        last_purchase=max(p.at for p in seen).date(),
         visits=len(seen),
-        total_spend=sum((p.total for p in seen), _ZERO),
+        spend=sum((p.total for p in seen), _ZERO),
     )
-    return profile.segment(day)
 
 
 def segments_report(
@@ -427,11 +425,11 @@ def segments_report(
     before: Counter[str] = Counter()
     after: Counter[str] = Counter()
     moves: Counter[tuple[Segment, Segment]] = Counter()
-    for customer_id, purchases in by_customer.items():
+    for purchases in by_customer.values():
         if min(p.day for p in purchases) > as_of:
             continue
-        a = segment_on(customer_id, purchases, since)
-        b = segment_on(customer_id, purchases, as_of)
+        a = segment_on(purchases, since)
+        b = segment_on(purchases, as_of)
         before[a] += 1
         after[b] += 1
         moves[(a, b)] += 1

@@ -52,11 +52,8 @@ def render_static_report(report: CampaignsReport) -> str:
 
 async def load_facts(store_url: str) -> Facts:
     """The reports read model's facts in the store at `store_url`."""
-    repository = await open_repository(StoreSettings(store_url=store_url))
-    try:
+    async with open_repository(StoreSettings(store_url=store_url)) as repository:
         return await repository.load()
-    finally:
-        await repository.close()
 
 
 def write_static_report(store_url: str, path: Path) -> Path:

@@ -9,26 +9,25 @@ from decimal import Decimal
 
 from fastapi import FastAPI
 
-from services.offers.domain import Changes, OfferRecord
-from services.offers.store import SqliteOffersRepository
 from services.profiles.api import LookupApi, build_router
-from services.profiles.domain import CustomerProfile, InteractionEntry, RecentPurchase, SkuStats
-from services.profiles.store import SqliteProfilesRepository
+from services.profiles.domain import (
+    CustomerProfile,
+    InteractionEntry,
+    RecentPurchase,
+    SkuStats,
+    fold_coupons,
+)
+from services.profiles.store_sqlite import SqliteProfilesRepository
 from services.reports.app import ReportsLoader, add_web_routes, build_reports_router
 from services.reports.domain import Campaign, Line, Purchase, Redemption
 from services.reports.settings import ReportsSettings, StoreGoal
-from services.reports.store import (
-    SqliteReportsRepository,
-    campaign_fact,
-    delivery_fact,
-    purchase_fact,
-    redemption_fact,
-)
+from services.reports.store import campaign_fact, delivery_fact, purchase_fact, redemption_fact
+from services.reports.store_sqlite import SqliteReportsRepository
 from shared.auth import SqliteAuditLog, TokenTable, token_hash
 from shared.events import OfferIssued, OfferRedeemed
 from shared.privacy import card_id, customer_id_for_card
 from shared.settings import HttpSettings, PrivacySettings, Settings
-from shared.store import StoreLocation, open_sqlite
+from shared.storage import StoreLocation
 
 CARD = "6035 1234 5678 9012"
 OTHER_CARD = "6035-0000-0000-0001"
@@ -50,15 +49,13 @@ def settings() -> Settings:
     )
 
 
-def _memory(service: str) -> object:
-    return open_sqlite(StoreLocation.parse("memory://"), service)
+MEMORY = StoreLocation.parse("memory://")
 
 
 @dataclass
 class World:
     settings: Settings
     profiles: SqliteProfilesRepository
-    offers: SqliteOffersRepository
     reports: SqliteReportsRepository
     audit: SqliteAuditLog
     customer_id: str
@@ -68,7 +65,7 @@ class World:
     def api(self) -> FastAPI:
         app = FastAPI(title="crm-stream test")
         tokens = TokenTable.parse(self.settings.http.api_tokens.get_secret_value())  # type: ignore[union-attr]
-        lookup = LookupApi(self.settings, self.profiles, offers=self.offers, audit=self.audit)
+        lookup = LookupApi(self.settings, self.profiles, audit=self.audit)
         app.include_router(build_router(lookup, tokens))
         router = build_reports_router(
             ReportsLoader(repository=self.reports),
@@ -100,10 +97,9 @@ def _offer(
 
 async def build_world() -> World:
     s = settings()
-    profiles = SqliteProfilesRepository(_memory("profiles"))  # type: ignore[arg-type]
-    offers = SqliteOffersRepository(_memory("offers"))  # type: ignore[arg-type]
-    reports = SqliteReportsRepository(_memory("reports"))  # type: ignore[arg-type]
-    audit = SqliteAuditLog(_memory("audit"))  # type: ignore[arg-type]
+    profiles = await SqliteProfilesRepository.open(MEMORY)
+    reports = await SqliteReportsRepository.open(MEMORY)
+    audit = await SqliteAuditLog.open(MEMORY)
     card = card_id(CARD, KEY)
     customer_id = customer_id_for_card(card)
     last = dt.datetime.combine(TODAY - dt.timedelta(days=2), dt.time(11), tzinfo=UTC)
@@ -173,23 +169,11 @@ async def build_world() -> World:
         store_id="S001",
         basket_total=Decimal("12.50"),
     )
-    await offers.apply(
-        Changes(
-            new_offers={
-                "of-open": OfferRecord(issued=open_offer, rule_key="MILK-1L"),
-                "of-used": OfferRecord(
-                    issued=used_offer,
-                    rule_key=str(TODAY.year),
-                    state="redeemed",
-                    redemption=redemption,
-                ),
-            }
-        )
-    )
+    # The coupons as the profiles service folds them from crm.offers.
+    coupons = fold_coupons({}, [open_offer, used_offer, redemption])
+    await profiles.save_many([], list(coupons.values()))
     await reports.add(campaign_population())
-    return World(
-        s, profiles, offers, reports, audit, customer_id, "OPEN-CODE-0001", "USED-CODE-0002"
-    )
+    return World(s, profiles, reports, audit, customer_id, "OPEN-CODE-0001", "USED-CODE-0002")
 
 
 def campaign_population() -> list:  # type: ignore[type-arg]

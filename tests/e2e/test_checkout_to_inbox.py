@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bson
 import pytest
+from pymongo import AsyncMongoClient
 
 from crm.embedded import EmbeddedKafka
 from crm.traffic import PipelineWatch, read_topic
 from shared.events import OfferIssued
-from shared.settings import KafkaSettings
+from shared.settings import KafkaSettings, StoreSettings
 from shared.topics import (
     CHECKOUTS_RAW,
     CONTACTS,
@@ -124,11 +126,20 @@ async def drained(bootstrap: str, within: float = 60.0) -> None:
         await watch.stop()
 
 
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("mongodb", marks=pytest.mark.mongo)])
 def test_frequent_item_coupon_reaches_the_consenting_customer_once(
-    broker: EmbeddedKafka, smtp_server: tuple[Mailbox, int], make_pipeline: Any
+    broker: EmbeddedKafka,
+    smtp_server: tuple[Mailbox, int],
+    make_pipeline: Any,
+    store: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     mailbox, port = smtp_server
-    pipeline = make_pipeline(CRM_SMTP_HOST="127.0.0.1", CRM_SMTP_PORT=str(port))
+    extra: dict[str, str] = {}
+    if store == "mongodb":  # the PyMongo code path, on the suite's MongoDB-wire server
+        mongo: StoreSettings = request.getfixturevalue("mongo_store")
+        extra = {"CRM_STORE_URL": mongo.store_url or "", "CRM_MONGO_DATABASE": mongo.mongo_database}
+    pipeline = make_pipeline(CRM_SMTP_HOST="127.0.0.1", CRM_SMTP_PORT=str(port), **extra)
     pipeline.start_all()
 
     asyncio.run(publish(broker.bootstrap, raw_input()))
@@ -174,7 +185,28 @@ def test_frequent_item_coupon_reaches_the_consenting_customer_once(
         values = b"".join(r.value or b"" for r in asyncio.run(read_topic(kafka, topic)))
         assert values or topic == DEADLETTER, topic
         assert not [s for s in spellings if s.encode() in values], topic
-    store = Path(pipeline.env["CRM_STORE_URL"].removeprefix("sqlite://"))
-    for database in store.glob("*.sqlite3*"):
-        content = database.read_bytes()
-        assert not [s for s in spellings if s.encode() in content], database.name
+    for name, content in stored_bytes(pipeline.env):
+        assert not [s for s in spellings if s.encode() in content], name
+
+
+def stored_bytes(env: dict[str, str]) -> list[tuple[str, bytes]]:
+    """Every byte the services stored: each SQLite file, or each MongoDB document as BSON."""
+    url = env["CRM_STORE_URL"]
+    if url.startswith("sqlite://"):
+        folder = Path(url.removeprefix("sqlite://"))
+        return [(path.name, path.read_bytes()) for path in folder.glob("*.sqlite3*")]
+    return asyncio.run(mongo_bytes(url, env["CRM_MONGO_DATABASE"]))
+
+
+async def mongo_bytes(url: str, name: str) -> list[tuple[str, bytes]]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
+    try:
+        database = client[name]
+        found = []
+        for collection in await database.list_collection_names():
+            documents = await database[collection].find().to_list(None)
+            found.append((collection, b"".join(bson.encode(doc) for doc in documents)))
+        assert found, "the services stored nothing in MongoDB"
+        return found
+    finally:
+        await client.close()

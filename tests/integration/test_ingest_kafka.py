@@ -12,11 +12,11 @@ from aiokafka import AIOKafkaProducer
 
 from crm.traffic import read_topic
 from services.ingest.app import create_app
-from services.ingest.store import SqliteIngestRepository
+from services.ingest.store_sqlite import SqliteIngestRepository
 from shared.events import DeadLetter
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings, Settings, StoreSettings
-from shared.store import StoreLocation
+from shared.storage import StoreLocation
 from shared.topics import CHECKOUTS_RAW, DEADLETTER, EVENTS
 
 pytestmark = pytest.mark.integration
@@ -48,9 +48,8 @@ async def test_raw_checkouts_reach_the_normalized_topic_keyed_by_customer(
 ) -> None:
     await ensure_topics(kafka_settings)
     settings = Settings(kafka=kafka_settings, store=StoreSettings(store_url="memory://"))
-    app = create_app(
-        settings, repository=SqliteIngestRepository.open(StoreLocation.parse("memory://"))
-    )
+    repository = await SqliteIngestRepository.open(StoreLocation.parse("memory://"))
+    app = create_app(settings, repository=repository)
     cards = [
         f"6035 0000 {n:04d} {unique[:4].translate(str.maketrans('abcdef', '123456'))}"
         for n in range(5)
@@ -100,6 +99,7 @@ async def test_raw_checkouts_reach_the_normalized_topic_keyed_by_customer(
     finally:
         await app.stop()
         await producer.stop()
+        await repository.close()
 
 
 async def mine(kafka_settings: KafkaSettings, unique: str, cards: list[str]) -> list[DeadLetter]:

@@ -1,54 +1,37 @@
-"""Ingest's repository contract: SQLite and MongoDB (emulator, and real when available) agree."""
+"""One contract for both ingest repositories: SQLite (file and memory) and MongoDB.
+
+MongoDB is the SecantusDB server the suite starts (or `CRM_TEST_MONGO_URL`), opened through
+`open_repository` like the service does.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from mongomock_motor import AsyncMongoMockClient
 
-from services.ingest.store import IngestRepository, MongoIngestRepository, SqliteIngestRepository
-from shared.store import StoreLocation, open_mongo
+from services.ingest.store import IngestRepository, open_repository
+from services.ingest.store_mongo import SEEN, MongoIngestRepository
+from shared.settings import StoreSettings
 
-# Recent times: MongoDB (and the emulator) expire seen keys through a TTL index on `seen_at`.
+# Recent times: MongoDB expires seen keys through a TTL index on `seen_at`.
 T0 = dt.datetime.now(dt.UTC) - dt.timedelta(days=20)
 
 
 @pytest.fixture(
-    params=[
-        "sqlite-file",
-        "sqlite-memory",
-        pytest.param("mongo-emulator", marks=pytest.mark.mongo),
-        pytest.param("mongo-real", marks=pytest.mark.mongo),
-    ]
+    params=["sqlite-file", "sqlite-memory", pytest.param("mongo", marks=pytest.mark.mongo)]
 )
 async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[IngestRepository]:
     if request.param == "sqlite-file":
-        repository: IngestRepository = SqliteIngestRepository.open(
-            StoreLocation.parse(f"sqlite://{tmp_path}")
-        )
+        store = StoreSettings(store_url=f"sqlite://{tmp_path}")
     elif request.param == "sqlite-memory":
-        repository = SqliteIngestRepository.open(StoreLocation.parse("memory://"))
-    elif request.param == "mongo-emulator":
-        request.getfixturevalue("emulator_bulk_compat")
-        mongo = MongoIngestRepository(AsyncMongoMockClient()["crm_test"])
-        await mongo.ensure_indexes()
-        repository = mongo
+        store = StoreSettings(store_url="memory://")
     else:
-        url = request.getfixturevalue("real_mongo_url")
-        client, _ = open_mongo(StoreLocation.parse(url), "crm_test")
-        name = f"crm_test_ingest_{os.getpid()}_{abs(hash(str(tmp_path)))}"
-        real = MongoIngestRepository(client[name])
-        await real.ensure_indexes()
-        yield real
-        await client.drop_database(name)
-        await client.close()
-        return
-    yield repository
-    await repository.close()
+        store = request.getfixturevalue("mongo_store")
+    async with open_repository(store) as repository:
+        yield repository
 
 
 async def test_recorded_event_keys_are_seen_and_others_are_not(repo: IngestRepository) -> None:
@@ -79,8 +62,9 @@ async def test_card_links_are_found_both_ways_and_can_move(repo: IngestRepositor
 async def test_old_event_keys_are_forgotten(repo: IngestRepository) -> None:
     await repo.record({"old"}, {}, T0)
     await repo.record({"new"}, {}, T0 + dt.timedelta(days=19))
-    await repo.forget_before(T0 + dt.timedelta(days=10))
+    assert await repo.forget_before(T0 + dt.timedelta(days=10)) == 1
     assert await repo.seen(["old", "new"]) == {"new"}
+    assert await repo.forget_before(T0 + dt.timedelta(days=10)) == 0
 
 
 async def test_many_keys_are_looked_up_in_one_call(repo: IngestRepository) -> None:
@@ -95,3 +79,17 @@ async def test_operator_looking_input_is_data_not_a_query(repo: IngestRepository
     assert await repo.seen(hostile) == set()
     assert await repo.customers_of_cards(hostile) == {}
     assert await repo.cards_of_customer('{"$ne": null}') == []
+
+
+@pytest.mark.mongo
+async def test_mongodb_keeps_event_keys_for_the_configured_window(
+    mongo_store: StoreSettings,
+) -> None:
+    async with open_repository(mongo_store, dedup_days=7) as repository:
+        assert isinstance(repository, MongoIngestRepository)
+        indexes = await repository.database[SEEN].index_information()
+    assert indexes["seen_ttl"]["key"] == [("seen_at", 1)]
+    assert indexes["seen_ttl"]["expireAfterSeconds"] == 7 * 86_400
+    async with open_repository(mongo_store, dedup_days=7) as repository:  # idempotent
+        await repository.record({"k"}, {}, T0)
+        assert await repository.seen(["k"]) == {"k"}

@@ -13,18 +13,19 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from aiokafka import ConsumerRecord
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from services.notifier.app import build_service
+from services.notifier.app import build_service, decode_contact, decode_offer
 from services.notifier.domain import message_id_for, new_delivery
 from services.notifier.service import NotifierService
 from services.notifier.settings import NotifierSettings
-from services.notifier.store import SqliteNotifierRepository, StoreChanges
+from services.notifier.store import StoreChanges
+from services.notifier.store_sqlite import SqliteNotifierRepository
+from shared.edge import Outgoing, Received, Source
 from shared.events import DeliveryRecorded, OfferIssued
 from shared.settings import CalendarSettings, KafkaSettings, Settings, SmtpSettings, StoreSettings
-from shared.store import StoreLocation
+from shared.storage import StoreLocation
 from shared.topics import CONTACTS, DELIVERIES, OFFERS
 
 UTC = dt.UTC
@@ -87,7 +88,7 @@ class Clock:
         return self.now
 
 
-def make_service(
+async def make_service(
     port: int, clock: Clock, *, quiet: str = "off", attempts: int = 3
 ) -> tuple[NotifierService, SqliteNotifierRepository]:
     settings = Settings(
@@ -96,10 +97,10 @@ def make_service(
         smtp=SmtpSettings(smtp_host="127.0.0.1", smtp_port=port, smtp_timeout_s=5),
         calendar=CalendarSettings(timezone="UTC", quiet_hours=quiet),
     )
-    repo = SqliteNotifierRepository.open(StoreLocation.parse("memory://"))
+    repo = await SqliteNotifierRepository.open(StoreLocation.parse("memory://"))
     service = build_service(
         settings,
-        repository=repo,
+        repo,
         notifier_settings=NotifierSettings(
             send_max_attempts=attempts,
             send_backoff_base_s=0.01,
@@ -117,7 +118,7 @@ async def setup(
 ) -> AsyncIterator[tuple[ScriptedHandler, NotifierService, SqliteNotifierRepository, Clock]]:
     handler, port = smtp_server
     clock = Clock(DAY)
-    service, repo = make_service(port, clock)
+    service, repo = await make_service(port, clock)
     yield handler, service, repo, clock
     await repo.close()
 
@@ -125,24 +126,24 @@ async def setup(
 _offsets = iter(range(1_000_000))
 
 
-def record(topic: str, key: str, payload: dict[str, Any] | None) -> ConsumerRecord[bytes, bytes]:
+def record(topic: str, key: str, payload: dict[str, Any] | None) -> Received[Any]:
+    """The event of a record, decoded as the edge decodes it."""
     value = None if payload is None else json.dumps(payload).encode()
-    return ConsumerRecord(
-        topic=topic,
-        partition=0,
-        offset=next(_offsets),
-        timestamp=0,
-        timestamp_type=0,
-        key=key.encode(),
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key),
-        serialized_value_size=len(value or b""),
-        headers=(),
-    )
+    source = Source(topic=topic, partition=0, offset=next(_offsets), key=key.encode(), value=value)
+    decode = decode_contact if topic == CONTACTS else decode_offer
+    event = decode(source)
+    assert event is not None
+    return Received(event, source)
 
 
-def contact(customer_id: str = "c-1", *, consent: bool = True, at: str = "09:00") -> Any:
+async def handle(service: NotifierService, *batch: Received[Any]) -> list[Outgoing]:
+    """One batch through the service: what it has to publish (it rejects nothing here)."""
+    handled = await service.handle(batch)
+    assert list(handled.rejected) == []
+    return list(handled.outgoing)
+
+
+def contact(customer_id: str = "c-1", *, consent: bool = True, at: str = "09:00") -> Received[Any]:
     return record(
         CONTACTS,
         customer_id,
@@ -173,7 +174,7 @@ def offer_dict(offer_id: str = "of-1", customer_id: str = "c-1") -> dict[str, An
     }
 
 
-def offer(offer_id: str = "of-1", customer_id: str = "c-1") -> Any:
+def offer(offer_id: str = "of-1", customer_id: str = "c-1") -> Received[Any]:
     return record(OFFERS, customer_id, offer_dict(offer_id, customer_id))
 
 
@@ -183,7 +184,7 @@ def outcomes(outgoing: list[Any]) -> list[DeliveryRecorded]:
 
 async def test_email_is_received_with_both_parts_and_the_headers(setup: Any) -> None:
     handler, service, repo, _ = setup
-    outgoing = await service.handle_batch([contact(), offer()])
+    outgoing = await handle(service, contact(), offer())
 
     assert len(handler.received) == 1
     message = handler.received[0]
@@ -207,7 +208,7 @@ async def test_email_is_received_with_both_parts_and_the_headers(setup: Any) -> 
     assert "c-1@example.com" not in recorded.model_dump_json()
     assert (await repo.get_deliveries(["of-1"]))["of-1"].state == "sent"
     # Seen again after a restart: not sent again.
-    again = await service.handle_batch([offer()])
+    again = await handle(service, offer())
     assert len(handler.received) == 1
     assert [r.state for r in outcomes(again)] == ["sent"]
 
@@ -215,7 +216,7 @@ async def test_email_is_received_with_both_parts_and_the_headers(setup: Any) -> 
 async def test_temporary_refusal_is_retried_and_the_email_arrives_once(setup: Any) -> None:
     handler, service, _repo, _ = setup
     handler.rcpt_replies = ["451 4.3.0 Try again later"]
-    outgoing = await service.handle_batch([contact(), offer()])
+    outgoing = await handle(service, contact(), offer())
 
     assert len(handler.received) == 1
     [recorded] = outcomes(outgoing)
@@ -226,7 +227,7 @@ async def test_temporary_refusal_is_retried_and_the_email_arrives_once(setup: An
 async def test_temporary_refusals_until_the_last_attempt_end_failed(setup: Any) -> None:
     handler, service, repo, _ = setup
     handler.rcpt_replies = ["451 4.3.0 Try again later"] * 3
-    outgoing = await service.handle_batch([contact(), offer()])
+    outgoing = await handle(service, contact(), offer())
 
     assert handler.received == []
     [recorded] = outcomes(outgoing)
@@ -241,13 +242,13 @@ async def test_temporary_refusals_until_the_last_attempt_end_failed(setup: Any) 
 async def test_permanent_refusal_bounces_and_later_offers_are_suppressed(setup: Any) -> None:
     handler, service, repo, _ = setup
     handler.rcpt_replies = ["550 5.1.1 No such user"]
-    first = await service.handle_batch([contact(), offer("of-1")])
+    first = await handle(service, contact(), offer("of-1"))
 
     [bounced] = outcomes(first)
     assert (bounced.state, bounced.reason) == ("bounced", "smtp_550_recipient")
     assert (await repo.get_contacts(["c-1"]))["c-1"].bounced
 
-    later = await service.handle_batch([offer("of-2")])
+    later = await handle(service, offer("of-2"))
     [suppressed] = outcomes(later)
     assert (suppressed.state, suppressed.reason) == ("suppressed", "bounced")
     assert handler.received == []
@@ -256,7 +257,7 @@ async def test_permanent_refusal_bounces_and_later_offers_are_suppressed(setup: 
 async def test_dropped_connection_is_retried_on_a_new_one(setup: Any) -> None:
     handler, service, _, _ = setup
     handler.drop_next_data = True
-    outgoing = await service.handle_batch([contact(), offer("of-1"), offer("of-2")])
+    outgoing = await handle(service, contact(), offer("of-1"), offer("of-2"))
 
     assert sorted(m["Message-ID"] for m in handler.received) == [
         "<offer-of-1@crm-stream>",
@@ -273,11 +274,11 @@ async def test_consent_withdrawn_before_sending_means_no_email(
 ) -> None:
     handler, port = smtp_server
     clock = Clock(dt.datetime(2026, 3, 2, 23, 0, tzinfo=UTC))
-    service, repo = make_service(port, clock, quiet="21:00-08:00")
+    service, repo = await make_service(port, clock, quiet="21:00-08:00")
     try:
-        await service.handle_batch([contact(), offer()])
+        await handle(service, contact(), offer())
         assert (await repo.get_deliveries(["of-1"]))["of-1"].state == "pending"
-        withdrawn = await service.handle_batch([contact(consent=False, at="23:30")])
+        withdrawn = await handle(service, contact(consent=False, at="23:30"))
         assert [(r.state, r.reason) for r in outcomes(withdrawn)] == [
             ("suppressed", "consent_withdrawn")
         ]
@@ -293,9 +294,9 @@ async def test_held_back_email_is_sent_by_the_poll_after_quiet_hours(
 ) -> None:
     handler, port = smtp_server
     clock = Clock(dt.datetime(2026, 3, 2, 23, 0, tzinfo=UTC))
-    service, repo = make_service(port, clock, quiet="21:00-08:00")
+    service, repo = await make_service(port, clock, quiet="21:00-08:00")
     try:
-        await service.handle_batch([contact(), offer()])
+        await handle(service, contact(), offer())
         assert handler.received == []
         clock.now = dt.datetime(2026, 3, 3, 8, 0, 5, tzinfo=UTC)
         [recorded] = outcomes(await service.run_due())
@@ -309,7 +310,7 @@ async def test_delivery_left_sending_by_a_crash_is_resent_with_the_same_message_
     setup: Any,
 ) -> None:
     handler, service, repo, _ = setup
-    await service.handle_batch([contact()])
+    await handle(service, contact())
     interrupted = replace(
         new_delivery(OfferIssued.model_validate(offer_dict()), DAY), state="sending"
     )

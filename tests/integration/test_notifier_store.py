@@ -1,64 +1,40 @@
-"""One contract for the notifier's repositories: SQLite (file, memory) and MongoDB (emulator, real)."""
+"""One contract for the notifier's repositories: SQLite (file and memory) and MongoDB.
+
+MongoDB is the SecantusDB server the suite starts (or `CRM_TEST_MONGO_URL`), opened through
+`open_repository` like the service does.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mongomock_motor import AsyncMongoMockClient
 
 from services.notifier.domain import Contact, Delivery, message_id_for, new_delivery
-from services.notifier.store import (
-    MongoNotifierRepository,
-    NotifierRepository,
-    SqliteNotifierRepository,
-    StoreChanges,
-)
+from services.notifier.store import NotifierRepository, StoreChanges, open_repository
 from shared.events import OfferIssued
-from shared.store import StoreLocation, open_mongo
+from shared.settings import StoreSettings
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(
-    params=[
-        "sqlite-file",
-        "sqlite-memory",
-        pytest.param("mongo-emulator", marks=pytest.mark.mongo),
-        pytest.param("mongo-real", marks=pytest.mark.mongo),
-    ]
+    params=["sqlite-file", "sqlite-memory", pytest.param("mongo", marks=pytest.mark.mongo)]
 )
 async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NotifierRepository]:
-    kind = request.param
-    repository: NotifierRepository
-    if kind == "sqlite-file":
-        repository = SqliteNotifierRepository.open(StoreLocation.parse(f"sqlite:///{tmp_path}"))
-    elif kind == "sqlite-memory":
-        repository = SqliteNotifierRepository.open(StoreLocation.parse("memory://"))
-    elif kind == "mongo-emulator":
-        request.getfixturevalue("emulator_bulk_compat")
-        mongo = MongoNotifierRepository(AsyncMongoMockClient()["crm_test"])
-        await mongo.ensure_indexes()
-        repository = mongo
+    if request.param == "sqlite-file":
+        store = StoreSettings(store_url=f"sqlite://{tmp_path}")
+    elif request.param == "sqlite-memory":
+        store = StoreSettings(store_url="memory://")
     else:
-        url = request.getfixturevalue("real_mongo_url")
-        client, database = open_mongo(StoreLocation.parse(url), "crm_test")
-        name = f"crm_test_notifier_{os.getpid()}_{abs(hash(str(tmp_path)))}"
-        database = client[name]
-        real = MongoNotifierRepository(database)
-        await real.ensure_indexes()
-        yield real
-        await client.drop_database(name)
-        await client.close()
-        return
-    yield repository
-    await repository.close()
+        store = request.getfixturevalue("mongo_store")
+    async with open_repository(store) as repository:
+        yield repository
 
 
 def offer(offer_id: str, customer_id: str = "c-1") -> OfferIssued:
@@ -190,7 +166,7 @@ async def test_query_like_ids_are_plain_data(repo: NotifierRepository) -> None:
     assert await repo.open_deliveries(hostile) == []
 
 
-async def test_large_id_sets_are_read_in_chunks(repo: NotifierRepository) -> None:
+async def test_large_id_sets_are_read_whole(repo: NotifierRepository) -> None:
     many = [delivery(f"of-{i}") for i in range(600)]
     await repo.apply(StoreChanges(deliveries=many))
     found = await repo.get_deliveries([d.offer_id for d in many])

@@ -1,16 +1,19 @@
-"""One contract for every offers repository: SQLite (file and memory), MongoDB (emulator, real)."""
+"""One contract for both offers repositories: SQLite (file and memory) and MongoDB.
+
+MongoDB is the SecantusDB server the suite starts (or `CRM_TEST_MONGO_URL`), opened through
+`open_repository` like the service does.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mongomock_motor import AsyncMongoMockClient
 
 from services.offers.domain import (
     Changes,
@@ -20,47 +23,29 @@ from services.offers.domain import (
     coupon_code_for,
     offer_id_for,
 )
-from services.offers.store import (
-    MongoOffersRepository,
-    OffersRepository,
-    SqliteOffersRepository,
-    open_repository,
-)
+from services.offers.store import OffersRepository, open_repository
+from services.offers.store_sqlite import SqliteOffersRepository
+from shared.errors import Conflict
 from shared.events import OfferExpired, OfferIssued, OfferRedeemed, RedemptionRejected
 from shared.settings import StoreSettings
-from shared.store import StoreLocation, open_sqlite
+from shared.storage import StoreLocation
 
 KEY = b"k"
 UTC = dt.UTC
 
 
 @pytest.fixture(
-    params=[
-        "sqlite_file",
-        "sqlite_memory",
-        pytest.param("mongo_emulator", marks=pytest.mark.mongo),
-        pytest.param("mongo_real", marks=pytest.mark.mongo),
-    ]
+    params=["sqlite-file", "sqlite-memory", pytest.param("mongo", marks=pytest.mark.mongo)]
 )
 async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OffersRepository]:
-    repository: OffersRepository
-    if request.param == "sqlite_file":
-        repository = SqliteOffersRepository(
-            open_sqlite(StoreLocation.parse(f"sqlite:///{tmp_path}"), "offers")
-        )
-    elif request.param == "sqlite_memory":
-        repository = await open_repository(StoreSettings(store_url="memory://"))
-    elif request.param == "mongo_emulator":
-        request.getfixturevalue("emulator_bulk_compat")
-        mongo = MongoOffersRepository(AsyncMongoMockClient()["crm_test"])
-        await mongo.ensure_indexes()
-        repository = mongo
+    if request.param == "sqlite-file":
+        store = StoreSettings(store_url=f"sqlite://{tmp_path}")
+    elif request.param == "sqlite-memory":
+        store = StoreSettings(store_url="memory://")
     else:
-        url: str = request.getfixturevalue("real_mongo_url")
-        database = f"crm_offers_test_{os.getpid()}_{id(request)}"
-        repository = await open_repository(StoreSettings(store_url=url, mongo_database=database))
-    yield repository
-    await repository.close()
+        store = request.getfixturevalue("mongo_store")
+    async with open_repository(store) as repository:
+        yield repository
 
 
 def offer(
@@ -88,6 +73,11 @@ def offer(
         ),
         rule_key=rule_key,
     )
+
+
+async def in_state(repo: OffersRepository, customer_id: str, state: str) -> list[OfferRecord]:
+    """The customer's offers in one state (issued: open; redeemed: used)."""
+    return [o for o in await repo.offers_of(customer_id) if o.state == state]
 
 
 def customer(customer_id: str = "c-1", **fields: Any) -> CustomerRecord:
@@ -155,10 +145,9 @@ async def test_apply_is_idempotent_and_never_duplicates_an_offer(repo: OffersRep
     changes = Changes(customers={"c-1": customer()}, new_offers={record.offer_id: record})
     await repo.apply(changes)
     await repo.apply(changes)
-    assert await repo.open_offers("c-1") == [record]
-    summary = await repo.summary()
-    assert summary["offers"] == {"frequent_item": {"issued": 1}}
-    assert summary["customers"] == 1
+    assert await repo.offers_of("c-1") == [record]
+    assert [(o.kind, o.state) for o in await repo.offers_of("c-1")] == [("frequent_item", "issued")]
+    assert (await repo.load(["c-1"], [])).customers == {"c-1": customer()}
 
 
 async def test_customer_record_is_replaced_by_the_latest(repo: OffersRepository) -> None:
@@ -174,14 +163,15 @@ async def test_redemption_moves_an_offer_from_open_to_used_once(repo: OffersRepo
     used = redeemed(record)
     await repo.apply(Changes(redeemed={record.offer_id: used}))
     await repo.apply(Changes(redeemed={record.offer_id: redeemed(record, "e-10")}))
-    assert await repo.open_offers("c-1") == []
-    assert await repo.used_offers("c-1") == [used]
+    assert await in_state(repo, "c-1", "issued") == []
+    assert await in_state(repo, "c-1", "redeemed") == [used]
     # a late expiry does not undo the redemption
     expired = OfferRecord(
         issued=record.issued, rule_key="MILK", state="expired", expired_on=dt.date(2026, 4, 1)
     )
     await repo.apply(Changes(expired={record.offer_id: expired}))
-    assert await repo.used_offers("c-1") == [used]
+    assert await in_state(repo, "c-1", "redeemed") == [used]
+    assert await repo.offers_of("c-1") == [used]
 
 
 async def test_new_offer_already_redeemed_in_its_batch_is_stored_redeemed(
@@ -189,7 +179,7 @@ async def test_new_offer_already_redeemed_in_its_batch_is_stored_redeemed(
 ) -> None:
     used = redeemed(offer())
     await repo.apply(Changes(new_offers={used.offer_id: used}))
-    assert await repo.used_offers("c-1") == [used]
+    assert await in_state(repo, "c-1", "redeemed") == [used]
 
 
 async def test_expiry_query_pages_issued_offers_past_their_day_and_those_expired_on_it(
@@ -259,44 +249,90 @@ async def test_anniversary_and_win_back_queries(repo: OffersRepository) -> None:
     assert sorted(lapsed.customers) == ["c", "f"]
 
 
-async def test_rejections_are_stored_once_and_summarized(repo: OffersRepository) -> None:
+async def test_rejections_are_stored_once(repo: OffersRepository) -> None:
     changes = Changes(rejections={r.rejection_id: r for r in (rejection(), rejection(code="X"))})
     await repo.apply(changes)
     await repo.apply(changes)
     assert await repo.rejections("c-1") == sorted(
         changes.rejections.values(), key=lambda r: r.rejection_id
     )
-    assert (await repo.summary())["rejections"] == {"unknown_code": 2}
+    assert [r.reason for r in await repo.rejections("c-1")] == ["unknown_code", "unknown_code"]
+    assert await repo.rejections("c-2") == []
 
 
-async def test_summary_counts_offers_per_kind_and_state(repo: OffersRepository) -> None:
+async def test_offers_of_lists_each_customers_offers_of_every_kind_and_state(
+    repo: OffersRepository,
+) -> None:
     a, b, c = offer("c-1"), offer("c-2", kind="birthday", rule_key="2026"), offer("c-3")
     await repo.apply(Changes(new_offers={o.offer_id: o for o in (a, b, c)}))
     await repo.apply(Changes(redeemed={a.offer_id: redeemed(a)}))
-    summary = await repo.summary()
-    assert summary["offers"] == {
-        "frequent_item": {"issued": 1, "redeemed": 1},
-        "birthday": {"issued": 1},
-    }
-    assert summary["offers_total"] == 3
+    assert await repo.offers_of("c-1") == [redeemed(a)]
+    assert await repo.offers_of("c-2") == [b]
+    assert await repo.offers_of("c-3") == [c]
+    assert await repo.offers_of("unknown") == []
+    kinds = [(o.kind, o.state) for cid in ("c-1", "c-2", "c-3") for o in await repo.offers_of(cid)]
+    assert sorted(kinds) == [
+        ("birthday", "issued"),
+        ("frequent_item", "issued"),
+        ("frequent_item", "redeemed"),
+    ]
+
+
+async def test_offers_of_sorts_by_first_valid_day_then_offer_id(repo: OffersRepository) -> None:
+    late = offer(day=dt.date(2026, 3, 9))
+    same_day = [offer(rule_key=sku, day=dt.date(2026, 3, 2)) for sku in ("MILK", "EGGS", "TEA")]
+    early = offer(kind="birthday", rule_key="2026", day=dt.date(2026, 2, 1))
+    expired = OfferRecord(
+        issued=early.issued, rule_key="2026", state="expired", expired_on=dt.date(2026, 2, 9)
+    )
+    await repo.apply(Changes(new_offers={o.offer_id: o for o in (late, *same_day, early)}))
+    await repo.apply(Changes(expired={expired.offer_id: expired}))
+    await repo.apply(Changes(redeemed={late.offer_id: redeemed(late)}))
+    middle = sorted(same_day, key=lambda o: o.offer_id)
+    assert await repo.offers_of("c-1") == [expired, *middle, redeemed(late)]
+
+
+async def test_a_coupon_code_belongs_to_one_offer(repo: OffersRepository) -> None:
+    first = offer()
+    other = offer(rule_key="EGGS")
+    clash = OfferRecord(
+        issued=other.issued.model_copy(update={"coupon_code": first.coupon_code}),
+        rule_key="EGGS",
+    )
+    await repo.apply(Changes(new_offers={first.offer_id: first}))
+    with pytest.raises(Conflict):
+        await repo.apply(Changes(new_offers={clash.offer_id: clash}))
+    assert await repo.offers_of("c-1") == [first]
 
 
 async def test_sqlite_file_store_survives_reopening(tmp_path: Path) -> None:
     location = StoreLocation.parse(f"sqlite:///{tmp_path}")
     record = offer()
-    first = SqliteOffersRepository(open_sqlite(location, "offers"))
+    first = await SqliteOffersRepository.open(location)
     await first.apply(Changes(new_offers={record.offer_id: record}))
     await first.close()
-    second = SqliteOffersRepository(open_sqlite(location, "offers"))
-    assert await second.open_offers("c-1") == [record]
+    second = await SqliteOffersRepository.open(location)
+    assert await second.offers_of("c-1") == [record]
     await second.close()
 
 
 async def test_sqlite_calendar_queries_use_their_indexes() -> None:
-    connection = open_sqlite(StoreLocation.parse("memory://"), "offers")
-    repository = SqliteOffersRepository(connection)
+    repository = await SqliteOffersRepository.open(StoreLocation.parse("memory://"))
     statements: list[str] = []
-    connection.set_trace_callback(statements.append)  # gets the SQL with its values bound
+
+    def trace(db: sqlite3.Connection) -> None:
+        db.set_trace_callback(statements.append)  # gets the SQL with its values bound
+
+    def plan_of(sql: str) -> Callable[[sqlite3.Connection], str]:
+        def explain(db: sqlite3.Connection) -> str:
+            db.set_trace_callback(None)
+            rows = db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+            db.set_trace_callback(statements.append)
+            return " ".join(str(row[-1]) for row in rows)
+
+        return explain
+
+    await repository.read(trace)
     for query, index in [
         (CustomerQuery("birthday", month_days=("02-28", "02-29")), "customers_birth_md"),
         (CustomerQuery("anniversary", on_date=dt.date(2026, 3, 1)), "customers_anniversary"),
@@ -308,8 +344,6 @@ async def test_sqlite_calendar_queries_use_their_indexes() -> None:
         statements.clear()
         await repository.customers_for_day(query, after="c-1", limit=10)
         [sql] = [s for s in statements if "FROM customers WHERE" in s]
-        connection.set_trace_callback(None)
-        plan = " ".join(str(row[-1]) for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}"))
-        connection.set_trace_callback(statements.append)
+        plan = await repository.read(plan_of(sql))
         assert f"USING INDEX {index}" in plan, plan
     await repository.close()

@@ -1,13 +1,12 @@
 """One contract for both profile repositories: SQLite (file and memory) and MongoDB.
 
-MongoDB runs on the emulator always, and for real when `CRM_TEST_MONGO_URL` is set or docker
-can start a container.
+MongoDB is the SecantusDB server the suite starts (or `CRM_TEST_MONGO_URL`), opened through
+`open_repository` like the service does.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -15,14 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.profiles.domain import CustomerProfile, ProfileBook
-from services.profiles.store import (
-    ConcurrentUpdateError,
-    MongoProfilesRepository,
-    ProfilesRepository,
-    SqliteProfilesRepository,
-    open_repository,
-)
+from services.profiles.domain import Coupon, CustomerProfile, ProfileBook
+from services.profiles.store import ProfilesRepository, open_repository
+from shared.errors import Conflict
 from shared.events import (
     CardLinked,
     CustomerErased,
@@ -32,38 +26,22 @@ from shared.events import (
     PurchaseRecorded,
 )
 from shared.settings import StoreSettings
-from shared.store import StoreLocation
 
 T0 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture(
-    params=[
-        "sqlite-file",
-        "sqlite-memory",
-        pytest.param("mongo-emulator", marks=pytest.mark.mongo),
-        pytest.param("mongo-real", marks=pytest.mark.mongo),
-    ]
+    params=["sqlite-file", "sqlite-memory", pytest.param("mongo", marks=pytest.mark.mongo)]
 )
 async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ProfilesRepository]:
-    repository: ProfilesRepository
     if request.param == "sqlite-file":
-        repository = SqliteProfilesRepository.open(StoreLocation.parse(f"sqlite://{tmp_path}"))
+        store = StoreSettings(store_url=f"sqlite://{tmp_path}")
     elif request.param == "sqlite-memory":
-        repository = SqliteProfilesRepository.open(StoreLocation.parse("memory://"))
-    elif request.param == "mongo-emulator":
-        request.getfixturevalue("emulator_bulk_compat")
-        from mongomock_motor import AsyncMongoMockClient
-
-        mongo = MongoProfilesRepository(AsyncMongoMockClient()["crm_test"])
-        await mongo.ensure_indexes()
-        repository = mongo
+        store = StoreSettings(store_url="memory://")
     else:
-        url: str = request.getfixturevalue("real_mongo_url")
-        database = f"crm_test_{uuid.uuid4().hex[:12]}"
-        repository = await open_repository(StoreSettings(store_url=url, mongo_database=database))
-    yield repository
-    await repository.close()
+        store = request.getfixturevalue("mongo_store")
+    async with open_repository(store) as repository:
+        yield repository
 
 
 def purchase(event_id: str, customer: str, when: dt.datetime, card: str) -> PurchaseRecorded:
@@ -151,12 +129,12 @@ async def test_a_stale_write_is_refused_and_changes_nothing(repo: ProfilesReposi
     newer = stored.model_copy(update={"version": 2, "visits": 5})
     await repo.save_many([newer])
     stale = stored.model_copy(update={"version": 2, "visits": 9})
-    with pytest.raises(ConcurrentUpdateError):
+    with pytest.raises(Conflict):
         await repo.save_many([stale])
     again = await repo.get("c-1")
     assert again is not None
     assert again.visits == 5
-    with pytest.raises(ConcurrentUpdateError):
+    with pytest.raises(Conflict):
         await repo.save_many([CustomerProfile(customer_id="c-1", version=1)])
 
 
@@ -216,28 +194,32 @@ async def test_export_holds_all_stored_data_as_json(repo: ProfilesRepository) ->
     assert (await repo.export("c-unknown"))["document"] is None
 
 
-async def test_index_queries_find_live_profiles_by_birthday_and_purchase_days(
+async def test_coupons_are_saved_with_the_batch_and_read_per_customer(
     repo: ProfilesRepository,
 ) -> None:
-    day = dt.timedelta(days=1)
-    await apply(
-        repo,
-        [
-            signup("s1", "c-1", "card-1", dt.date(1990, 5, 17)),
-            signup("s2", "c-2", "card-2", dt.date(1985, 5, 17)),
-            signup("s3", "c-3", "card-3", dt.date(1985, 5, 18)),
-            purchase("e1", "c-1", T0, "card-1"),
-            purchase("e2", "c-1", T0 + 3 * day, "card-1"),
-            purchase("e3", "c-3", T0 + day, "card-3"),
-            CustomerErased(event_id="x2", occurred_at=T0 + day, customer_id="c-2"),
-        ],
+    def coupon(offer_id: str, customer: str, day: int, state: str = "issued") -> Coupon:
+        return Coupon.model_validate(
+            {
+                "offer_id": offer_id,
+                "customer_id": customer,
+                "kind": "frequent_item",
+                "coupon_code": f"CODE-{offer_id}",
+                "discount_percent": "10",
+                "sku": "MILK",
+                "valid_from": dt.date(2026, 3, day),
+                "valid_until": dt.date(2026, 3, day + 14),
+                "state": state,
+            }
+        )
+
+    await repo.save_many(
+        [], [coupon("o2", "c-1", 5), coupon("o1", "c-1", 2), coupon("o3", "c-2", 1)]
     )
-    assert await repo.ids_by_birthday("05-17") == ["c-1"]
-    assert await repo.ids_by_birthday("05-18") == ["c-3"]
-    assert await repo.ids_by_first_purchase(T0.date()) == ["c-1"]
-    assert await repo.ids_by_first_purchase((T0 + day).date()) == ["c-3"]
-    assert await repo.ids_by_last_purchase(T0.date(), (T0 + day).date()) == ["c-3"]
-    assert await repo.ids_by_last_purchase(T0.date(), (T0 + 3 * day).date()) == ["c-1", "c-3"]
+    assert [c.offer_id for c in await repo.coupons_of("c-1")] == ["o1", "o2"]
+    await repo.save_many([], [coupon("o1", "c-1", 2, "redeemed")])
+    assert (await repo.get_coupons(["o1", "o9"]))["o1"].state == "redeemed"
+    assert set(await repo.get_coupons(["o1", "o9"])) == {"o1"}
+    assert (await repo.export("c-2"))["coupons"][0]["coupon_code"] == "CODE-o3"
 
 
 async def test_lookup_values_are_data_not_queries(repo: ProfilesRepository) -> None:
@@ -248,8 +230,7 @@ async def test_lookup_values_are_data_not_queries(repo: ProfilesRepository) -> N
         await repo.get_many([{"$ne": None}])  # type: ignore[list-item]
     assert await repo.get("c-1' OR '1'='1") is None
     assert await repo.find_by_card("' OR 1=1 --") is None
-    with pytest.raises(ValueError, match="MM-DD"):
-        await repo.ids_by_birthday("%")
+    assert await repo.coupons_of("%") == []
 
 
 async def test_large_batches_are_read_and_written_whole(repo: ProfilesRepository) -> None:

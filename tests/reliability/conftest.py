@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from crm.embedded import EmbeddedKafka
+from shared.settings import StoreSettings
 from tests.e2e.conftest import broker, smtp_server
 from tests.reliability.harness import CARD_KEY, Cluster
 
-__all__ = ["broker", "cluster", "smtp_server", "store_dir"]
+__all__ = ["broker", "cluster", "smtp_server", "store", "store_dir"]
 
 
 @pytest.fixture
@@ -21,10 +22,20 @@ def store_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def store(request: pytest.FixtureRequest, store_dir: Path) -> StoreSettings:
+    """The durable store of the cluster: SQLite in `store_dir`, or (parametrized indirectly
+    with "mongodb") the suite's MongoDB-wire server."""
+    if getattr(request, "param", "sqlite") == "mongodb":
+        mongo: StoreSettings = request.getfixturevalue("mongo_store")
+        return mongo
+    return StoreSettings(store_url=f"sqlite:///{store_dir}")
+
+
+@pytest.fixture
 def cluster(
-    broker: EmbeddedKafka, store_dir: Path, tmp_path: Path
+    broker: EmbeddedKafka, store: StoreSettings, tmp_path: Path
 ) -> Iterator[Callable[..., Cluster]]:
-    """Make a cluster on the fresh broker and the durable SQLite store; all stopped at the end."""
+    """Make a cluster on the fresh broker and the durable store; all stopped at the end."""
     made: list[Cluster] = []
 
     def make(**extra: str) -> Cluster:
@@ -32,7 +43,8 @@ def cluster(
         env.update(
             {
                 "CRM_KAFKA_BOOTSTRAP": broker.bootstrap,
-                "CRM_STORE_URL": f"sqlite:///{store_dir}",
+                "CRM_STORE_URL": store.store_url or "",
+                "CRM_MONGO_DATABASE": store.mongo_database,
                 "CRM_OUTBOX_DIR": str(tmp_path / "outbox"),
                 "CRM_QUIET_HOURS": "off",
                 "CRM_LOG_FORMAT": "json",

@@ -22,16 +22,19 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from crm.embedded import free_port
+from crm.registry import BY_NAME
 from crm.simulation import RawMessage, SimulationConfig, generate
 from crm.traffic import PipelineWatch, open_producer, publish, read_topic
-from services.ingest.service import IngestService
-from services.ingest.store import SqliteIngestRepository
-from services.profiles.service import ProfilesService
-from services.profiles.store import SqliteProfilesRepository, open_repository
+from services import ingest, profiles
+from services.ingest.store_sqlite import SqliteIngestRepository
+from services.offers.store import open_repository as open_offers
+from services.profiles.store import open_repository
+from services.profiles.store_sqlite import SqliteProfilesRepository
 from shared.kafka import ensure_topics
-from shared.settings import CalendarSettings, KafkaSettings, StoreSettings
-from shared.store import StoreLocation
-from shared.topics import CUSTOMERS_RAW, DELIVERIES, EVENTS, OFFERS, SERVICE_TOPICS
+from shared.settings import KafkaSettings, PrivacySettings, Settings, StoreSettings
+from shared.skeleton import ServiceApp
+from shared.storage import StoreLocation
+from shared.topics import CUSTOMERS_RAW, DELIVERIES, EVENTS, OFFERS
 from tests.e2e.conftest import Mailbox
 
 CARD_KEY = "reliability-card-key"
@@ -80,35 +83,38 @@ class Totals:
 async def reference_totals(messages: Sequence[RawMessage], card_key: str) -> dict[str, Totals]:
     """Live profiles' totals from the pure services, in-process, one ordered batch each."""
     memory = StoreLocation.parse("memory://")
-    ingest = IngestService(
-        SqliteIngestRepository.open(memory),
-        card_key=card_key.encode(),
-        calendar=CalendarSettings(),
+    settings = Settings(privacy=PrivacySettings(card_key=card_key))  # type: ignore[arg-type]
+    ingested = ServiceApp(
+        ingest.SPEC, settings, repository=await SqliteIngestRepository.open(memory)
     )
-    result = await ingest.process([record(m.topic, m.value, i) for i, m in enumerate(messages)])
+    outgoing, _ = await ingested.prepare(
+        [record(m.topic, m.value, i) for i, m in enumerate(messages)]
+    )
     events = [
         record(topic, value, i, key)
-        for i, (topic, key, value) in enumerate(result.outgoing)
+        for i, (topic, key, value) in enumerate(outgoing)
         if topic == EVENTS
     ]
-    repo = SqliteProfilesRepository.open(memory)
-    profiles = ProfilesService(repo)
-    folded = await profiles.fold(events)
+    repo = await SqliteProfilesRepository.open(memory)
+    folded = ServiceApp(profiles.SPEC, settings, repository=repo)
+    _, handled = await folded.prepare(events)
+    await handled.save()
+    ids = {
+        orjson.loads(value).get("customer_id") for topic, _, value in outgoing if topic == EVENTS
+    } - {None}
+    stored = await repo.get_many(ids)
     return {
         p.customer_id: Totals(p.visits, p.total_spend)
-        for p in folded.changed
+        for p in stored.values()
         if not p.erased and p.merged_into is None
     }
 
 
-async def stored_totals(store_dir: Path, ids: Sequence[str]) -> tuple[dict[str, Totals], int]:
+async def stored_totals(store: StoreSettings, ids: Sequence[str]) -> tuple[dict[str, Totals], int]:
     """The profiles the services left in the durable store (through the repository)."""
-    repo = await open_repository(StoreSettings(store_url=f"sqlite:///{store_dir}"))
-    try:
+    async with open_repository(store) as repo:
         found = await repo.get_many(ids)
         count = await repo.count()
-    finally:
-        await repo.close()
     totals = {
         cid: Totals(p.visits, p.total_spend)
         for cid, p in found.items()
@@ -222,7 +228,7 @@ async def lag_of(bootstrap: str, service: str) -> int:
     watch = PipelineWatch(kafka(bootstrap))
     await watch.start()
     try:
-        return (await watch.lag())[SERVICE_TOPICS[service][0]]
+        return (await watch.lag())[BY_NAME[service].group]
     finally:
         await watch.stop()
 
@@ -281,14 +287,11 @@ async def outcome(bootstrap: str, mailbox: Mailbox) -> Outcome:
     return Outcome(issued=issued, versions=versions, delivered=delivered, sent=sent, mailed=mailed)
 
 
-def stored_offer_ids(store_dir: Path) -> set[str]:
-    import sqlite3
-
-    conn = sqlite3.connect(store_dir / "offers.sqlite3")
-    try:
-        return {row[0] for row in conn.execute("SELECT offer_id FROM offers")}
-    finally:
-        conn.close()
+async def stored_offer_ids(store: StoreSettings, customer_ids: Sequence[str]) -> set[str]:
+    """The offers the offers service stored for these customers (through its repository)."""
+    async with open_offers(store) as repo:
+        snapshot = await repo.load(customer_ids, ())
+    return set(snapshot.offers)
 
 
 def run(coro: Any) -> Any:
@@ -301,7 +304,7 @@ async def group_progress(bootstrap: str, service: str) -> tuple[int, int]:
 
     from shared.kafka import partition_lag
 
-    group, topics = SERVICE_TOPICS[service]
+    group, topics = BY_NAME[service].group, BY_NAME[service].topics
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )

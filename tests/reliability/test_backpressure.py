@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from pymongo.errors import AutoReconnect
 
+from shared.errors import Conflict, Unavailable
 from shared.events import DeadLetter
 from shared.kafka import BatchGuard, is_transient
 from shared.topics import DEADLETTER
@@ -62,7 +61,7 @@ async def test_a_store_that_is_down_is_retried_with_growing_capped_backoff_and_n
     async def work(records: Sequence[Any]) -> None:
         down["calls"] += 1
         if down["calls"] <= 8:
-            raise AutoReconnect("store unreachable")
+            raise Unavailable("store unreachable")
         done.extend(r.offset for r in records)
 
     failures = await redeliver(guard, BATCH, work, times=20)
@@ -117,9 +116,9 @@ async def test_the_store_failing_during_isolation_stops_it_and_nothing_is_dead_l
         calls["n"] += 1
         if calls["n"] == 1:
             raise TypeError("looks like poison")
-        raise sqlite3.OperationalError("database is locked")
+        raise Unavailable("database is locked")
 
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(Unavailable):
         await guard.run(BATCH, work)
     assert broker.published == []
 
@@ -129,8 +128,8 @@ async def test_the_store_failing_during_isolation_stops_it_and_nothing_is_dead_l
     [
         (ConnectionRefusedError(), True),
         (TimeoutError(), True),
-        (AutoReconnect("x"), True),
-        (sqlite3.OperationalError("locked"), True),
+        (Unavailable("store away"), True),
+        (Conflict("another version"), True),
         (ValueError("x"), False),
         (KeyError("x"), False),
     ],

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from crm.embedded import EmbeddedKafka
+from shared.settings import StoreSettings
 from tests.e2e.conftest import Mailbox
 from tests.reliability.harness import (
     CARD_KEY,
@@ -35,7 +36,7 @@ CUSTOMERS = 200
 
 
 def check_exact(
-    store_dir: Path,
+    store: StoreSettings,
     bootstrap: str,
     mailbox: Mailbox,
     messages: list,
@@ -45,7 +46,7 @@ def check_exact(
 ) -> dict[str, int]:
     """The checks after every fault; returns the counts checked (for the report)."""
     expected = run(reference_totals(messages, CARD_KEY))
-    totals, live = run(stored_totals(store_dir, sorted(expected)))
+    totals, live = run(stored_totals(store, sorted(expected)))
     wrong = {
         cid: (totals.get(cid), want) for cid, want in expected.items() if totals.get(cid) != want
     }
@@ -55,7 +56,7 @@ def check_exact(
     assert live == len(expected), "profiles in the store that the input does not explain"
 
     result = run(outcome(bootstrap, mailbox))
-    stored = stored_offer_ids(store_dir)
+    stored = run(stored_offer_ids(store, sorted(expected)))
     assert stored, "the traffic should earn offers"
     assert set(result.issued) == stored, "offers on crm.offers and in the offers store differ"
     changed = {offer_id for offer_id, payloads in result.versions.items() if len(payloads) > 1}
@@ -88,13 +89,21 @@ def record_counts(fault: str, events: int, counts: dict[str, int]) -> None:
         out.write(line + "\n")
 
 
-@pytest.mark.parametrize("victim", SERVICES)
+@pytest.mark.parametrize(
+    ("victim", "store"),
+    [
+        *((victim, "sqlite") for victim in SERVICES),
+        # The PyMongo code path under the same fault, on the suite's MongoDB-wire server.
+        pytest.param("profiles", "mongodb", marks=pytest.mark.mongo),
+    ],
+    indirect=["store"],
+)
 def test_killed_service_restarts_and_every_total_offer_and_email_is_exact(
     victim: str,
     broker: EmbeddedKafka,
     smtp_server: tuple[Mailbox, int],
     cluster: Callable[..., Cluster],
-    store_dir: Path,
+    store: StoreSettings,
 ) -> None:
     mailbox, port = smtp_server
     pipeline = cluster(CRM_SMTP_HOST="127.0.0.1", CRM_SMTP_PORT=str(port))
@@ -116,7 +125,7 @@ def test_killed_service_restarts_and_every_total_offer_and_email_is_exact(
     # A kill -9 of the notifier between the SMTP server's "250 accepted" and the delivery
     # record re-sends that one e-mail (same Message-ID) after the restart: see the guarantees.
     counts = check_exact(
-        store_dir,
+        store,
         broker.bootstrap,
         mailbox,
         messages,
@@ -126,15 +135,16 @@ def test_killed_service_restarts_and_every_total_offer_and_email_is_exact(
         # stored (the same happens when offers itself is killed after storing).
         allow_republished=victim in ("profiles", "offers"),
     )
-    print(f"kill -9 {victim}: {len(messages)} raw events, checked {counts}")
-    record_counts(f"kill -9 {victim}", len(messages), counts)
+    kind = "mongodb" if (store.store_url or "").startswith("mongodb") else "sqlite"
+    print(f"kill -9 {victim} ({kind}): {len(messages)} raw events, checked {counts}")
+    record_counts(f"kill -9 {victim} ({kind})", len(messages), counts)
 
 
 def test_sigterm_during_load_finishes_the_batch_in_flight_and_loses_nothing(
     broker: EmbeddedKafka,
     smtp_server: tuple[Mailbox, int],
     cluster: Callable[..., Cluster],
-    store_dir: Path,
+    store: StoreSettings,
 ) -> None:
     mailbox, port = smtp_server
     pipeline = cluster(CRM_SMTP_HOST="127.0.0.1", CRM_SMTP_PORT=str(port))
@@ -151,6 +161,6 @@ def test_sigterm_during_load_finishes_the_batch_in_flight_and_loses_nothing(
         pipeline.wait_ready(name)
     run(wait_drained(broker.bootstrap))
     pipeline.stop_all()
-    counts = check_exact(store_dir, broker.bootstrap, mailbox, messages)
+    counts = check_exact(store, broker.bootstrap, mailbox, messages)
     print(f"SIGTERM all: {len(messages)} raw events, checked {counts}")
     record_counts("SIGTERM all", len(messages), counts)

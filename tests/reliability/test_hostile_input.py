@@ -19,13 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crm.traffic import read_topic
-from services.ingest.app import create_app
+from services.ingest.app import SPEC, create_app
 from services.ingest.service import IngestService
-from services.ingest.store import SqliteIngestRepository
+from services.ingest.store_sqlite import SqliteIngestRepository
 from shared.events import DeadLetter
 from shared.kafka import ensure_topics
-from shared.settings import CalendarSettings, KafkaSettings, Settings, StoreSettings
-from shared.store import StoreLocation
+from shared.settings import KafkaSettings, PrivacySettings, Settings, StoreSettings
+from shared.skeleton import ServiceApp
+from shared.storage import StoreLocation
 from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, DEADLETTER, EVENTS, INTERACTIONS_RAW
 from tests.reliability.harness import record
 
@@ -141,26 +142,27 @@ def good_checkout(event_id: str) -> bytes:
     )
 
 
-def new_service() -> IngestService:
-    return IngestService(
-        SqliteIngestRepository.open(StoreLocation.parse("memory://")),
-        card_key=b"hostile-key",
-        calendar=CalendarSettings(),
-    )
+async def new_service() -> ServiceApp[IngestService]:
+    """Ingest as it runs (its edge and service), in-process on a memory store."""
+    settings_ = Settings(privacy=PrivacySettings(card_key="hostile-key"))  # type: ignore[arg-type]
+    repository = await SqliteIngestRepository.open(StoreLocation.parse("memory://"))
+    return ServiceApp(SPEC, settings_, repository=repository)
 
 
-async def process_sandwich(service: IngestService, topic: str, value: bytes) -> list[Any]:
+async def process_sandwich(
+    service: ServiceApp[IngestService], topic: str, value: bytes
+) -> list[Any]:
     before, after = f"good-{uuid.uuid4().hex}", f"good-{uuid.uuid4().hex}"
     batch = [
         record(CHECKOUTS_RAW, good_checkout(before), 0),
         record(topic, value, 1),
         record(CHECKOUTS_RAW, good_checkout(after), 2),
     ]
-    result = await service.process(batch)
-    await service.record(result)
-    events = [orjson.loads(v) for t, _, v in result.outgoing if t == EVENTS and v]
+    outgoing, handled = await service.prepare(batch)
+    await handled.save()
+    events = [orjson.loads(v) for t, _, v in outgoing if t == EVENTS and v]
     assert {before, after} <= {e["event_id"] for e in events}, "good neighbours were lost"
-    letters = [DeadLetter.model_validate_json(v) for t, _, v in result.outgoing if t == DEADLETTER]
+    letters = [DeadLetter.model_validate_json(v) for t, _, v in outgoing if t == DEADLETTER and v]
     hostile_out = [e for e in events if e["event_id"] not in {before, after}]
     # The hostile record is either a valid event after all, a dead letter, or an anonymous
     # interaction (built into nothing): never two outcomes, never an exception.
@@ -172,7 +174,7 @@ async def process_sandwich(service: IngestService, topic: str, value: bytes) -> 
         assert CARD_DIGITS not in letter.payload
         assert CARD not in letter.payload
         assert CARD_DIGITS not in letter.detail
-    for _, _, v in result.outgoing:
+    for _, _, v in outgoing:
         assert CARD_DIGITS.encode() not in (v or b"")
     return letters
 
@@ -187,7 +189,11 @@ def test_any_input_is_dead_lettered_with_a_reason_or_normalized_and_neighbours_s
     message: tuple[str, bytes],
 ) -> None:
     topic, value = message
-    asyncio.run(process_sandwich(new_service(), topic, value))
+
+    async def one() -> None:
+        await process_sandwich(await new_service(), topic, value)
+
+    asyncio.run(one())
 
 
 @pytest.mark.parametrize(
@@ -202,12 +208,12 @@ def test_any_input_is_dead_lettered_with_a_reason_or_normalized_and_neighbours_s
     ],
 )
 async def test_broken_bytes_get_their_own_dead_letter_reason(value: bytes, reason: str) -> None:
-    letters = await process_sandwich(new_service(), CHECKOUTS_RAW, value)
+    letters = await process_sandwich(await new_service(), CHECKOUTS_RAW, value)
     assert [letter.reason for letter in letters] == [reason]
 
 
 async def test_memory_stays_bounded_under_a_stream_of_hostile_messages() -> None:
-    service = new_service()
+    service = await new_service()
     examples = [
         (CHECKOUTS_RAW, b"[" * 50_000),
         (CHECKOUTS_RAW, b"x" * (1 << 20) + b"!"),
@@ -256,7 +262,7 @@ async def test_hostile_messages_through_kafka_leave_ingest_up_and_good_ones_proc
     await ensure_topics(kafka_settings)
     settings_ = Settings(kafka=kafka_settings, store=StoreSettings(store_url="memory://"))
     app = create_app(
-        settings_, repository=SqliteIngestRepository.open(StoreLocation.parse("memory://"))
+        settings_, repository=await SqliteIngestRepository.open(StoreLocation.parse("memory://"))
     )
     marker = f"hostile-{unique}"
     hostile: list[tuple[str, bytes]] = [

@@ -1,5 +1,5 @@
 """Stores take input as data only: injection-looking ids through the real repositories, on
-SQLite and on the MongoDB emulator. Nothing matches more than itself, nothing is dropped.
+SQLite and on a real MongoDB-wire server. Nothing matches more than itself, nothing is dropped.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
-from services.ingest.store import IngestRepository, MongoIngestRepository, SqliteIngestRepository
-from services.profiles.store import MongoProfilesRepository, SqliteProfilesRepository
-from shared.store import StoreLocation
+from services.ingest.store import IngestRepository
+from services.ingest.store import open_repository as open_ingest
+from services.profiles.store import ProfilesRepository
+from services.profiles.store import open_repository as open_profiles
+from shared.settings import StoreSettings
 
 HOSTILE_IDS = [
     '{"$gt": ""}',
@@ -28,34 +30,16 @@ HOSTILE_IDS = [
 NOW = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
 
-def _patch_mongomock_bulk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """mongomock predates PyMongo's `sort` argument of bulk updates (see the store tests)."""
-    from mongomock.collection import BulkOperationBuilder
-
-    for name in ("add_update", "add_replace"):
-        original = getattr(BulkOperationBuilder, name)
-
-        def patched(self: Any, *args: Any, _original: Any = original, **kw: Any) -> Any:
-            kw.pop("sort", None)
-            return _original(self, *args, **kw)
-
-        monkeypatch.setattr(BulkOperationBuilder, name, patched)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("mongo-emulator", marks=pytest.mark.mongo)])
+@pytest.fixture(params=["sqlite", pytest.param("mongo", marks=pytest.mark.mongo)])
 async def ingest_repo(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[IngestRepository]:
-    repo: IngestRepository
     if request.param == "sqlite":
-        repo = SqliteIngestRepository.open(StoreLocation.parse(f"sqlite:///{tmp_path}"))
+        store = StoreSettings(store_url=f"sqlite:///{tmp_path}")
     else:
-        _patch_mongomock_bulk(monkeypatch)
-        from mongomock_motor import AsyncMongoMockClient
-
-        repo = MongoIngestRepository(AsyncMongoMockClient()["crm_injection"])
-    yield repo
-    await repo.close()
+        store = request.getfixturevalue("mongo_store")
+    async with open_ingest(store) as repo:
+        yield repo
 
 
 async def test_injection_looking_event_ids_and_cards_are_only_ever_themselves(
@@ -80,20 +64,19 @@ async def test_injection_looking_event_ids_and_cards_are_only_ever_themselves(
 
 @pytest.mark.mongo
 async def test_a_query_operator_in_place_of_an_id_is_data_on_mongodb(
-    monkeypatch: pytest.MonkeyPatch,
+    mongo_store: StoreSettings,
 ) -> None:
-    _patch_mongomock_bulk(monkeypatch)
-    from mongomock_motor import AsyncMongoMockClient
+    async with open_ingest(mongo_store) as ingest, open_profiles(mongo_store) as profiles:
+        await _operators_are_data(ingest, profiles)
 
-    database = AsyncMongoMockClient()["crm_operator"]
-    ingest = MongoIngestRepository(database)
+
+async def _operators_are_data(ingest: IngestRepository, profiles: ProfilesRepository) -> None:
     await ingest.record({"k1", "k2"}, {"card-1": "c-1"}, NOW)
     operator: Any = {"$gt": ""}  # what a JSON field could carry if a caller passed it through
     assert await ingest.seen([operator]) == set()
     assert await ingest.customers_of_cards([operator]) == {}
     assert await ingest.cards_of_customer(operator) == []
 
-    profiles = MongoProfilesRepository(database)
     with pytest.raises(TypeError):  # profiles refuse a non-string id outright
         await profiles.get_many([operator])
     with pytest.raises(TypeError):
@@ -105,12 +88,9 @@ async def test_a_query_operator_in_place_of_an_id_is_data_on_mongodb(
 async def test_profile_lookups_with_injection_looking_ids_find_nothing_on_sqlite(
     tmp_path: Path,
 ) -> None:
-    profiles = SqliteProfilesRepository.open(StoreLocation.parse(f"sqlite:///{tmp_path}"))
-    try:
+    async with open_profiles(StoreSettings(store_url=f"sqlite:///{tmp_path}")) as profiles:
         for hostile in HOSTILE_IDS:
             assert await profiles.get_many([hostile]) == {}
             assert await profiles.find_by_card(hostile) is None
             assert (await profiles.export(hostile))["document"] is None
         assert await profiles.count() == 0
-    finally:
-        await profiles.close()

@@ -18,12 +18,12 @@ from crm.cli import cli
 from crm.embedded import EmbeddedKafka
 from crm.simulation import RawMessage
 from crm.traffic import read_topic
-from services.ingest.service import IngestService
+from services import ingest, profiles
 from services.ingest.store import open_repository as open_ingest
-from services.profiles.service import ProfilesService
 from services.profiles.store import open_repository as open_profiles
 from shared.privacy import card_id, customer_id_for_card
-from shared.settings import CalendarSettings, StoreSettings
+from shared.settings import PrivacySettings, Settings, StoreSettings
+from shared.skeleton import ServiceApp
 from shared.topics import CHECKOUTS_RAW, CONTACTS, CUSTOMERS_RAW, EVENTS
 from tests.e2e.conftest import Mailbox
 from tests.reliability.harness import (
@@ -71,17 +71,17 @@ def checkout(event_id: str, card: str, days_ago: int, sku: str = "MILK-1L") -> t
 
 async def ingest_and_fold(store: StoreSettings, key: str, items: list[tuple[str, bytes]]) -> None:
     """One batch through ingest and profiles, in-process, on the durable store."""
-    ingest_repo = await open_ingest(store)
-    profiles_repo = await open_profiles(store)
-    try:
-        ingest = IngestService(ingest_repo, card_key=key.encode(), calendar=CalendarSettings())
-        result = await ingest.process([record(t, v, i) for i, (t, v) in enumerate(items)])
-        await ingest.record(result)
-        events = [record(t, v, i, k) for i, (t, k, v) in enumerate(result.outgoing) if t == EVENTS]
-        await ProfilesService(profiles_repo).handle(events)
-    finally:
-        await ingest_repo.close()
-        await profiles_repo.close()
+    settings = Settings(privacy=PrivacySettings(card_key=key))  # type: ignore[arg-type]
+    async with open_ingest(store) as ingest_repo, open_profiles(store) as profiles_repo:
+        ingest_app = ServiceApp(ingest.SPEC, settings, repository=ingest_repo)
+        outgoing, handled = await ingest_app.prepare(
+            [record(t, v, i) for i, (t, v) in enumerate(items)]
+        )
+        await handled.save()
+        events = [record(t, v, i, k) for i, (t, k, v) in enumerate(outgoing) if t == EVENTS]
+        profiles_app = ServiceApp(profiles.SPEC, settings, repository=profiles_repo)
+        _, folded = await profiles_app.prepare(events)
+        await folded.save()
 
 
 def crm(args: list[str], env: dict[str, str]) -> Any:
@@ -120,14 +120,11 @@ def test_rotating_the_card_key_keeps_every_card_on_its_customer(tmp_path: Path) 
         ingest_and_fold(store, NEW_KEY, [checkout("a2", ANA, 1), checkout("b2", ben, 1, "COFFEE")])
     )
 
-    async def profiles() -> tuple[dict[str, Any], int]:
-        repo = await open_profiles(store)
-        try:
+    async def stored() -> tuple[dict[str, Any], int]:
+        async with open_profiles(store) as repo:
             return await repo.get_many([ana_customer]), await repo.count()
-        finally:
-            await repo.close()
 
-    found, count = asyncio.run(profiles())
+    found, count = asyncio.run(stored())
     assert found[ana_customer].visits == 2
     assert found[ana_customer].email == "ana.secret@example.com"
     assert count == 2, "a re-keyed card started a new profile"

@@ -43,11 +43,8 @@ async def event_order(bootstrap: str) -> dict[str, list[str]]:
 
 
 async def applied_order(store_dir: Path, ids: list[str]) -> dict[str, list[str]]:
-    repo = await open_repository(StoreSettings(store_url=f"sqlite:///{store_dir}"))
-    try:
+    async with open_repository(StoreSettings(store_url=f"sqlite:///{store_dir}")) as repo:
         found = await repo.get_many(ids)
-    finally:
-        await repo.close()
     return {
         cid: list(p.recent_event_ids)
         for cid, p in found.items()
@@ -60,6 +57,7 @@ def test_two_instances_per_service_survive_losing_one_with_exact_totals_and_orde
     smtp_server: tuple[Mailbox, int],
     cluster: Callable[..., Cluster],
     store_dir: Path,
+    store: StoreSettings,
 ) -> None:
     mailbox, port = smtp_server
     pipeline = cluster(CRM_SMTP_HOST="127.0.0.1", CRM_SMTP_PORT=str(port))
@@ -75,7 +73,7 @@ def test_two_instances_per_service_survive_losing_one_with_exact_totals_and_orde
     pipeline.stop_all()
 
     counts = check_exact(
-        store_dir, broker.bootstrap, mailbox, messages, allowed_resends=1, allow_republished=True
+        store, broker.bootstrap, mailbox, messages, allowed_resends=1, allow_republished=True
     )
 
     published = run(event_order(broker.bootstrap))

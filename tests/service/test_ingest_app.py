@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from faststream.kafka import TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from pydantic import SecretStr
 
-from services.ingest.app import create_app, service_of
-from services.ingest.store import SqliteIngestRepository
+from services.ingest.app import SPEC, create_app, decode_raw
+from services.ingest.service import IngestService
+from services.ingest.settings import IngestSettings
+from services.ingest.store_sqlite import SqliteIngestRepository
+from shared.edge import Received, Source
 from shared.events import NORMALIZED_EVENT, DeadLetter, PurchaseRecorded
-from shared.settings import KafkaSettings, Settings, StoreSettings
-from shared.store import StoreLocation
-from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, DEADLETTER, EVENTS
+from shared.settings import (
+    DEV_CARD_KEY,
+    CalendarSettings,
+    KafkaSettings,
+    PrivacySettings,
+    Settings,
+    StoreSettings,
+)
+from shared.skeleton import ServiceApp
+from shared.storage import StoreLocation
+from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, DEADLETTER, EVENTS, INTERACTIONS_RAW
 
 CARD = "6035 1234 5678 9012"
 
@@ -37,29 +52,32 @@ def checkout(event_id: str, **fields: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
+Collected = dict[str, list[tuple[bytes | None, bytes]]]
+App = ServiceApp[IngestService]
+
+
 @pytest.fixture
-def collected() -> dict[str, list[tuple[bytes | None, bytes]]]:
+def collected() -> Collected:
     return {EVENTS: [], DEADLETTER: []}
 
 
 @pytest.fixture
-def app(collected: dict[str, list[tuple[bytes | None, bytes]]]):  # type: ignore[no-untyped-def]
-    repository = SqliteIngestRepository.open(StoreLocation.parse("memory://"))
+async def app(collected: Collected) -> AsyncIterator[App]:
+    repository = await SqliteIngestRepository.open(StoreLocation.parse("memory://"))
     application = create_app(settings(), repository=repository)
     for topic in collected:
 
-        def make(name: str):  # type: ignore[no-untyped-def]
+        def make(name: str) -> None:
             @application.broker.subscriber(name)
             async def collect(message: KafkaMessage) -> None:
-                collected[name].append((message.raw_message.key, message.body))
-
-            return collect
+                collected[name].append((message.raw_message.key, message.body))  # type: ignore[union-attr]
 
         make(topic)
-    return application
+    yield application
+    await repository.close()
 
 
-async def test_checkout_is_normalized_and_keyed_by_customer(app, collected) -> None:  # type: ignore[no-untyped-def]
+async def test_checkout_is_normalized_and_keyed_by_customer(app: App, collected: Collected) -> None:
     async with TestKafkaBroker(app.broker) as broker:
         await broker.publish(checkout("e-1"), CHECKOUTS_RAW, key=b"S001")
     assert len(collected[EVENTS]) == 1
@@ -70,17 +88,19 @@ async def test_checkout_is_normalized_and_keyed_by_customer(app, collected) -> N
     assert b"9012" not in body
 
 
-async def test_duplicate_swipe_is_published_once(app, collected) -> None:  # type: ignore[no-untyped-def]
+async def test_duplicate_swipe_is_published_once(app: App, collected: Collected) -> None:
     async with TestKafkaBroker(app.broker) as broker:
         await broker.publish(checkout("e-1"), CHECKOUTS_RAW)
         await broker.publish(checkout("e-1"), CHECKOUTS_RAW)
         await broker.publish_batch(checkout("e-2"), checkout("e-2"), topic=CHECKOUTS_RAW)
     ids = [json.loads(body)["event_id"] for _, body in collected[EVENTS]]
     assert ids == ["e-1", "e-2"]
-    assert service_of(app).stats["duplicates"] == 2
+    assert app.service.stats["duplicates"] == 2
 
 
-async def test_broken_input_is_dead_lettered_with_reason_and_masked_card(app, collected) -> None:  # type: ignore[no-untyped-def]
+async def test_broken_input_is_dead_lettered_with_reason_and_masked_card(
+    app: App, collected: Collected
+) -> None:
     async with TestKafkaBroker(app.broker) as broker:
         await broker.publish(checkout("bad", lines=[]), CHECKOUTS_RAW)
         await broker.publish(b"{oops " + CARD.encode(), CHECKOUTS_RAW)
@@ -91,9 +111,11 @@ async def test_broken_input_is_dead_lettered_with_reason_and_masked_card(app, co
     assert all("5678" not in letter.payload for letter in letters)
     assert "9012" in letters[1].payload  # the last four digits stay, for support staff
     assert [json.loads(body)["event_id"] for _, body in collected[EVENTS]] == ["good"]
+    assert app.service.stats["dead_lettered_no_lines"] == 1
+    assert app.service.stats["dead_lettered_invalid_json"] == 1
 
 
-async def test_linked_card_feeds_the_first_cards_customer(app, collected) -> None:  # type: ignore[no-untyped-def]
+async def test_linked_card_feeds_the_first_cards_customer(app: App, collected: Collected) -> None:
     other = "6035 0000 1111 2222"
     link = {
         "event_id": "l-1",
@@ -115,9 +137,7 @@ async def test_linked_card_feeds_the_first_cards_customer(app, collected) -> Non
     assert linked["merged_customer_id"] == events["before"]["customer_id"]
 
 
-async def test_batch_from_several_raw_topics_is_published_in_event_time_order(
-    app, collected
-) -> None:  # type: ignore[no-untyped-def]
+async def test_batch_from_several_raw_topics_is_published_in_event_time_order() -> None:
     signup = {
         "event_id": "s-1",
         "type": "signup",
@@ -126,29 +146,53 @@ async def test_batch_from_several_raw_topics_is_published_in_event_time_order(
         "email": "ana@example.com",
         "marketing_consent": True,
     }
-    repository = SqliteIngestRepository.open(StoreLocation.parse("memory://"))
-    from services.ingest.service import IngestService
-    from shared.settings import CalendarSettings
-
+    repository = await SqliteIngestRepository.open(StoreLocation.parse("memory://"))
     service = IngestService(repository, card_key=b"k", calendar=CalendarSettings())
 
-    class Record:
-        def __init__(self, topic: str, value: bytes, offset: int) -> None:
-            self.topic, self.value, self.offset, self.partition, self.key = (
-                topic,
-                value,
-                offset,
-                0,
-                None,
-            )
+    def received(topic: str, value: bytes, offset: int) -> Received[Any]:
+        source = Source(topic=topic, partition=0, offset=offset, value=value)
+        return Received(decode_raw(source), source)
 
-    result = await service.process(
+    result = await service.handle(
         [
-            Record(CHECKOUTS_RAW, checkout("late"), 0),
-            Record(CUSTOMERS_RAW, json.dumps(signup).encode(), 0),
-        ]  # type: ignore[list-item]
+            received(CHECKOUTS_RAW, checkout("late"), 0),
+            received(CUSTOMERS_RAW, json.dumps(signup).encode(), 0),
+        ]
     )
+    await repository.close()
     assert [json.loads(value)["event_id"] for _, _, value in result.outgoing if value] == [
         "customer:s-1",
         "late",
     ]
+
+
+def test_the_declaration_reads_the_raw_topics_and_publishes_before_recording() -> None:
+    assert SPEC.name == "ingest"
+    assert set(SPEC.topics) == {CHECKOUTS_RAW, CUSTOMERS_RAW, INTERACTIONS_RAW}
+    assert SPEC.order == "publish_then_save"
+
+
+async def test_opening_the_store_forgets_event_ids_older_than_the_dedup_window(
+    tmp_path: Path,
+) -> None:
+    store = Settings(store=StoreSettings(store_url=f"sqlite://{tmp_path}"))
+    now = dt.datetime.now(dt.UTC)
+    repository = await SqliteIngestRepository.open(StoreLocation.parse(store.store.store_url))
+    await repository.record({"old"}, {}, now - dt.timedelta(days=6))
+    await repository.record({"new"}, {}, now - dt.timedelta(days=4))
+    await repository.close()
+    app = create_app(store, ingest_settings=IngestSettings(dedup_days=5))
+    async with app.spec.open_store(store) as opened:
+        assert await opened.seen(["old", "new"]) == {"new"}
+    async with SPEC.open_store(store) as opened:  # the default window (30 days) keeps it
+        assert await opened.seen(["old", "new"]) == {"new"}
+
+
+async def test_the_development_card_key_is_warned_about_at_start_up() -> None:
+    from structlog.testing import capture_logs
+
+    assert SPEC.check is not None
+    with capture_logs() as logs:
+        await SPEC.check(Settings(privacy=PrivacySettings(card_key=SecretStr(DEV_CARD_KEY))))
+        await SPEC.check(Settings(privacy=PrivacySettings(card_key=SecretStr("a-real-secret"))))
+    assert [entry["event"] for entry in logs] == ["card_key_default"]

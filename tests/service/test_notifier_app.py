@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faststream import FastStream, TestApp
+from faststream import TestApp
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from services.notifier.app import create_app, notifier_of, publish_all
+from services.notifier.app import create_app
 from services.notifier.domain import new_delivery
+from services.notifier.service import NotifierService
 from services.notifier.settings import NotifierSettings
-from services.notifier.store import SqliteNotifierRepository, StoreChanges
-from shared.events import DeadLetter, DeliveryRecorded, OfferIssued
+from services.notifier.store import StoreChanges
+from services.notifier.store_sqlite import SqliteNotifierRepository
+from shared.events import ConsentChanged, DeadLetter, DeliveryRecorded, OfferIssued
 from shared.settings import (
     CalendarSettings,
     KafkaSettings,
@@ -29,8 +31,9 @@ from shared.settings import (
     SmtpSettings,
     StoreSettings,
 )
-from shared.store import StoreLocation
-from shared.topics import CONTACTS, DEADLETTER, DELIVERIES, OFFERS
+from shared.skeleton import ServiceApp
+from shared.storage import StoreLocation
+from shared.topics import CONTACTS, DEADLETTER, DELIVERIES, EVENTS, OFFERS
 
 UTC = dt.UTC
 DAY = dt.datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -47,7 +50,7 @@ class Clock:
 
 @dataclass
 class Harness:
-    app: FastStream
+    app: ServiceApp[NotifierService]
     broker: KafkaBroker
     repo: SqliteNotifierRepository
     outbox: Path
@@ -55,6 +58,7 @@ class Harness:
     deliveries: list[DeliveryRecorded] = field(default_factory=list)
     delivery_keys: list[bytes] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    events: list[ConsentChanged] = field(default_factory=list)
 
     def emails(self) -> list[Path]:
         return sorted(self.outbox.glob("*.eml")) if self.outbox.exists() else []
@@ -102,11 +106,10 @@ async def harness_for(tmp_path: Path, *, quiet: str, now: dt.datetime) -> AsyncI
         smtp=SmtpSettings(smtp_host=None, outbox_dir=tmp_path / "outbox"),
         calendar=CalendarSettings(timezone="UTC", quiet_hours=quiet),
     )
-    repo = SqliteNotifierRepository.open(StoreLocation.parse("memory://"))
+    repo = await SqliteNotifierRepository.open(StoreLocation.parse("memory://"))
     clock = Clock(now)
     app = create_app(settings, repository=repo, clock=clock, poll=False)
     broker = app.broker
-    assert isinstance(broker, KafkaBroker)
     h = Harness(app=app, broker=broker, repo=repo, outbox=tmp_path / "outbox", clock=clock)
 
     @broker.subscriber(DELIVERIES, batch=False)
@@ -117,6 +120,10 @@ async def harness_for(tmp_path: Path, *, quiet: str, now: dt.datetime) -> AsyncI
     @broker.subscriber(DEADLETTER, batch=False)
     async def collect_dead(_: Any, message: KafkaMessage) -> None:
         h.dead.append(DeadLetter.model_validate_json(message.body))
+
+    @broker.subscriber(EVENTS, batch=False)
+    async def collect_event(_: Any, message: KafkaMessage) -> None:
+        h.events.append(ConsentChanged.model_validate_json(message.body))
 
     async with TestKafkaBroker(broker):
         yield h
@@ -152,7 +159,7 @@ async def test_offer_for_a_known_contact_is_written_once_even_when_published_twi
     assert set(h.delivery_keys) == {b"c-1"}
     stored = (await h.repo.get_deliveries(["of-1"]))["of-1"]
     assert (stored.state, stored.attempts) == ("written", 1)
-    assert notifier_of(h.app).stats["emails_written"] == 1
+    assert h.app.stats["emails_written"] == 1
 
 
 async def test_offer_waits_for_the_contact_then_is_written(h: Harness) -> None:
@@ -183,11 +190,11 @@ async def test_quiet_hours_hold_the_email_until_the_poller_runs_after_them(
     assert held.state == "pending"
     assert held.not_before == dt.datetime(2026, 3, 3, 8, tzinfo=UTC)
 
-    service = notifier_of(h.app)
+    service = h.app.service
     assert await service.run_due() == []  # still night
     h.clock.now = dt.datetime(2026, 3, 3, 8, 0, 1, tzinfo=UTC)
     outgoing = await service.run_due()
-    await publish_all(h.broker, outgoing)
+    await h.app.publish(outgoing)
     assert [f.name for f in h.emails()] == ["of-1.eml"]
     assert [d.state for d in h.deliveries] == ["written"]
 
@@ -201,7 +208,7 @@ async def test_consent_withdrawn_cancels_a_held_back_email(quiet_h: Harness) -> 
     )
     assert [(d.state, d.reason) for d in h.deliveries] == [("suppressed", "consent_withdrawn")]
     h.clock.now = dt.datetime(2026, 3, 3, 9, tzinfo=UTC)
-    assert await notifier_of(h.app).run_due() == []
+    assert await h.app.service.run_due() == []
     assert h.emails() == []
 
 
@@ -233,8 +240,19 @@ async def test_other_offer_events_are_ignored_and_garbage_is_dead_lettered(h: Ha
     assert all(d.service == "notifier" for d in h.dead)
     # The detail names fields, never the values (an address must not leak).
     assert "x@example.com" not in h.dead[1].detail
-    assert notifier_of(h.app).stats["offers_ignored"] == 2
+    # Offer events other than issued are not the notifier's: the edge counts them ignored.
+    assert h.app.stats["ignored"] == 2
     assert h.emails() == []
+    assert h.deliveries == []
+
+
+async def test_keyless_tombstone_and_non_json_offer_are_dead_lettered(h: Harness) -> None:
+    await h.publish(CONTACTS, None, key="")
+    await h.broker.publish(b"not json", OFFERS, key=b"c-1")
+
+    assert [d.reason for d in h.dead] == ["missing_key", "invalid_offer"]
+    stats = h.app.stats
+    assert (stats["dead_lettered_missing_key"], stats["dead_lettered_invalid_offer"]) == (1, 1)
     assert h.deliveries == []
 
 
@@ -248,10 +266,9 @@ async def test_app_opens_its_store_and_its_poller_sends_held_back_emails(tmp_pat
     app = create_app(
         settings, notifier_settings=NotifierSettings(due_poll_interval_s=0.02), clock=Clock(DAY)
     )
-    service = notifier_of(app)
     broker = app.broker
-    assert isinstance(broker, KafkaBroker)
-    async with TestKafkaBroker(broker), TestApp(app):
+    async with TestKafkaBroker(broker), TestApp(app.faststream):
+        service = app.service
         await broker.publish(json.dumps(contact_payload()).encode(), CONTACTS, key=b"c-1")
         # Held back earlier by quiet hours, now due: only the poller can send it.
         held = replace(
@@ -267,4 +284,4 @@ async def test_app_opens_its_store_and_its_poller_sends_held_back_emails(tmp_pat
             await asyncio.sleep(0.01)
     assert service.stats["emails_written"] == 1
     with pytest.raises(RuntimeError, match="not open"):
-        _ = service.repository
+        _ = app.service

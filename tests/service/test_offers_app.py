@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -10,13 +11,16 @@ from pathlib import Path
 
 import orjson
 import pytest
-from faststream import FastStream, TestApp
-from faststream.kafka import TestKafkaBroker
+from faststream import TestApp
+from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from services.offers.app import create_app, service_of
+from services.offers.app import SPEC, create_app
+from services.offers.domain import OfferRecord, OfferState
+from services.offers.service import OffersService
 from services.offers.settings import OffersSettings, RulesFileError
-from services.offers.store import SqliteOffersRepository
+from services.offers.store_sqlite import SqliteOffersRepository
+from shared.edge import dump
 from shared.events import OFFER_EVENT as OFFERS_TOPIC_EVENT
 from shared.events import (
     ClockTicked,
@@ -27,9 +31,9 @@ from shared.events import (
     PurchaseSummary,
 )
 from shared.events import OfferEvent as OffersTopicEvent
-from shared.kafka import dump
 from shared.settings import KafkaSettings, Settings, StoreSettings
-from shared.store import StoreLocation, open_sqlite
+from shared.skeleton import NotStarted, ServiceApp
+from shared.storage import StoreLocation
 from shared.topics import CLOCK, DEADLETTER, OFFERS, PROFILES_CHANGED
 
 UTC = dt.UTC
@@ -38,14 +42,18 @@ DAY1 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
 @dataclass
 class Harness:
-    app: FastStream
-    broker: TestKafkaBroker
+    app: ServiceApp[OffersService]
+    broker: KafkaBroker
     repository: SqliteOffersRepository
     offers: list[tuple[bytes, OffersTopicEvent]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
 
     def of_type(self, kind: str) -> list[OffersTopicEvent]:
         return [event for _, event in self.offers if event.type == kind]
+
+    async def stored(self, customer_id: str, state: OfferState) -> list[OfferRecord]:
+        """The customer's stored offers in one state."""
+        return [o for o in await self.repository.offers_of(customer_id) if o.state == state]
 
 
 def settings() -> Settings:
@@ -56,7 +64,7 @@ def settings() -> Settings:
 
 
 async def start(page_size: int = 1000) -> AsyncIterator[Harness]:
-    repository = SqliteOffersRepository(open_sqlite(StoreLocation.parse("memory://"), "offers"))
+    repository = await SqliteOffersRepository.open(StoreLocation.parse("memory://"))
     app = create_app(
         settings(),
         repository=repository,
@@ -73,7 +81,7 @@ async def start(page_size: int = 1000) -> AsyncIterator[Harness]:
     async def collect_dead(_: object, message: KafkaMessage) -> None:
         dead.append(DeadLetter.model_validate_json(message.body))
 
-    async with TestKafkaBroker(app.broker) as broker:  # type: ignore[arg-type]
+    async with TestKafkaBroker(app.broker) as broker:
         yield Harness(app, broker, repository, offers, dead)
     await repository.close()
 
@@ -130,9 +138,9 @@ async def test_frequent_buyer_gets_a_coupon_keyed_by_customer(harness: Harness) 
     assert key == b"c-1"
     assert isinstance(offer, OfferIssued)
     assert (offer.kind, offer.sku, offer.customer_id) == ("frequent_item", "MILK", "c-1")
-    [stored] = await harness.repository.open_offers("c-1")
+    [stored] = await harness.stored("c-1", "issued")
     assert stored.issued == offer
-    assert service_of(harness.app).stats["issued_frequent_item"] == 1
+    assert harness.app.service.stats["issued_frequent_item"] == 1
 
 
 async def test_replayed_batch_republishes_the_same_offer_and_stores_it_once(
@@ -143,10 +151,9 @@ async def test_replayed_batch_republishes_the_same_offer_and_stores_it_once(
     await harness.broker.publish_batch(message, purchase(event_id="e-0"), topic=PROFILES_CHANGED)
     first, second = harness.of_type("offer_issued")
     assert first == second
-    assert len(await harness.repository.open_offers("c-1")) == 1
-    summary = await harness.repository.summary()
-    assert summary["offers_total"] == 1
-    assert service_of(harness.app).stats["republished"] == 1
+    assert len(await harness.stored("c-1", "issued")) == 1
+    assert len(await harness.repository.offers_of("c-1")) == 1  # c-1 is the only customer
+    assert harness.app.service.stats["republished"] == 1
 
 
 async def test_birthday_clock_day_published_twice_issues_once(harness: Harness) -> None:
@@ -159,7 +166,7 @@ async def test_birthday_clock_day_published_twice_issues_once(harness: Harness) 
     assert first == second
     assert isinstance(first, OfferIssued)
     assert first.kind == "birthday"
-    assert len(await harness.repository.open_offers("c-1")) == 1
+    assert len(await harness.stored("c-1", "issued")) == 1
 
 
 async def test_a_day_published_late_still_issues_that_days_offers(harness: Harness) -> None:
@@ -217,10 +224,10 @@ async def test_checkout_listing_the_code_redeems_it_once(harness: Harness) -> No
     assert (redeemed.offer_id, redeemed.checkout_event_id) == (offer.offer_id, "e-2")
     reasons = sorted(e.reason for e in harness.of_type("redemption_rejected"))  # type: ignore[union-attr]
     assert reasons == ["already_redeemed", "unknown_code"]
-    assert [o.offer_id for o in await harness.repository.used_offers("c-1")] == [offer.offer_id]
-    assert await harness.repository.open_offers("c-1") == []
+    assert [o.offer_id for o in await harness.stored("c-1", "redeemed")] == [offer.offer_id]
+    assert await harness.stored("c-1", "issued") == []
     assert len(await harness.repository.rejections("c-1")) == 2
-    stats = service_of(harness.app).stats
+    stats = harness.app.service.stats
     assert (stats["redeemed"], stats["rejected_already_redeemed"]) == (1, 1)
 
 
@@ -235,8 +242,8 @@ async def test_clock_day_expires_offers_past_their_last_day_once(harness: Harnes
     await harness.broker.publish(tick(day_after + dt.timedelta(days=1)), CLOCK)
     [expired] = harness.of_type("offer_expired")
     assert expired.offer_id == offer.offer_id
-    summary = await harness.repository.summary()
-    assert summary["offers"] == {"frequent_item": {"expired": 1}}
+    stored = await harness.repository.offers_of("c-1")  # c-1 is the only customer
+    assert [(o.kind, o.state) for o in stored] == [("frequent_item", "expired")]
 
 
 async def test_undecodable_messages_are_dead_lettered_and_the_batch_goes_on(
@@ -256,7 +263,7 @@ async def test_undecodable_messages_are_dead_lettered_and_the_batch_goes_on(
     ]
     assert {d.source_topic for d in harness.dead} == {PROFILES_CHANGED, CLOCK}
     assert len(harness.of_type("offer_issued")) == 1
-    assert service_of(harness.app).stats["dead_letter_invalid_json"] == 1
+    assert harness.app.service.stats["dead_lettered_invalid_json"] == 1
 
 
 async def test_customer_who_withdrew_consent_gets_nothing(harness: Harness) -> None:
@@ -264,7 +271,7 @@ async def test_customer_who_withdrew_consent_gets_nothing(harness: Harness) -> N
         purchase(skus={"MILK": 3}, marketing_consent=False), PROFILES_CHANGED
     )
     assert harness.offers == []
-    assert service_of(harness.app).stats["suppressed_consent"] == 1
+    assert harness.app.service.stats["suppressed_consent"] == 1
 
 
 def test_bad_rules_file_is_refused_at_start_up(tmp_path: Path) -> None:
@@ -274,14 +281,30 @@ def test_bad_rules_file_is_refused_at_start_up(tmp_path: Path) -> None:
         create_app(settings(), offers_settings=OffersSettings(rules_file=path))
 
 
-def test_rules_file_is_read_from_the_environment(
+async def test_bad_rules_file_refuses_start_up_of_the_declared_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text("[win_back]\ncooldown_days = -1\n")
+    monkeypatch.setenv("CRM_RULES_FILE", str(path))
+    assert SPEC.check is not None
+    with pytest.raises(RulesFileError, match=r"win_back\.cooldown_days"):
+        await SPEC.check(settings())
+
+
+async def test_rules_file_is_read_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text("birthday:\n  validity_days: 3\n")
     monkeypatch.setenv("CRM_RULES_FILE", str(path))
-    engine = service_of(create_app(settings())).engine
-    assert engine.rules.birthday.validity_days == 3
+    repository = await SqliteOffersRepository.open(StoreLocation.parse("memory://"))
+    try:
+        engine = create_app(settings(), repository=repository).service.engine
+        assert engine.rules.birthday.validity_days == 3
+        assert SPEC.build(settings(), repository).engine.rules.birthday.validity_days == 3
+    finally:
+        await repository.close()
 
 
 def test_clock_model_is_the_contract_format() -> None:
@@ -290,9 +313,15 @@ def test_clock_model_is_the_contract_format() -> None:
 
 async def test_app_opens_its_own_store_at_start_and_closes_it_at_shutdown() -> None:
     app = create_app(settings(), offers_settings=OffersSettings(rules_file=None))
-    service = service_of(app)
-    async with TestKafkaBroker(app.broker) as broker, TestApp(app):  # type: ignore[arg-type]
-        assert isinstance(service.repository, SqliteOffersRepository)
+    with pytest.raises(NotStarted):
+        _ = app.service
+    async with TestKafkaBroker(app.broker) as broker, TestApp(app.faststream):
+        repository = app.service.repository
+        assert isinstance(repository, SqliteOffersRepository)
         await broker.publish(purchase(skus={"MILK": 3}), PROFILES_CHANGED)
-        assert len(await service.repository.open_offers("c-1")) == 1
-    assert service.repository is None
+        assert len(await repository.offers_of("c-1")) == 1
+    assert not app.started
+    with pytest.raises(NotStarted):
+        _ = app.service
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        await repository.offers_of("c-1")

@@ -9,25 +9,29 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from faststream import FastStream
 from faststream.kafka import TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from services.profiles.app import create_app, service_of
-from services.profiles.store import SqliteProfilesRepository
+from services.profiles.app import create_app
+from services.profiles.service import ProfilesService
+from services.profiles.store_sqlite import SqliteProfilesRepository
 from shared.events import (
     CardLinked,
     ContactChanged,
     CustomerErased,
     CustomerSignedUp,
     DeadLetter,
+    OfferIssued,
+    OfferRedeemed,
     ProfileChanged,
     PurchaseLine,
     PurchaseRecorded,
+    RedemptionRejected,
 )
 from shared.settings import KafkaSettings, Settings, StoreSettings
-from shared.store import StoreLocation
-from shared.topics import CONTACTS, DEADLETTER, EVENTS, PROFILES_CHANGED
+from shared.skeleton import ServiceApp
+from shared.storage import StoreLocation
+from shared.topics import CONTACTS, DEADLETTER, EVENTS, OFFERS, PROFILES_CHANGED
 
 T0 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
 
@@ -41,18 +45,18 @@ class Collected:
 
 @dataclass
 class Harness:
-    app: FastStream
+    app: ServiceApp[ProfilesService]
     repo: SqliteProfilesRepository
     out: Collected
     broker: TestKafkaBroker
 
     async def send_batch(self, *payloads: bytes) -> None:
         """Several records delivered to the handler as one batch."""
-        await self.app.broker.publish_batch(*payloads, topic=EVENTS)  # type: ignore[union-attr]
+        await self.app.broker.publish_batch(*payloads, topic=EVENTS)
 
     async def send(self, *payloads: bytes, key: bytes = b"c-1") -> None:
         for payload in payloads:
-            await self.app.broker.publish(payload, EVENTS, key=key)  # type: ignore[union-attr]
+            await self.app.broker.publish(payload, EVENTS, key=key)
 
 
 @pytest.fixture
@@ -61,7 +65,7 @@ async def harness() -> AsyncIterator[Harness]:
         kafka=KafkaSettings(kafka_bootstrap="test:9092"),
         store=StoreSettings(store_url="memory://"),
     )
-    repo = SqliteProfilesRepository.open(StoreLocation.parse("memory://"))
+    repo = await SqliteProfilesRepository.open(StoreLocation.parse("memory://"))
     app = create_app(settings, repository=repo)
     broker = app.broker
     assert broker is not None
@@ -155,7 +159,7 @@ async def test_purchase_updates_the_profile_and_publishes_profile_changed(
     assert stored.skus["MILK"].quantity == 6
     assert stored.total_spend == Decimal("11.14")
     assert (await harness.repo.find_by_card("card-1")) == stored
-    stats = service_of(harness.app).stats
+    stats = harness.app.service.stats
     assert stats["events_applied"] == 2
     assert stats["applied_purchase_recorded"] == 2
 
@@ -168,25 +172,26 @@ async def test_duplicate_swipe_is_counted_once(harness: Harness) -> None:
     assert stored.visits == 1
     assert stored.version == 1
     assert [c.cause_event_id for c in harness.out.changed] == ["e1"]
-    assert service_of(harness.app).stats["duplicates"] == 1
+    assert harness.app.service.stats["duplicates"] == 1
 
 
 async def test_undecodable_event_is_dead_lettered_and_the_batch_goes_on(
     harness: Harness,
 ) -> None:
     await harness.send(b"{not json", b'{"type": "purchase_recorded"}', purchase("e1"))
-    assert [d.reason for d in harness.out.dead] == ["invalid_event", "invalid_event"]
+    assert [d.reason for d in harness.out.dead] == ["invalid_json", "invalid_event"]
     assert harness.out.dead[0].source_topic == EVENTS
     assert harness.out.dead[0].service == "profiles"
     assert [c.cause_event_id for c in harness.out.changed] == ["e1"]
-    assert service_of(harness.app).stats["dead_lettered_invalid_event"] == 2
+    assert harness.app.service.stats["dead_lettered_invalid_event"] == 1
+    assert harness.app.service.stats["dead_lettered_invalid_json"] == 1
 
 
 async def test_anonymous_purchase_builds_no_profile(harness: Harness) -> None:
     await harness.send(purchase("e1", customer=None), key=b"S001")
     assert await harness.repo.count() == 0
     assert harness.out.changed == []
-    assert service_of(harness.app).stats["anonymous_purchases"] == 1
+    assert harness.app.service.stats["anonymous_purchases"] == 1
 
 
 async def test_signup_publishes_contact_details(harness: Harness) -> None:
@@ -216,7 +221,7 @@ async def test_erasure_publishes_a_contact_tombstone_and_blocks_later_events(
     assert stored.email is None
     assert stored.visits == 0
     assert await harness.repo.find_by_card("card-1") is None
-    assert service_of(harness.app).stats["ignored_erased"] == 1
+    assert harness.app.service.stats["ignored_erased"] == 1
 
 
 async def test_duplicate_in_one_batch_is_applied_once(harness: Harness) -> None:
@@ -226,7 +231,7 @@ async def test_duplicate_in_one_batch_is_applied_once(harness: Harness) -> None:
     assert stored.visits == 2
     assert stored.version == 1  # one write for the batch
     assert [c.cause_event_id for c in harness.out.changed] == ["e1", "e2"]
-    assert service_of(harness.app).stats["batches"] == 1
+    assert harness.app.service.stats["batches"] == 1
 
 
 async def test_card_link_merges_profiles_and_later_events_reach_the_target(
@@ -261,4 +266,50 @@ async def test_card_link_merges_profiles_and_later_events_reach_the_target(
     ]
     assert [c.cause_event_id for c in merged_away] == ["l1"]
     assert await harness.repo.count() == 1
-    assert service_of(harness.app).stats["merges"] == 1
+    assert harness.app.service.stats["merges"] == 1
+
+
+async def test_offer_events_become_the_customers_coupons_and_others_are_left_alone(
+    harness: Harness,
+) -> None:
+    issued = OfferIssued(
+        offer_id="o-1",
+        customer_id="c-1",
+        kind="frequent_item",
+        coupon_code="AAAA-BBBB-CCCC",
+        discount_percent=Decimal(10),
+        sku="MILK",
+        valid_from=T0.date(),
+        valid_until=T0.date() + dt.timedelta(days=14),
+        issued_at=T0,
+        template="frequent_item",
+    )
+    rejected = RedemptionRejected(
+        rejection_id="r-1",
+        offer_id=None,  # an unknown code names no offer
+        customer_id="c-1",
+        coupon_code="ZZZZ-ZZZZ-ZZZZ",
+        reason="unknown_code",
+        checkout_event_id="e9",
+        store_id="S001",
+        rejected_at=T0,
+    )
+    redeemed = OfferRedeemed(
+        offer_id="o-1",
+        customer_id="c-1",
+        kind="frequent_item",
+        coupon_code="AAAA-BBBB-CCCC",
+        redeemed_at=T0 + dt.timedelta(days=1),
+        checkout_event_id="e2",
+        store_id="S001",
+        basket_total=Decimal("5.57"),
+    )
+    for event in (rejected, issued, rejected, redeemed, issued):  # again changes nothing
+        await harness.app.broker.publish(event.model_dump_json().encode(), OFFERS, key=b"c-1")
+    [coupon] = await harness.repo.coupons_of("c-1")
+    assert coupon.coupon_code == "AAAA-BBBB-CCCC"
+    assert coupon.state == "redeemed"
+    assert coupon.redeemed_at == T0 + dt.timedelta(days=1)
+    assert harness.out.changed == []  # a coupon is not a profile change
+    assert harness.out.dead == []
+    assert harness.app.service.stats["coupons_saved"] == 2

@@ -7,13 +7,19 @@ import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from faststream.kafka import TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 from typer.testing import CliRunner
 
 from crm.cli import cli
-from services.reports.app import create_app, service_of
+from services.reports.app import SPEC, create_app
 from services.reports.domain import campaigns_report, stores_report
-from services.reports.store import SqliteReportsRepository
+from services.reports.store import open_repository
+from services.reports.store_sqlite import SqliteReportsRepository
+from shared.auth import token_hash
+from shared.edge import dump
 from shared.events import (
     CustomerErased,
     DeliveryRecorded,
@@ -23,10 +29,9 @@ from shared.events import (
     PurchaseLine,
     PurchaseRecorded,
 )
-from shared.kafka import dump
-from shared.settings import KafkaSettings, Settings, StoreSettings
-from shared.store import StoreLocation, open_sqlite
-from shared.topics import DELIVERIES, EVENTS, OFFERS
+from shared.settings import HttpSettings, KafkaSettings, Settings, StoreSettings
+from shared.storage import StoreLocation
+from shared.topics import DEADLETTER, DELIVERIES, EVENTS, OFFERS
 
 AT = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 DAY = AT.date()
@@ -61,12 +66,18 @@ def offer(n: int, customer: str) -> OfferIssued:
 
 
 async def test_events_offers_and_deliveries_become_report_figures_once() -> None:
-    repository = SqliteReportsRepository(open_sqlite(StoreLocation.parse("memory://"), "reports"))
+    repository = await SqliteReportsRepository.open(StoreLocation.parse("memory://"))
     settings = Settings(
         kafka=KafkaSettings(kafka_bootstrap="localhost:9092"),
         store=StoreSettings(store_url="memory://"),
     )
     app = create_app(settings, repository=repository)
+    dead: list[bytes] = []
+
+    @app.broker.subscriber(DEADLETTER, batch=False)
+    async def on_dead(_: object, message: KafkaMessage) -> None:
+        dead.append(message.body)
+
     held = OfferHeldOut(
         offer_id="o3",
         customer_id="c3",
@@ -120,7 +131,7 @@ async def test_events_offers_and_deliveries_become_report_figures_once() -> None
             ),
         ),
     ]
-    async with TestKafkaBroker(app.broker) as broker:  # type: ignore[arg-type]
+    async with TestKafkaBroker(app.broker) as broker:
         for _ in range(2):  # every message delivered twice: counted once
             for topic, event in messages:
                 await broker.publish(dump(event), topic, key=b"k")
@@ -133,9 +144,10 @@ async def test_events_offers_and_deliveries_become_report_figures_once() -> None
     assert row.control_spend == Decimal("5.00")
     assert row.lift == Decimal("15.00")
     assert stores_report(facts, {}, DAY).rows[0].visits == 4
-    assert service_of(app).stats["skipped_invalid"] == 1
+    assert app.service.stats["skipped_invalid"] == 1
+    assert dead == []  # crm.events is ingest's: its owner dead-letters what does not decode
 
-    async with TestKafkaBroker(app.broker) as broker:  # type: ignore[arg-type]
+    async with TestKafkaBroker(app.broker) as broker:
         await broker.publish(
             dump(CustomerErased(event_id="x", occurred_at=AT, customer_id="c1")), EVENTS, key=b"k"
         )
@@ -151,14 +163,13 @@ async def test_the_static_campaigns_report_and_the_cli_read_the_read_model(tmp_p
     from services.reports.store import campaign_fact
 
     store_url = f"sqlite:///{tmp_path / 'store'}"
-    repository = SqliteReportsRepository(open_sqlite(StoreLocation.parse(store_url), "reports"))
-    await repository.add(
-        [
-            campaign_fact(Campaign(f"o{i}", f"c{i}", "birthday", AT, DAY, DAY, held_out=i == 0))
-            for i in range(5)
-        ]
-    )
-    await repository.close()
+    async with open_repository(StoreSettings(store_url=store_url)) as repository:
+        await repository.add(
+            [
+                campaign_fact(Campaign(f"o{i}", f"c{i}", "birthday", AT, DAY, DAY, held_out=i == 0))
+                for i in range(5)
+            ]
+        )
     path = await asyncio.to_thread(
         write_static_report, store_url, tmp_path / "out" / "campaigns.html"
     )
@@ -176,3 +187,31 @@ async def test_the_static_campaigns_report_and_the_cli_read_the_read_model(tmp_p
     )
     assert result.exit_code == 0, result.output
     assert "birthday,all,5,1,4" in result.output
+
+
+async def test_the_declared_routes_serve_the_running_services_reports() -> None:
+    settings = Settings(
+        kafka=KafkaSettings(kafka_bootstrap="localhost:9092"),
+        http=HttpSettings(api_tokens=f"marketing:{token_hash('m-token')}"),
+    )
+    headers = {"Authorization": "Bearer m-token"}
+    assert SPEC.routes is not None
+    not_started = FastAPI()
+    not_started.include_router(SPEC.routes(create_app(settings)))
+    with TestClient(not_started) as client:
+        assert client.get("/api/reports/stores", headers=headers).status_code == 503
+        assert client.get("/ui/").status_code == 200
+
+    repository = await SqliteReportsRepository.open(StoreLocation.parse("memory://"))
+    app = create_app(settings, repository=repository)
+    async with TestKafkaBroker(app.broker) as broker:
+        await broker.publish(dump(purchase(1, "c1", "30")), EVENTS, key=b"k")
+    started = FastAPI()
+    started.include_router(SPEC.routes(app))
+    with TestClient(started) as client:
+        assert client.get("/api/reports/stores").status_code == 401
+        stores = client.get("/api/reports/stores", headers=headers).json()
+        assert [(r["store_id"], r["visits"]) for r in stores["rows"]] == [("S001", 1)]
+        chart = client.get("/api/charts/stores.svg", headers=headers)
+        assert chart.headers["content-type"] == "image/svg+xml"
+    await repository.close()

@@ -12,12 +12,12 @@ import pytest
 
 from services.ingest.domain import (
     LinkRequest,
-    Rejected,
     decode,
     normalize_checkout,
     normalize_customer_event,
     normalize_interaction,
 )
+from shared.errors import Rejected
 from shared.events import ConsentChanged, CustomerErased, CustomerSignedUp, CustomerUpdated
 from shared.privacy import card_id, customer_id_for_card
 from shared.raw import RawCheckout, RawCustomerEvent, RawInteraction

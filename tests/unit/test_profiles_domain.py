@@ -248,7 +248,7 @@ def test_signup_sets_personal_fields_and_publishes_contact() -> None:
     assert p.marketing_consent
     assert p.signup_store_id == p.home_store_id == "S7"
     assert p.card_ids == ["card-1"]
-    assert p.birth_md() == "05-17"
+    assert p.birth_date == dt.date(1990, 5, 17)
     [(customer, contact)] = outcome.contacts
     assert customer == "c-1"
     assert contact is not None

@@ -7,9 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from services.offers.domain import OfferEngine, Snapshot, campaign_period, is_held_out
+from services.offers.domain import OfferEngine, Snapshot, is_held_out
 from services.offers.settings import HoldOut, OfferRules
 from shared.events import OFFER_EVENT, OfferHeldOut, OfferIssued, ProfileChanged, PurchaseSummary
+from shared.marketing import campaign_period
 from shared.settings import CalendarSettings
 
 DAY = dt.datetime(2026, 3, 4, 10, 0, tzinfo=dt.UTC)

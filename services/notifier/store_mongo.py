@@ -1,0 +1,150 @@
+"""The notifier's contacts and deliveries in MongoDB: `notifier_contacts` (`_id` = customer id)
+and `notifier_deliveries` (`_id` = offer id)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection
+from typing import Any, ClassVar, cast
+
+from pymongo import ASCENDING, DeleteOne, IndexModel, ReplaceOne, UpdateOne
+
+from services.notifier.domain import OPEN_STATES, Contact, Delivery, DeliveryStatus
+from services.notifier.store import StoreChanges
+from shared.events import OfferIssued
+from shared.storage import Indexes, MongoStore
+
+CONTACTS = "notifier_contacts"
+DELIVERIES = "notifier_deliveries"
+OLDEST_FIRST = [("updated_at", ASCENDING), ("_id", ASCENDING)]
+
+
+def _ids(values: Collection[str]) -> list[str]:
+    """Ids as plain strings: an id such as `{"$gt": ""}` stays data in a filter."""
+    return [str(v) for v in values]
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """UTC-aware, also from a client that hands back naive UTC times."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _contact_doc(contact: Contact) -> dict[str, Any]:
+    return {
+        "_id": contact.customer_id,
+        "email": contact.email,
+        "first_name": contact.first_name,
+        "marketing_consent": contact.marketing_consent,
+        "home_store_id": contact.home_store_id,
+        "bounced": contact.bounced,
+        "changed_at": contact.changed_at,
+    }
+
+
+def _contact(doc: dict[str, Any]) -> Contact:
+    return Contact(
+        customer_id=str(doc["_id"]),
+        email=doc.get("email"),
+        first_name=doc.get("first_name"),
+        marketing_consent=bool(doc.get("marketing_consent")),
+        home_store_id=doc.get("home_store_id"),
+        bounced=bool(doc.get("bounced")),
+        changed_at=_aware(doc.get("changed_at")),
+    )
+
+
+def _delivery_doc(delivery: Delivery) -> dict[str, Any]:
+    offer = delivery.offer
+    return {
+        "_id": delivery.offer_id,
+        "customer_id": delivery.customer_id,
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "message_id": delivery.message_id,
+        # The offer's JSON as text: Decimal stays exact, dates stay ISO.
+        "offer": offer.model_dump_json() if offer is not None else None,
+        "updated_at": delivery.updated_at,
+        "not_before": delivery.not_before,
+        "last_error": delivery.last_error,
+    }
+
+
+def _delivery(doc: dict[str, Any]) -> Delivery:
+    updated_at = _aware(doc["updated_at"])
+    if updated_at is None:
+        raise ValueError(f"delivery {doc['_id']!r} has no updated_at")
+    offer = doc.get("offer")
+    return Delivery(
+        offer_id=str(doc["_id"]),
+        customer_id=str(doc["customer_id"]),
+        state=cast(DeliveryStatus, doc["state"]),
+        attempts=int(doc.get("attempts", 0)),
+        message_id=str(doc["message_id"]),
+        offer=OfferIssued.model_validate_json(offer) if offer is not None else None,
+        updated_at=updated_at,
+        not_before=_aware(doc.get("not_before")),
+        last_error=doc.get("last_error"),
+    )
+
+
+class MongoNotifierRepository(MongoStore):
+    """Two collections keyed by `_id`; a batch is one unordered bulk write per collection."""
+
+    # Unnamed: the names MongoDB derives are those of the indexes earlier versions created.
+    INDEXES: ClassVar[Indexes] = {
+        DELIVERIES: (
+            IndexModel([("customer_id", ASCENDING), ("state", ASCENDING)]),
+            IndexModel([("state", ASCENDING), ("not_before", ASCENDING)]),
+        ),
+    }
+
+    async def get_contacts(self, customer_ids: Collection[str]) -> dict[str, Contact]:
+        cursor = self.database[CONTACTS].find({"_id": {"$in": _ids(customer_ids)}})
+        return {c.customer_id: c for c in [_contact(doc) async for doc in cursor]}
+
+    async def get_deliveries(self, offer_ids: Collection[str]) -> dict[str, Delivery]:
+        cursor = self.database[DELIVERIES].find({"_id": {"$in": _ids(offer_ids)}})
+        return {d.offer_id: d for d in [_delivery(doc) async for doc in cursor]}
+
+    async def open_deliveries(self, customer_ids: Collection[str]) -> list[Delivery]:
+        query = {
+            "customer_id": {"$in": _ids(customer_ids)},
+            "state": {"$in": sorted(OPEN_STATES)},
+        }
+        cursor = self.database[DELIVERIES].find(query).sort(OLDEST_FIRST)
+        return [_delivery(doc) async for doc in cursor]
+
+    async def due_deliveries(self, now: dt.datetime, limit: int) -> list[Delivery]:
+        query = {
+            "$or": [
+                {"state": "sending"},
+                {"state": "pending", "not_before": {"$lte": now.astimezone(dt.UTC)}},
+            ]
+        }
+        cursor = self.database[DELIVERIES].find(query).sort(OLDEST_FIRST).limit(limit)
+        return [_delivery(doc) async for doc in cursor]
+
+    async def apply(self, changes: StoreChanges) -> None:
+        contact_ops: list[DeleteOne | ReplaceOne[Any] | UpdateOne] = [
+            DeleteOne({"_id": str(c)}) for c in changes.erased
+        ]
+        contact_ops += [
+            ReplaceOne({"_id": c.customer_id}, _contact_doc(c), upsert=True)
+            for c in changes.contacts
+        ]
+        contact_ops += [
+            UpdateOne({"_id": str(cid), "email": str(addr)}, {"$set": {"bounced": True}})
+            for cid, addr in changes.bounced
+        ]
+        if contact_ops:
+            # Unordered is safe: a batch's plan names each customer at most once among the
+            # erased and the upserted ids, and bounces are written apart from contact changes.
+            await self.database[CONTACTS].bulk_write(contact_ops, ordered=False)
+        delivery_ops = [
+            ReplaceOne({"_id": d.offer_id}, _delivery_doc(d), upsert=True)
+            for d in changes.deliveries
+        ]
+        if delivery_ops:
+            await self.database[DELIVERIES].bulk_write(delivery_ops, ordered=False)

@@ -1,0 +1,157 @@
+"""Profiles in SQLite: the document as JSON text, the looked-up keys as indexed columns."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from services.profiles.domain import Coupon, CustomerProfile
+from services.profiles.store import export_of, kind_of, sorted_coupons, text
+from shared.errors import Conflict
+from shared.storage import IN_LIST, SqliteStore, in_list
+
+
+class SqliteProfilesRepository(SqliteStore):
+    """One row per customer (`doc` is the profile's JSON), one per card and one per coupon."""
+
+    SERVICE = "profiles"
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS profiles (
+        customer_id TEXT PRIMARY KEY NOT NULL,
+        version INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        merged_into TEXT,
+        doc TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS profiles_kind ON profiles(kind);
+    CREATE INDEX IF NOT EXISTS profiles_merged_into ON profiles(merged_into);
+    CREATE TABLE IF NOT EXISTS profile_cards (
+        card_id TEXT PRIMARY KEY NOT NULL,
+        customer_id TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS profile_cards_customer ON profile_cards(customer_id);
+    CREATE TABLE IF NOT EXISTS coupons (
+        offer_id TEXT PRIMARY KEY NOT NULL,
+        customer_id TEXT NOT NULL,
+        doc TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS coupons_customer ON coupons(customer_id);
+    """
+
+    async def get_many(self, customer_ids: Collection[str]) -> dict[str, CustomerProfile]:
+        ids = in_list(text(i, "customer_id") for i in customer_ids)
+
+        def work(db: sqlite3.Connection) -> dict[str, CustomerProfile]:
+            rows = db.execute(
+                f"SELECT customer_id, doc FROM profiles WHERE customer_id IN {IN_LIST}",  # noqa: S608
+                (ids,),
+            )
+            return {cid: CustomerProfile.model_validate_json(doc) for cid, doc in rows}
+
+        return await self.read(work) if customer_ids else {}
+
+    async def get_coupons(self, offer_ids: Collection[str]) -> dict[str, Coupon]:
+        ids = in_list(offer_ids)
+
+        def work(db: sqlite3.Connection) -> dict[str, Coupon]:
+            rows = db.execute(f"SELECT doc FROM coupons WHERE offer_id IN {IN_LIST}", (ids,))  # noqa: S608
+            return {c.offer_id: c for c in (Coupon.model_validate_json(r[0]) for r in rows)}
+
+        return await self.read(work) if offer_ids else {}
+
+    async def save_many(
+        self, profiles: Sequence[CustomerProfile], coupons: Sequence[Coupon] = ()
+    ) -> None:
+        rows = [
+            (p.customer_id, p.version, kind_of(p), p.merged_into, p.model_dump_json())
+            for p in profiles
+        ]
+        cards = [
+            (card, p.customer_id)
+            for p in profiles
+            if kind_of(p) == "profile"
+            for card in p.card_ids
+        ]
+        dropped = [(p.customer_id,) for p in profiles if kind_of(p) != "profile"]
+        coupon_rows = [(c.offer_id, c.customer_id, c.model_dump_json()) for c in coupons]
+
+        def work(db: sqlite3.Connection) -> None:
+            before = db.total_changes
+            db.executemany(
+                "INSERT INTO profiles (customer_id, version, kind, merged_into, doc) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id) DO UPDATE SET "
+                "version = excluded.version, kind = excluded.kind, "
+                "merged_into = excluded.merged_into, doc = excluded.doc "
+                "WHERE profiles.version = excluded.version - 1",
+                rows,
+            )
+            if db.total_changes - before != len(rows):
+                raise Conflict("a profile changed in the store since it was read")
+            db.executemany("DELETE FROM profile_cards WHERE customer_id = ?", dropped)
+            db.executemany(
+                "INSERT INTO profile_cards (card_id, customer_id) VALUES (?, ?) "
+                "ON CONFLICT (card_id) DO UPDATE SET customer_id = excluded.customer_id "
+                "WHERE profile_cards.customer_id <> excluded.customer_id",
+                cards,
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO coupons (offer_id, customer_id, doc) VALUES (?, ?, ?)",
+                coupon_rows,
+            )
+
+        if rows or coupon_rows:
+            await self.write(work)
+
+    async def _one(self, sql: str, *params: object) -> CustomerProfile | None:
+        def work(db: sqlite3.Connection) -> CustomerProfile | None:
+            row = db.execute(sql, params).fetchone()
+            return CustomerProfile.model_validate_json(row[0]) if row else None
+
+        return await self.read(work)
+
+    async def get(self, customer_id: str) -> CustomerProfile | None:
+        return await self._one(
+            "SELECT doc FROM profiles WHERE customer_id = ?", text(customer_id, "customer_id")
+        )
+
+    async def find_by_card(self, card_id: str) -> CustomerProfile | None:
+        return await self._one(
+            "SELECT p.doc FROM profile_cards c JOIN profiles p ON p.customer_id = c.customer_id"
+            " WHERE c.card_id = ? AND p.kind = 'profile'",
+            text(card_id, "card_id"),
+        )
+
+    async def coupons_of(self, customer_id: str) -> list[Coupon]:
+        def work(db: sqlite3.Connection) -> list[Coupon]:
+            rows = db.execute(
+                "SELECT doc FROM coupons WHERE customer_id = ?", (text(customer_id, "customer_id"),)
+            )
+            return sorted_coupons([Coupon.model_validate_json(r[0]) for r in rows])
+
+        return await self.read(work)
+
+    async def count(self) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            return int(
+                db.execute("SELECT count(*) FROM profiles WHERE kind = 'profile'").fetchone()[0]
+            )
+
+        return await self.read(work)
+
+    async def export(self, customer_id: str) -> dict[str, Any]:
+        customer_id = text(customer_id, "customer_id")
+
+        def aliases(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT customer_id FROM profiles WHERE merged_into = ? ORDER BY customer_id",
+                (customer_id,),
+            )
+            return [row[0] for row in rows]
+
+        return export_of(
+            customer_id,
+            await self.get(customer_id),
+            await self.read(aliases),
+            await self.coupons_of(customer_id),
+        )

@@ -1,0 +1,173 @@
+"""The reports over HTTP: the reports API (JSON or CSV), the charts (SVG) and the web page.
+
+`GET /api/reports/{name}` and `GET /api/charts/{name}.svg` need the `marketing` (or `admin`)
+role; the page under `/ui/` is static and fetches both with the user's token.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the routes' Annotated
+# dependencies, which name local variables, at definition time.
+
+import asyncio
+import csv
+import datetime as dt
+import io
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi.responses import FileResponse, RedirectResponse
+
+from services.reports import charts
+from services.reports.domain import (
+    AnyReport,
+    Facts,
+    ReportName,
+    campaigns_report,
+    products_report,
+    segments_report,
+    stores_report,
+    tables_of,
+)
+from services.reports.service import ReportsService
+from services.reports.settings import ReportsSettings
+from services.reports.store import ReportsRepository
+from shared.auth import Principal, TokenTable, require
+from shared.skeleton import NotStarted, ServiceApp
+
+WEB_DIR = Path(__file__).parent / "web"
+
+ChartName = Literal["issued", "lift", "products", "stores"]
+
+
+def build_report(
+    name: ReportName,
+    facts: Facts,
+    options: ReportsSettings,
+    *,
+    as_of: dt.date | None = None,
+    since: dt.date | None = None,
+) -> AnyReport:
+    """One report of the read model's facts."""
+    if name == "campaigns":
+        return campaigns_report(facts, as_of)
+    if name == "products":
+        return products_report(
+            facts, as_of, days=options.report_period_days, top=options.report_top
+        )
+    if name == "stores":
+        return stores_report(facts, options.store_goals, as_of)
+    return segments_report(facts, as_of, since)
+
+
+def report_csv(report: AnyReport) -> str:
+    """A report as CSV: each table under a `# title` line."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for n, table in enumerate(tables_of(report)):
+        if n:
+            buffer.write("\n")
+        buffer.write(f"# {table.title}\n")
+        writer.writerow(table.columns)
+        writer.writerows(["" if v is None else v for v in row] for row in table.rows)
+    return buffer.getvalue()
+
+
+def chart_svg(name: ChartName, facts: Facts, options: ReportsSettings) -> str:
+    if name == "issued":
+        return charts.issued_redeemed_chart(campaigns_report(facts))
+    if name == "lift":
+        return charts.lift_chart(campaigns_report(facts))
+    if name == "products":
+        return charts.products_chart(
+            products_report(facts, days=options.report_period_days, top=options.report_top)
+        )
+    return charts.stores_chart(stores_report(facts, options.store_goals))
+
+
+class ReportsLoader:
+    """Loads the facts from the running service's repository, or from the one given."""
+
+    def __init__(
+        self,
+        app: ServiceApp[ReportsService] | None = None,
+        repository: ReportsRepository | None = None,
+    ) -> None:
+        self._app = app
+        self._repository = repository
+
+    async def __call__(self) -> Facts:
+        repository = self._repository
+        if repository is None and self._app is not None:
+            try:
+                repository = self._app.service.repository
+            except NotStarted:
+                repository = None
+        if repository is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "not started")
+        return await repository.load()
+
+
+def build_reports_router(
+    load: ReportsLoader, tokens: TokenTable, options: ReportsSettings
+) -> APIRouter:
+    """The reports API and the charts over a `ReportsLoader` (tests give it a repository)."""
+    router = APIRouter(tags=["reports"])
+    marketing = require(tokens, "marketing")
+
+    @router.get("/api/reports/{name}", response_model=None)
+    async def report(
+        name: ReportName,
+        _: Annotated[Principal, Depends(marketing)],
+        as_of: Annotated[dt.date | None, Query(description="Last day reported.")] = None,
+        since: Annotated[dt.date | None, Query(description="First date (segments).")] = None,
+        format: Annotated[Literal["json", "csv"], Query(description="json or csv.")] = "json",
+    ) -> AnyReport | Response:
+        """A report: campaigns (with lift), products, stores or segments."""
+        built = build_report(name, await load(), options, as_of=as_of, since=since)
+        if format == "csv":
+            return Response(report_csv(built), media_type="text/csv")
+        return built
+
+    @router.get("/api/charts/{name}.svg", response_class=Response)
+    async def chart(name: ChartName, _: Annotated[Principal, Depends(marketing)]) -> Response:
+        """A chart as SVG (drawn on the server)."""
+        facts = await load()
+        # matplotlib is slow and holds a lock: draw off the event loop.
+        svg = await asyncio.to_thread(chart_svg, name, facts, options)
+        return Response(svg, media_type="image/svg+xml")
+
+    @router.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+
+    return router
+
+
+WEB_FILES = {
+    "": ("index.html", "text/html; charset=utf-8"),
+    "app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "style.css": ("style.css", "text/css; charset=utf-8"),
+}
+
+
+def add_web_routes(router: APIRouter) -> None:
+    """The static page under /ui/: our own small JavaScript and CSS, no CDN, nothing fetched."""
+
+    @router.get("/ui/", include_in_schema=False)
+    @router.get("/ui/{name}", include_in_schema=False)
+    async def web(name: str = "") -> FileResponse:
+        if name not in WEB_FILES:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
+        file, media_type = WEB_FILES[name]
+        return FileResponse(WEB_DIR / file, media_type=media_type)
+
+
+def reports_routes(app: ServiceApp[ReportsService]) -> APIRouter:
+    """The reports API, the charts and the page of a running reports service (`crm run`)."""
+    settings = app.settings
+    tokens = TokenTable.parse(
+        settings.http.api_tokens.get_secret_value() if settings.http.api_tokens else None
+    )
+    router = build_reports_router(ReportsLoader(app), tokens, ReportsSettings())
+    add_web_routes(router)
+    return router

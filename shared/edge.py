@@ -1,0 +1,234 @@
+"""The one edge between Kafka records and a service: decode by topic, dead-letter what fails.
+
+Every consumer receives its records here. Each record is decoded into its typed event by the
+decoder its topic is declared with (one table: topic -> decoder); what does not decode is
+dead-lettered with one formatter and counted under one name, `dead_lettered_<reason>`; what
+decodes is handed on as a `Received` (the event and where it came from), so services see
+typed events only, never aiokafka records. A service may reject an event later (a checkout
+whose card number is malformed); the edge dead-letters that the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+from aiokafka import ConsumerRecord
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from shared.errors import Rejected
+from shared.events import DeadLetter
+from shared.logging import get_logger
+from shared.privacy import mask_card_numbers
+from shared.topics import DEADLETTER
+
+log = get_logger(__name__)
+
+E = TypeVar("E", covariant=True)
+M = TypeVar("M")
+
+DEAD_LETTER_PAYLOAD_LIMIT = 64 * 1024
+"""Dead-lettered payloads keep at most this many characters (the size is always recorded)."""
+
+Outgoing = tuple[str, bytes | None, bytes | None]
+"""(topic, key, value) to publish; a None value is a tombstone."""
+
+
+def dump(model: BaseModel) -> bytes:
+    """JSON bytes of an event."""
+    return model.model_dump_json().encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a record came from: what a dead letter and a log line say of it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    value: bytes | None = None
+    timestamp_ms: int = 0
+    """The record's Kafka timestamp (when it was produced or appended): its arrival time."""
+
+    @classmethod
+    def of(cls, record: ConsumerRecord[Any, Any]) -> Source:
+        value = record.value
+        return cls(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key if isinstance(record.key, bytes) else None,
+            value=value if isinstance(value, bytes) else None,
+            timestamp_ms=int(record.timestamp or 0),
+        )
+
+    @property
+    def arrived_at(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.timestamp_ms / 1000, dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Received(Generic[E]):
+    """A decoded event and the record it came in."""
+
+    event: E
+    source: Source
+
+    @property
+    def log(self) -> structlog.stdlib.BoundLogger:
+        """A logger bound to this record: topic, partition, offset and the event's id."""
+        return log.bind(
+            topic=self.source.topic,
+            partition=self.source.partition,
+            offset=self.source.offset,
+            event_id=getattr(self.event, "event_id", None),
+        )
+
+
+Decoder = Callable[[Source], M]
+"""Turns a record into its event; raises `Rejected` for a record that cannot be processed. A
+decoder may return None for a record that is not for this service (counted as `ignored`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Foreign(Generic[M]):
+    """The decoder of a topic whose owner (its main consumer) dead-letters what does not
+    decode: here such a record is only counted (`skipped_invalid`), never dead-lettered twice."""
+
+    decoder: Decoder[M]
+
+
+def foreign(decoder: Decoder[M]) -> Foreign[M]:
+    return Foreign(decoder)
+
+
+def describe(exc: ValidationError) -> str:
+    """Where and why validation failed, never the input itself (it may hold personal data)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)[:5]
+    )
+
+
+def json_decoder(
+    model: type[M] | TypeAdapter[M], *, invalid: str = "invalid_event"
+) -> Callable[[Source], M]:
+    """A decoder validating the record's JSON against a model: `empty_message` without a value,
+    `invalid_json` for what is not JSON, `invalid` for JSON that is not a valid event."""
+    adapter: TypeAdapter[M] = model if isinstance(model, TypeAdapter) else TypeAdapter(model)
+
+    def decode(source: Source) -> M:
+        if not source.value:
+            raise Rejected("empty_message", "the message has no value")
+        try:
+            return adapter.validate_json(source.value)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            reason = "invalid_json" if errors and errors[0]["type"] == "json_invalid" else invalid
+            raise Rejected(reason, describe(exc)) from None
+
+    return decode
+
+
+def dead_letter(
+    *, service: str, source: Source, reason: str, detail: str, now: dt.datetime | None = None
+) -> DeadLetter:
+    """A dead letter for a record: masked, truncated payload and where it came from."""
+    raw = source.value or b""
+    text = raw[: DEAD_LETTER_PAYLOAD_LIMIT * 4].decode("utf-8", errors="replace")
+    truncated = len(text) > DEAD_LETTER_PAYLOAD_LIMIT or len(raw) > DEAD_LETTER_PAYLOAD_LIMIT * 4
+    return DeadLetter(
+        service=service,
+        reason=reason,
+        detail=mask_card_numbers(detail)[:1000],
+        source_topic=source.topic,
+        partition=source.partition,
+        offset=source.offset,
+        dead_lettered_at=now or dt.datetime.now(dt.UTC),
+        payload=mask_card_numbers(text[:DEAD_LETTER_PAYLOAD_LIMIT]),
+        payload_bytes=len(raw),
+        truncated=truncated,
+    )
+
+
+def dead_letter_message(letter: DeadLetter) -> Outgoing:
+    return (DEADLETTER, f"{letter.source_topic}:{letter.partition}".encode(), dump(letter))
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Edge:
+    """Decodes a service's records by topic and dead-letters what fails."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        decoders: Mapping[str, Decoder[Any] | Foreign[Any]],
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self.service = service
+        self._decoders = decoders
+        self._clock = clock
+
+    def decode(
+        self, records: Sequence[ConsumerRecord[Any, Any]], stats: Counter[str]
+    ) -> tuple[list[Received[Any]], list[Outgoing]]:
+        """The batch's events, in record order, and the dead letters of what did not decode."""
+        received: list[Received[Any]] = []
+        letters: list[Outgoing] = []
+        for record in records:
+            source = Source.of(record)
+            entry = self._decoders.get(source.topic)
+            owned = not isinstance(entry, Foreign)
+            decoder = entry.decoder if isinstance(entry, Foreign) else entry
+            try:
+                if decoder is None:
+                    raise Rejected(
+                        "unexpected_topic", f"{self.service} does not read {source.topic}"
+                    )
+                event = decoder(source)
+            except Rejected as rejected:
+                if owned:
+                    letters.append(self.reject(source, rejected, stats))
+                else:
+                    stats["skipped_invalid"] += 1
+                    log.debug(
+                        "record_skipped",
+                        reason=rejected.reason,
+                        topic=source.topic,
+                        partition=source.partition,
+                        offset=source.offset,
+                    )
+                continue
+            if event is None:
+                stats["ignored"] += 1
+                continue
+            received.append(Received(event, source))
+        return received, letters
+
+    def reject(self, source: Source, rejected: Rejected, stats: Counter[str]) -> Outgoing:
+        """The dead letter of a record, counted and logged (never with the payload)."""
+        stats[f"dead_lettered_{rejected.reason}"] += 1
+        log.warning(
+            "dead_lettered",
+            reason=rejected.reason,
+            topic=source.topic,
+            partition=source.partition,
+            offset=source.offset,
+        )
+        letter = dead_letter(
+            service=self.service,
+            source=source,
+            reason=rejected.reason,
+            detail=rejected.detail,
+            now=self._clock(),
+        )
+        return dead_letter_message(letter)
