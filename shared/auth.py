@@ -1,8 +1,8 @@
 """API access: bearer tokens with roles, checked against hashes, and the look-up audit log.
 
 `CRM_API_TOKENS` holds comma-separated `role:sha256hex` pairs: the SHA-256 of each token, never
-the token itself. Roles: `agent` (customer look-up), `marketing` (reports), `admin` (both, and
-the audit log). A missing or unknown token gets 401, a known token with the wrong role 403.
+the token itself. Roles: `agent` (customer look-up), `marketing` (reports), `till` (coupons at
+the checkout), `admin` (all of them, and the audit log). A missing or unknown token gets 401, a known token with the wrong role 403.
 
 Every customer look-up is written to the audit log (who: the role and a short id of the token's
 hash; which customer: the pseudonymous id; when), kept in the store named by `CRM_STORE_URL`.
@@ -27,7 +27,7 @@ from shared.logging import get_logger
 from shared.settings import StoreSettings
 from shared.storage import Indexes, MongoStore, SqliteStore, StoreLocation
 
-Role = Literal["agent", "marketing", "admin"]
+Role = Literal["agent", "marketing", "till", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 
 log = get_logger(__name__)
@@ -70,7 +70,7 @@ class TokenTable:
             role, digest = role.strip().lower(), digest.strip().lower()
             if role not in ROLES:
                 raise TokenConfigError(
-                    f"CRM_API_TOKENS: unknown role {role!r} (agent, marketing, admin)"
+                    f"CRM_API_TOKENS: unknown role {role!r} ({', '.join(ROLES)})"
                 )
             if not _HEX.match(digest):
                 raise TokenConfigError("CRM_API_TOKENS: each hash must be 64 hex digits (SHA-256)")
@@ -170,6 +170,7 @@ class SqliteAuditLog(SqliteStore):
 class MongoAuditLog(MongoStore):
     """The audit log as a MongoDB collection `audit`."""
 
+    SERVICE = "audit"
     INDEXES: ClassVar[Indexes] = {"audit": (IndexModel([("at", DESCENDING)], name="at"),)}
 
     async def record(self, entry: AuditEntry) -> None:

@@ -131,6 +131,14 @@ NORMALIZED_EVENT: TypeAdapter[NormalizedEvent] = TypeAdapter(NormalizedEvent)
 # ---------------------------------------------------------------- crm.profiles.changed
 
 
+class BasketLine(Event):
+    """What offers needs of one basket line: which product, and the money it cost."""
+
+    sku: str = Field(description="Trimmed, upper-cased SKU.")
+    category: str | None = Field(default=None, description="Lower-cased category.")
+    amount: Decimal = Field(description="Money paid for the line, after its own discount.")
+
+
 class PurchaseSummary(Event):
     """What offers needs to know of the purchase that changed a profile."""
 
@@ -140,6 +148,11 @@ class PurchaseSummary(Event):
     coupons: tuple[str, ...] = Field(default=(), description="Coupon codes listed.")
     products: dict[str, str | None] = Field(description="SKU -> product name, of this basket.")
     card_id: str | None = Field(default=None, description="Card used at the checkout.")
+    lines: tuple[BasketLine, ...] = Field(
+        default=(),
+        description="The basket, one entry per SKU and category (amounts summed): what a "
+        "coupon's discount is computed on.",
+    )
 
 
 class ProfileChanged(Event):
@@ -164,10 +177,21 @@ class ProfileChanged(Event):
     visits: int = Field(default=0, description="Checkouts so far.")
     home_store_id: str | None = Field(default=None, description="Store of most visits.")
     purchase: PurchaseSummary | None = Field(default=None, description="The purchase, if any.")
-    sku_checkouts: dict[str, tuple[AwareDatetime, ...]] = Field(
-        default_factory=dict,
-        description="For each SKU of this purchase: times of the distinct checkouts that "
-        "contained it within the profile's history window, this one included.",
+    card_ids: tuple[str, ...] = Field(
+        default=(), description="Keyed hashes of the cards feeding the profile, sorted."
+    )
+    consent_given: bool | None = Field(
+        default=None,
+        description="The marketing consent this event states (a sign-up, an update naming it, "
+        "a consent change); null when the event states none. With `occurred_at` it is one "
+        "point of the customer's consent over time: offers decides on the consent in force at "
+        "a trigger's time, whatever order the changes arrive in.",
+    )
+    email_given: bool = Field(
+        default=False, description="Whether this event gives an e-mail address."
+    )
+    birth_date_given: bool = Field(
+        default=False, description="Whether this event sets the date of birth."
     )
 
 
@@ -189,6 +213,19 @@ class ContactChanged(Event):
 # ---------------------------------------------------------------- crm.offers
 
 OfferKind = Literal["frequent_item", "birthday", "anniversary", "win_back"]
+OfferScope = Literal["sku", "category", "basket"]
+
+
+class OfferTrigger(Event):
+    """What made an offer: the checkouts (a purchase rule) or the calendar day (a day rule)."""
+
+    type: Literal["purchase", "clock"] = Field(description="A purchase rule or a calendar rule.")
+    event_ids: tuple[str, ...] = Field(
+        default=(),
+        description="The checkouts that earned it (for a frequent item: the distinct checkouts "
+        "with the SKU inside the window, the triggering one last).",
+    )
+    day: dt.date | None = Field(default=None, description="The clock day of a calendar rule.")
 
 
 class OfferIssued(Event):
@@ -207,6 +244,18 @@ class OfferIssued(Event):
     valid_until: dt.date = Field(description="Last day the coupon can be used.")
     issued_at: AwareDatetime = Field(description="Time of the trigger that issued it.")
     template: str = Field(description="E-mail template name.")
+    scope: OfferScope = Field(
+        default="basket",
+        description="What the discount applies to: the lines of `sku`, the lines of "
+        "`category`, or the whole basket.",
+    )
+    category: str | None = Field(default=None, description="Category of a category coupon.")
+    trigger: OfferTrigger | None = Field(
+        default=None, description="What triggered it: the checkout event ids or the clock day."
+    )
+    campaign_id: str | None = Field(
+        default=None, description="The campaign it came from, when there is one."
+    )
 
 
 class OfferRedeemed(Event):
@@ -222,9 +271,14 @@ class OfferRedeemed(Event):
     checkout_event_id: str = Field(description="The checkout that redeemed it.")
     store_id: str = Field(description="Store of that checkout.")
     basket_total: Decimal = Field(description="Total of the redeeming basket.")
+    discount: Decimal = Field(
+        default=Decimal(0), description="The money the coupon took off that basket."
+    )
 
 
-RejectionReason = Literal["unknown_code", "foreign_code", "already_redeemed", "expired"]
+RejectionReason = Literal[
+    "unknown_code", "foreign_code", "already_redeemed", "expired", "revoked", "not_in_basket"
+]
 
 
 class RedemptionRejected(Event):
@@ -258,6 +312,23 @@ class OfferExpired(Event):
     expired_on: dt.date = Field(description="Clock day on which it was found expired.")
 
 
+class OfferRevoked(Event):
+    """An offer a late event showed should not have been issued: its code no longer redeems,
+    and an e-mail not yet sent is cancelled."""
+
+    type: Literal["offer_revoked"] = "offer_revoked"
+    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    offer_id: str = Field(description="The offer withdrawn.")
+    customer_id: str = Field(description="Pseudonymous customer id (the message key).")
+    kind: OfferKind = Field(description="Rule that had issued it.")
+    coupon_code: str = Field(description="The code that no longer redeems.")
+    reason: str = Field(
+        description="Why, as the decision now stands: `consent`, `no_email`, `erased`, "
+        "`cooldown`, `cap`, `held_out` or `not_eligible`."
+    )
+    revoked_at: AwareDatetime = Field(description="Event time of the change that revoked it.")
+
+
 class OfferHeldOut(Event):
     """An eligible customer was held out of an offer (the control group that measures lift)."""
 
@@ -274,7 +345,7 @@ class OfferHeldOut(Event):
 
 
 OfferEvent = Annotated[
-    OfferIssued | OfferRedeemed | RedemptionRejected | OfferExpired | OfferHeldOut,
+    OfferIssued | OfferRedeemed | RedemptionRejected | OfferExpired | OfferHeldOut | OfferRevoked,
     Field(discriminator="type"),
 ]
 """Everything offers publishes on `crm.offers`."""

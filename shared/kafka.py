@@ -172,7 +172,9 @@ async def ensure_topics(
             configs: dict[str, str] = {}
             if spec.compacted:
                 configs["cleanup.policy"] = "compact"
-            if spec.retention_days is not None:
+            elif spec.retention_days is None:
+                configs["retention.ms"] = "-1"  # kept: the topic is what a replay starts from
+            else:
                 configs["retention.ms"] = str(spec.retention_days * 86_400_000)
             partitions = 1 if spec.partitions == 1 else settings.topic_partitions
             new.append(

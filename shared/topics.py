@@ -28,7 +28,11 @@ RAW_TOPICS: Final = (CHECKOUTS_RAW, CUSTOMERS_RAW, INTERACTIONS_RAW)
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    """How `crm run` and `crm create-topics` create a topic when it is missing."""
+    """How `crm run` and `crm create-topics` create a topic when it is missing.
+
+    `retention_days` None keeps records for ever (`retention.ms=-1`); a compacted topic keeps
+    the latest record per key instead.
+    """
 
     name: str
     partitions: int
@@ -38,16 +42,23 @@ class TopicSpec:
 
 DEFAULT_PARTITIONS: Final = 6
 
+LOOKBACK_DAYS: Final = 400
+"""What the offer rules look back on: the anniversary's year, and a month to spare."""
+
 TOPIC_SPECS: Final = (
+    # What tills and channels send: ingest de-duplicates and normalizes it within days.
     TopicSpec(CHECKOUTS_RAW, DEFAULT_PARTITIONS, 7),
     TopicSpec(CUSTOMERS_RAW, DEFAULT_PARTITIONS, 7),
     TopicSpec(INTERACTIONS_RAW, DEFAULT_PARTITIONS, 7),
-    TopicSpec(EVENTS, DEFAULT_PARTITIONS, 7),
-    TopicSpec(PROFILES_CHANGED, DEFAULT_PARTITIONS, 3),
+    # The record of what happened: `crm replay profiles|reports` rebuilds from it, so it is kept.
+    TopicSpec(EVENTS, DEFAULT_PARTITIONS, None),
+    # `crm replay offers` rebuilds from it: as long as the rules look back.
+    TopicSpec(PROFILES_CHANGED, DEFAULT_PARTITIONS, LOOKBACK_DAYS),
     TopicSpec(CONTACTS, DEFAULT_PARTITIONS, None, compacted=True),
-    TopicSpec(CLOCK, 1, 30),
-    TopicSpec(OFFERS, DEFAULT_PARTITIONS, 30),
-    TopicSpec(DELIVERIES, DEFAULT_PARTITIONS, 30),
+    TopicSpec(CLOCK, 1, None),
+    # What marketing consumes and reports (and the look-up's coupons) rebuild from: kept.
+    TopicSpec(OFFERS, DEFAULT_PARTITIONS, None),
+    TopicSpec(DELIVERIES, DEFAULT_PARTITIONS, None),
     TopicSpec(DEADLETTER, DEFAULT_PARTITIONS, 30),
 )
 

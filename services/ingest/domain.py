@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
+from shared.basket import clean_text, normalize_line
 from shared.errors import Rejected
 from shared.events import (
     CardLinked,
@@ -27,7 +28,6 @@ from shared.events import (
     CustomerSignedUp,
     CustomerUpdated,
     InteractionRecorded,
-    PurchaseLine,
     PurchaseRecorded,
 )
 from shared.privacy import InvalidCardNumber, card_id, mask_card_numbers
@@ -120,11 +120,7 @@ def _card(card_number: str | None, key: bytes, *, field: str = "card_number") ->
 
 
 def _text(value: str | None, limit: int = 200) -> str | None:
-    """Trim and drop control characters from free text; empty becomes None."""
-    if value is None:
-        return None
-    cleaned = _CONTROL.sub("", value).strip()[:limit]
-    return cleaned or None
+    return clean_text(value, limit)
 
 
 def normalize_checkout(
@@ -133,21 +129,7 @@ def normalize_checkout(
     """A raw checkout as a normalized purchase; `resolve` maps a card id to its customer id."""
     occurred_at = parse_time(raw.occurred_at, zone)
     card = _card(raw.card_number, key)
-    lines = []
-    for line in raw.lines:
-        gross = line.quantity * line.unit_price
-        amount = max(gross - line.discount, Decimal(0)).quantize(MONEY_PLACES)
-        lines.append(
-            PurchaseLine(
-                sku=line.sku.strip().upper(),
-                name=_text(line.name),
-                category=(_text(line.category) or "").lower() or None,
-                quantity=line.quantity,
-                unit_price=line.unit_price,
-                discount=line.discount,
-                amount=amount,
-            )
-        )
+    lines = [normalize_line(line) for line in raw.lines]
     return PurchaseRecorded(
         event_id=raw.event_id,
         occurred_at=occurred_at,

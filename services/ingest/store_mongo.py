@@ -28,6 +28,7 @@ class MongoIngestRepository(MongoStore):
     """One document per seen key (`_id` = key) and per card (`_id` = card id); one bulk write
     per collection and batch. Every value is passed as a string, so it is only ever data."""
 
+    SERVICE = "ingest"
     INDEXES: ClassVar[Indexes] = {
         SEEN: (seen_ttl(DEFAULT_DEDUP_DAYS),),
         CARDS: (IndexModel("customer_id", name="cards_by_customer"),),

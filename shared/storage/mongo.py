@@ -73,8 +73,10 @@ def _translated(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitabl
 
 
 class MongoStore:
-    """Base of a service's MongoDB adapter: declare `INDEXES` (collection -> index models)."""
+    """Base of a service's MongoDB adapter: declare `SERVICE` (its collections are named
+    `SERVICE` or `SERVICE_...`) and `INDEXES` (collection -> index models)."""
 
+    SERVICE: ClassVar[str] = ""
     INDEXES: ClassVar[Indexes] = {}
 
     def __init__(
@@ -114,6 +116,16 @@ class MongoStore:
         for collection, indexes in self.indexes().items():
             if indexes:
                 await self.database[collection].create_indexes(list(indexes))
+
+    async def reset(self) -> None:
+        """Drop this service's collections (`crm replay` rebuilds them from the topics); the
+        indexes are created again."""
+        if not self.SERVICE:
+            raise NotImplementedError(f"{type(self).__name__} does not name its SERVICE")
+        for name in await self.database.list_collection_names():
+            if name == self.SERVICE or name.startswith(f"{self.SERVICE}_"):
+                await self.database.drop_collection(name)
+        await self.ensure_indexes()
 
     async def close(self) -> None:
         if self._client is not None:

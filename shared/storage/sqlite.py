@@ -118,6 +118,18 @@ class SqliteStore:
 
         return await self.read(transaction)
 
+    async def reset(self) -> None:
+        """Empty every table of this service's file (`crm replay` rebuilds it from the topics)."""
+
+        def work(db: sqlite3.Connection) -> None:
+            names = db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            ).fetchall()
+            for (name,) in names:
+                db.execute(f'DELETE FROM "{name}"')  # noqa: S608 - names from the schema itself
+
+        await self.write(work)
+
     async def close(self) -> None:
         async with self._lock:
             self._db.close()

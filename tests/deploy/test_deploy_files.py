@@ -87,17 +87,17 @@ CONTRACT_SETTINGS = {
     "CRM_PUBLIC_URL",
 }
 DAY_MS = 24 * 3600 * 1000
-# name: (partitions, retention.ms or None for the broker's default, cleanup.policy)
+# name: (partitions, retention.ms (-1: kept) or None for a compacted topic, cleanup.policy)
 EXPECTED_TOPICS = {
     "crm.checkouts.raw": (6, 7 * DAY_MS, None),
     "crm.customers.raw": (6, 7 * DAY_MS, None),
     "crm.interactions.raw": (6, 7 * DAY_MS, None),
-    "crm.events": (6, 7 * DAY_MS, None),
-    "crm.profiles.changed": (6, 3 * DAY_MS, None),
+    "crm.events": (6, -1, None),
+    "crm.profiles.changed": (6, 400 * DAY_MS, None),
     "crm.contacts": (6, None, "compact"),
-    "crm.clock": (1, 30 * DAY_MS, None),
-    "crm.offers": (6, 30 * DAY_MS, None),
-    "crm.deliveries": (6, 30 * DAY_MS, None),
+    "crm.clock": (1, -1, None),
+    "crm.offers": (6, -1, None),
+    "crm.deliveries": (6, -1, None),
     "crm.deadletter": (6, 30 * DAY_MS, None),
 }
 
@@ -858,7 +858,9 @@ def test_compose_topics_are_the_topics_crm_create_topics_makes() -> None:
     made = {
         spec.name: (
             spec.partitions,
-            spec.retention_days * DAY_MS if spec.retention_days is not None else None,
+            None
+            if spec.compacted
+            else (spec.retention_days * DAY_MS if spec.retention_days is not None else -1),
             "compact" if spec.compacted else None,
         )
         for spec in TOPIC_SPECS
