@@ -15,12 +15,12 @@ from its profiles; nothing here reads another service's store.
 
 import datetime as dt
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from services.profiles.domain import Coupon, CustomerProfile
+from services.profiles.domain import Coupon, CouponState, CustomerProfile
 from services.profiles.service import ProfilesService
 from services.profiles.store import ProfilesRepository
 from shared.auth import (
@@ -86,13 +86,23 @@ class CouponView(BaseModel):
     product_name: str | None = Field(description="Name of that product.")
     valid_from: dt.date = Field(description="First valid day.")
     valid_until: dt.date = Field(description="Last valid day.")
-    state: Literal["issued", "redeemed", "expired"] = Field(description="Lifecycle state.")
+    state: CouponState = Field(
+        description="Lifecycle state: issued, redeemed, expired, or revoked (offers withdrew "
+        "it: its code no longer redeems)."
+    )
     redeemed_at: AwareDatetime | None = Field(description="When it was redeemed.")
+    discount: Decimal | None = Field(
+        default=None, description="Money it took off the redeeming basket; null until redeemed."
+    )
 
 
 class CouponsView(BaseModel):
-    open: list[CouponView] = Field(description="Issued coupons not yet redeemed or expired.")
-    used: list[CouponView] = Field(description="Redeemed coupons.")
+    open: list[CouponView] = Field(
+        description="Issued coupons not yet redeemed, expired or revoked."
+    )
+    used: list[CouponView] = Field(
+        description="Redeemed coupons (a coupon revoked after its redemption is in neither)."
+    )
 
 
 class EmailStatus(BaseModel):
@@ -123,7 +133,7 @@ class CustomerView(BaseModel):
     favourite_categories: list[FavouriteView] = Field(description="Top categories.")
     recent_purchases: list[PurchaseView] = Field(description="Latest checkouts, newest first.")
     coupons: CouponsView = Field(description="Open and used coupons.")
-    coupons_presented: list[str] = Field(description="Codes listed at checkouts.")
+    coupons_presented: list[str] = Field(description="Codes listed at checkouts, sorted.")
     interactions: dict[str, int] = Field(description="Interactions per type.")
     latest_interactions: list[InteractionView] = Field(
         description="Latest interactions (support tickets, e-mail opens and clicks...), newest first."
@@ -142,6 +152,7 @@ def _coupon(coupon: Coupon) -> CouponView:
         valid_until=coupon.valid_until,
         state=coupon.state,
         redeemed_at=coupon.redeemed_at,
+        discount=coupon.discount,
     )
 
 

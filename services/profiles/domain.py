@@ -7,8 +7,39 @@ One `CustomerProfile` document per customer. A document is one of three things:
 - an alias (`merged_into` set): this customer's card was linked into another profile, and
   every later event addressed to this customer is applied to the target.
 
-`ProfileBook` holds the documents of one batch in memory and applies events in order;
-the service loads the documents before and saves `book.changed()` after, in one call each.
+`ProfileBook` holds the documents of one batch in memory and applies its events; the service
+loads the documents before and saves `book.changed()` after, in one call each.
+
+**A profile is a function of the set of events, not of their arrival.** Events reach
+profiles late, out of order, across partitions (a card's checkouts go to the card's own
+customer until ingest learns of a link) and in arbitrary batches; the same events must give
+the same profile, so that offers, which decides from what profiles publishes, decides the
+same. Every part of the fold is therefore order-independent:
+
+- stated values (marketing consent, e-mail, first name, birth date, chosen store, sign-up
+  store) are each the value of the latest event stating it, by event time then event id: the
+  profile keeps that event's `Stamp` per field (`stamps`), so an older statement arriving
+  late changes nothing, and a merge keeps, per field, the newer statement of the two;
+- sums, counts, first/last times and sets (cards, coupon codes, merged customers, kept
+  sorted) commute; `registered_at` is the earliest sign-up;
+- bounded lists (latest purchases, latest interactions, the history window) are ordered by
+  (time, event id) and cut by that key, so the same entries survive whatever the order;
+- the home store is derived: the chosen store, else the store of most visits (a tie goes to
+  the smallest store id), else the sign-up store;
+- a SKU's name and category are those of its latest checkout by (time, event id);
+- a card link merges the other customer's profile whenever it comes: before or after that
+  customer's events, the union is the same.
+
+Two fields are bookkeeping and legitimately depend on arrival: `recent_event_ids` (the
+de-duplication window, in the order events were applied) and `version` (the write guard).
+`CustomerProfile.content()` is the document without them: what tests compare.
+
+**Erasure is the one exception, on purpose.** Privacy wins over order-independence: an
+erasure wipes whatever the profile holds when it is applied, and later events (other than a
+new sign-up newer than the erasure) build nothing. So a sign-up newer than an erasure that
+arrives *before* it is wiped by it, whereas in event-time order it would have started a new
+profile. Keeping it would mean keeping personal data past an erasure in case a newer sign-up
+turns out to precede it; we do not keep personal data on a maybe.
 """
 
 from __future__ import annotations
@@ -18,10 +49,11 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
 
+from shared.basket import basket_lines
 from shared.events import (
     CardLinked,
     ConsentChanged,
@@ -36,6 +68,7 @@ from shared.events import (
     OfferIssued,
     OfferKind,
     OfferRedeemed,
+    OfferRevoked,
     ProfileChanged,
     PurchaseRecorded,
     PurchaseSummary,
@@ -56,6 +89,27 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Stamp:
+    """When a value was stated: the stating event's time, then its id. Ordered by both, so
+    that of two statements of the same instant the same one wins in any arrival order."""
+
+    at: Annotated[AwareDatetime, Field(description="Time of the event that stated the value.")]
+    event_id: Annotated[str, Field(description="Id of that event.")]
+
+
+StampedField = Literal[
+    "marketing_consent",
+    "email",
+    "first_name",
+    "birth_date",
+    "preferred_store_id",
+    "signup_store_id",
+]
+"""The profile's stated fields: each is the value of the latest event stating it."""
+STAMPED_FIELDS: tuple[StampedField, ...] = get_args(StampedField)
+
+
 # The parts below are many per profile and change on every checkout: plain slotted
 # dataclasses are several times cheaper to build and update than models; pydantic still
 # validates and serializes them as part of `CustomerProfile`.
@@ -65,12 +119,16 @@ class _Part(BaseModel):
 class SkuStats:
     """What a customer bought of one SKU."""
 
-    name: Annotated[str | None, Field(description="Latest product name seen.")] = None
-    category: Annotated[str | None, Field(description="Latest category seen.")] = None
+    name: Annotated[str | None, Field(description="Name at the latest checkout.")] = None
+    category: Annotated[str | None, Field(description="Category at the latest checkout.")] = None
     quantity: Annotated[Decimal, Field(description="Units (or weight) bought.")] = _ZERO
     spend: Annotated[Decimal, Field(description="Money spent on it.")] = _ZERO
     checkouts: Annotated[int, Field(description="Distinct checkouts containing it.")] = 0
     last_bought_at: Annotated[AwareDatetime | None, Field(description="Latest checkout.")] = None
+    last_event_id: Annotated[
+        str | None,
+        Field(description="Event id of the latest checkout: orders checkouts of the same time."),
+    ] = None
 
 
 @dataclass(slots=True)
@@ -124,13 +182,21 @@ class Favourite(_Part):
     spend: Decimal = Field(description="Money spent.")
 
 
+BOOKKEEPING: frozenset[str] = frozenset({"recent_event_ids", "version"})
+"""Fields of the document that depend on the arrival of events, not only on which events."""
+
+
 class CustomerProfile(_Part):
     """Everything crm-stream knows of one customer, as stored (Decimal as string in JSON)."""
 
     customer_id: str = Field(description="Pseudonymous customer id.")
-    card_ids: list[str] = Field(default_factory=list, description="Keyed hashes of its cards.")
+    card_ids: list[str] = Field(
+        default_factory=list, description="Keyed hashes of its cards, sorted."
+    )
     registered: bool = Field(default=False, description="Whether the customer signed up.")
-    registered_at: AwareDatetime | None = Field(default=None, description="Time of sign-up.")
+    registered_at: AwareDatetime | None = Field(
+        default=None, description="Time of the earliest sign-up."
+    )
     email: str | None = Field(default=None, description="E-mail address.")
     first_name: str | None = Field(default=None, description="First name.")
     birth_date: dt.date | None = Field(default=None, description="Date of birth.")
@@ -138,9 +204,18 @@ class CustomerProfile(_Part):
     preferred_store_id: str | None = Field(
         default=None, description="Home store the customer chose (wins over the visits)."
     )
-    signup_store_id: str | None = Field(default=None, description="Store of the sign-up.")
+    signup_store_id: str | None = Field(
+        default=None, description="Store of the latest sign-up that named one."
+    )
+    stamps: dict[StampedField, Stamp] = Field(
+        default_factory=dict,
+        description="Per stated field, the event that stated its current value: a statement "
+        "older than it changes nothing, whenever it arrives.",
+    )
     home_store_id: str | None = Field(
-        default=None, description="Chosen store, else store of most visits, else sign-up store."
+        default=None,
+        description="Chosen store, else store of most visits (the smallest id on a tie), "
+        "else sign-up store.",
     )
     first_purchase_at: AwareDatetime | None = Field(default=None, description="First checkout.")
     last_purchase_at: AwareDatetime | None = Field(default=None, description="Latest checkout.")
@@ -152,20 +227,22 @@ class CustomerProfile(_Part):
     )
     stores: dict[str, int] = Field(default_factory=dict, description="Visits per store.")
     recent_purchases: list[RecentPurchase] = Field(
-        default_factory=list, description="Latest checkouts, oldest first."
+        default_factory=list, description="Latest checkouts, oldest first (time, then event id)."
     )
     sku_history: list[HistoryEntry] = Field(
-        default_factory=list, description="Checkouts within the history window, oldest first."
+        default_factory=list,
+        description="Checkouts within the history window of the newest one, oldest first.",
     )
     interactions: dict[str, int] = Field(default_factory=dict, description="Count per type.")
     latest_interactions: list[InteractionEntry] = Field(
-        default_factory=list, description="Latest interactions, oldest first."
+        default_factory=list, description="Latest interactions, oldest first (time, then id)."
     )
     coupons_redeemed: list[str] = Field(
-        default_factory=list, description="Coupon codes listed at checkouts, first seen first."
+        default_factory=list, description="Coupon codes listed at checkouts, sorted."
     )
     recent_event_ids: list[str] = Field(
-        default_factory=list, description="Latest applied event ids: the idempotency guard."
+        default_factory=list,
+        description="Latest applied event ids, in the order applied: the idempotency guard.",
     )
     erased: bool = Field(default=False, description="Whether this is an erasure tombstone.")
     erased_at: AwareDatetime | None = Field(
@@ -173,7 +250,7 @@ class CustomerProfile(_Part):
     )
     merged_into: str | None = Field(default=None, description="Alias: the profile it feeds.")
     merged_from: list[str] = Field(
-        default_factory=list, description="Customers merged into this profile (now aliases)."
+        default_factory=list, description="Customers merged into this profile (aliases), sorted."
     )
     version: int = Field(default=0, description="Incremented per write.")
 
@@ -195,6 +272,14 @@ class CustomerProfile(_Part):
     @property
     def monetary(self) -> Decimal:
         return self.total_spend
+
+    def content(self) -> dict[str, Any]:
+        """What the profile says of the customer: the JSON document without its bookkeeping
+        (`BOOKKEEPING`: `recent_event_ids`, the de-duplication window, in arrival order, and
+        `version`, the write guard). The same set of events gives the same content in any
+        arrival order and batches (erasure aside, see the module docstring); tests compare
+        profiles with it. Mappings compare equal whatever their key order."""
+        return self.model_dump(mode="json", exclude=set(BOOKKEEPING))
 
     def recency_days(self, today: dt.date) -> int | None:
         """Days from the last purchase (UTC date) to `today`; None without purchases."""
@@ -282,12 +367,21 @@ def _update_home_store(p: CustomerProfile) -> None:
         p.home_store_id = p.preferred_store_id
         return
     if p.stores:
+        # A tie goes to the smallest store id, not to the current home store: which store
+        # got there first depends on the arrival order.
         best = max(p.stores.values())
-        if p.home_store_id in p.stores and p.stores[p.home_store_id] == best:
-            return  # a tie keeps the current home store
         p.home_store_id = min(s for s, n in p.stores.items() if n == best)
         return
     p.home_store_id = p.signup_store_id
+
+
+def _state(doc: CustomerProfile, name: StampedField, value: object, stamp: Stamp) -> None:
+    """Set a stated field to `value` unless a statement as new or newer set it already."""
+    current = doc.stamps.get(name)
+    if current is not None and current >= stamp:
+        return
+    doc.stamps[name] = stamp
+    setattr(doc, name, value)
 
 
 def _min(a: dt.datetime | None, b: dt.datetime | None) -> dt.datetime | None:
@@ -302,19 +396,40 @@ def _max(a: dt.datetime | None, b: dt.datetime | None) -> dt.datetime | None:
     return a if b is None or a >= b else b
 
 
+def _add_sorted(items: list[str], item: str) -> None:
+    """Add to a sorted list of distinct strings (a set, stored in a canonical order)."""
+    index = bisect.bisect_left(items, item)
+    if index == len(items) or items[index] != item:
+        items.insert(index, item)
+
+
 _T = TypeVar("_T")
 _Entry = TypeVar("_Entry", RecentPurchase, HistoryEntry, InteractionEntry)
+
+
+def _order(entry: RecentPurchase | HistoryEntry | InteractionEntry) -> tuple[dt.datetime, str]:
+    """The order of a profile's lists: time, then event id (unique, so the order is total)."""
+    return (entry.at, entry.event_id)
 
 
 def _keep_latest(items: list[_T], limit: int) -> list[_T]:
     return items[-limit:] if len(items) > limit else items
 
 
+def _newer_checkout(stats: SkuStats, at: dt.datetime, event_id: str) -> bool:
+    """Whether the checkout (at, event_id) is newer than the SKU's latest one. A document
+    stored before event ids were kept has none: its checkout counts as the first of its time."""
+    if stats.last_bought_at is None:
+        return True
+    return (at, event_id) > (stats.last_bought_at, stats.last_event_id or "")
+
+
 class ProfileBook:
-    """The documents of one batch, and the ordered application of its events.
+    """The documents of one batch, and the application of its events.
 
     Pure: the caller loads the documents (`needs()` tells which ids, `add()` takes them),
-    applies the events, then saves `changed()`.
+    applies the events, then saves `changed()`. The events may come in any order: the
+    profiles they build do not depend on it (see the module docstring).
     """
 
     def __init__(self, options: FoldOptions | None = None) -> None:
@@ -419,17 +534,17 @@ class ProfileBook:
             self._put(doc)
         before = _contact_key(doc)
         outcome = Outcome("applied", target)
+        stamp = Stamp(event.occurred_at, event.event_id)
         purchase: PurchaseSummary | None = None
-        sku_checkouts: dict[str, tuple[dt.datetime, ...]] = {}
         match event:
             case PurchaseRecorded():
-                purchase, sku_checkouts = self._purchase(doc, event)
+                purchase = self._purchase(doc, event)
             case CustomerSignedUp():
-                self._signup(doc, event)
+                self._signup(doc, event, stamp)
             case CustomerUpdated():
-                self._update(doc, event)
+                self._update(doc, event, stamp)
             case ConsentChanged():
-                doc.marketing_consent = event.marketing_consent
+                _state(doc, "marketing_consent", event.marketing_consent, stamp)
             case InteractionRecorded():
                 self._interaction(doc, event)
             case CardLinked():
@@ -438,8 +553,11 @@ class ProfileBook:
                 return self._erase(doc, event, outcome)
         self._remember(doc, event.event_id)
         self._dirty.add(target)
+        consent_given, email_given, birth_date_given = _stated(event)
         # Built without re-validation: every value comes from validated events and documents
-        # (this runs once per event on the hot path).
+        # (this runs once per event on the hot path). `marketing_consent`, `has_email`... are
+        # the profile's state after this event, in arrival order; `*_given` are this event's
+        # own statements, which offers folds by event time.
         outcome.profile_changed = ProfileChanged.model_construct(
             customer_id=target,
             cause_event_id=event.event_id,
@@ -453,7 +571,10 @@ class ProfileBook:
             visits=doc.visits,
             home_store_id=doc.home_store_id,
             purchase=purchase,
-            sku_checkouts=sku_checkouts,
+            card_ids=tuple(doc.card_ids),
+            consent_given=consent_given,
+            email_given=email_given,
+            birth_date_given=birth_date_given,
         )
         after = _contact_key(doc)
         if after != before and (doc.email is not None or before[0] is not None):
@@ -471,13 +592,12 @@ class ProfileBook:
             changed_at=at,
         )
 
-    def _add_card(self, doc: CustomerProfile, card_id: str | None) -> None:
-        if card_id is not None and card_id not in doc.card_ids:
-            doc.card_ids.append(card_id)
+    @staticmethod
+    def _add_card(doc: CustomerProfile, card_id: str | None) -> None:
+        if card_id is not None:
+            _add_sorted(doc.card_ids, card_id)
 
-    def _purchase(
-        self, doc: CustomerProfile, event: PurchaseRecorded
-    ) -> tuple[PurchaseSummary, dict[str, tuple[dt.datetime, ...]]]:
+    def _purchase(self, doc: CustomerProfile, event: PurchaseRecorded) -> PurchaseSummary:
         at = event.occurred_at
         self._add_card(doc, event.card_id)
         doc.first_purchase_at = _min(doc.first_purchase_at, at)
@@ -485,7 +605,9 @@ class ProfileBook:
         doc.visits += 1
         doc.total_spend += event.total
         doc.stores[event.store_id] = doc.stores.get(event.store_id, 0) + 1
+        # Per SKU of the basket: its name and category (the basket's last line giving one).
         products: dict[str, str | None] = {}
+        sku_categories: dict[str, str | None] = {}
         basket_categories: set[str] = set()
         for line in event.lines:
             stats = doc.skus.get(line.sku)
@@ -496,15 +618,12 @@ class ProfileBook:
             if line.sku not in products:
                 stats.checkouts += 1
                 products[line.sku] = line.name
-            elif line.name is not None:
-                products[line.sku] = line.name
-            if stats.last_bought_at is None or at >= stats.last_bought_at:
-                stats.last_bought_at = at
-                stats.name = line.name or stats.name
-                stats.category = line.category or stats.category
+                sku_categories[line.sku] = line.category
             else:
-                stats.name = stats.name or line.name
-                stats.category = stats.category or line.category
+                if line.name is not None:
+                    products[line.sku] = line.name
+                if line.category is not None:
+                    sku_categories[line.sku] = line.category
             category = line.category or UNCATEGORIZED
             cat = doc.categories.get(category)
             if cat is None:
@@ -514,9 +633,15 @@ class ProfileBook:
             if category not in basket_categories:
                 basket_categories.add(category)
                 cat.checkouts += 1
+        for sku, name in products.items():
+            stats = doc.skus[sku]
+            if _newer_checkout(stats, at, event.event_id):
+                stats.last_bought_at = at
+                stats.last_event_id = event.event_id
+                stats.name = name
+                stats.category = sku_categories[sku]
         for code in event.coupons:
-            if code not in doc.coupons_redeemed:
-                doc.coupons_redeemed.append(code)
+            _add_sorted(doc.coupons_redeemed, code)
         skus = sorted(products)
         recent = RecentPurchase(
             event_id=event.event_id,
@@ -526,46 +651,48 @@ class ProfileBook:
             lines=len(event.lines),
             skus=skus,
         )
-        _insert_by_time(doc.recent_purchases, recent)
+        _insert_in_order(doc.recent_purchases, recent)
         doc.recent_purchases = _keep_latest(doc.recent_purchases, self.options.recent_purchases)
         self._record_history(doc, HistoryEntry(at=at, event_id=event.event_id, skus=skus))
         _update_home_store(doc)
-        summary = PurchaseSummary.model_construct(
+        return PurchaseSummary.model_construct(
             event_id=event.event_id,
             store_id=event.store_id,
             total=event.total,
             coupons=event.coupons,
             products=products,
             card_id=event.card_id,
+            lines=basket_lines(event.lines),
         )
-        return summary, _sku_checkouts(doc.sku_history, products, event.event_id, at)
 
     def _record_history(self, doc: CustomerProfile, entry: HistoryEntry) -> None:
+        # The window ends at the newest checkout ever seen (always kept, so the list's last
+        # entry): the entries kept are those within it, whatever order they came in.
         history = doc.sku_history
         newest = max(entry.at, history[-1].at) if history else entry.at
         cutoff = newest - dt.timedelta(days=self.options.history_days)
         if entry.at >= cutoff:
-            _insert_by_time(history, entry)
+            _insert_in_order(history, entry)
         if history and history[0].at < cutoff:
             doc.sku_history = [h for h in history if h.at >= cutoff]
 
-    def _signup(self, doc: CustomerProfile, event: CustomerSignedUp) -> None:
+    def _signup(self, doc: CustomerProfile, event: CustomerSignedUp, stamp: Stamp) -> None:
         self._add_card(doc, event.card_id)
         doc.registered = True
-        doc.registered_at = event.occurred_at
-        _set_personal(doc, event)
-        doc.marketing_consent = event.marketing_consent
+        doc.registered_at = _min(doc.registered_at, event.occurred_at)
+        _set_personal(doc, event, stamp)
+        _state(doc, "marketing_consent", event.marketing_consent, stamp)
         if event.store_id is not None:
-            doc.signup_store_id = event.store_id
+            _state(doc, "signup_store_id", event.store_id, stamp)
         _update_home_store(doc)
 
     @staticmethod
-    def _update(doc: CustomerProfile, event: CustomerUpdated) -> None:
-        _set_personal(doc, event)
+    def _update(doc: CustomerProfile, event: CustomerUpdated, stamp: Stamp) -> None:
+        _set_personal(doc, event, stamp)
         if event.marketing_consent is not None:
-            doc.marketing_consent = event.marketing_consent
+            _state(doc, "marketing_consent", event.marketing_consent, stamp)
         if event.store_id is not None:
-            doc.preferred_store_id = event.store_id
+            _state(doc, "preferred_store_id", event.store_id, stamp)
             _update_home_store(doc)
 
     def _interaction(self, doc: CustomerProfile, event: InteractionRecorded) -> None:
@@ -578,7 +705,7 @@ class ProfileBook:
             at=event.occurred_at,
             details=dict(event.details),
         )
-        _insert_by_time(doc.latest_interactions, entry)
+        _insert_in_order(doc.latest_interactions, entry)
         doc.latest_interactions = _keep_latest(
             doc.latest_interactions, self.options.latest_interactions
         )
@@ -617,22 +744,17 @@ class ProfileBook:
             version=source.version if source is not None else 0,
         )
         self._put(alias)
-        if source_id not in doc.merged_from:
-            doc.merged_from.append(source_id)
+        _add_sorted(doc.merged_from, source_id)
 
     def _merge(self, doc: CustomerProfile, other: CustomerProfile) -> None:
-        """Fold `other` into `doc`: sums, min/max, unions; `doc`'s personal data wins."""
+        """Fold `other` into `doc`: sums, min/max, unions; per stated field, the newer
+        statement wins (whichever profile it is in), so a merge gives the profile the same
+        events would have built had they all been addressed to `doc`."""
         for card in other.card_ids:
             self._add_card(doc, card)
-        if not doc.registered and other.registered:
-            doc.marketing_consent = other.marketing_consent
-            doc.registered_at = other.registered_at
+        _merge_stated(doc, other)
         doc.registered = doc.registered or other.registered
-        doc.email = doc.email or other.email
-        doc.first_name = doc.first_name or other.first_name
-        doc.birth_date = doc.birth_date or other.birth_date
-        doc.preferred_store_id = doc.preferred_store_id or other.preferred_store_id
-        doc.signup_store_id = doc.signup_store_id or other.signup_store_id
+        doc.registered_at = _min(doc.registered_at, other.registered_at)
         doc.first_purchase_at = _min(doc.first_purchase_at, other.first_purchase_at)
         doc.last_purchase_at = _max(doc.last_purchase_at, other.last_purchase_at)
         doc.visits += other.visits
@@ -642,16 +764,16 @@ class ProfileBook:
             if mine is None:
                 doc.skus[sku] = replace(theirs)
                 continue
-            newer = theirs.last_bought_at is not None and (
-                mine.last_bought_at is None or theirs.last_bought_at > mine.last_bought_at
-            )
             mine.quantity += theirs.quantity
             mine.spend += theirs.spend
             mine.checkouts += theirs.checkouts
-            if newer:
+            if theirs.last_bought_at is not None and _newer_checkout(
+                mine, theirs.last_bought_at, theirs.last_event_id or ""
+            ):
                 mine.last_bought_at = theirs.last_bought_at
-                mine.name = theirs.name or mine.name
-                mine.category = theirs.category or mine.category
+                mine.last_event_id = theirs.last_event_id
+                mine.name = theirs.name
+                mine.category = theirs.category
         for name, theirs_cat in other.categories.items():
             mine_cat = doc.categories.get(name)
             if mine_cat is None:
@@ -665,21 +787,20 @@ class ProfileBook:
         for kind, count in other.interactions.items():
             doc.interactions[kind] = doc.interactions.get(kind, 0) + count
         doc.recent_purchases = _keep_latest(
-            _union_by_time(doc.recent_purchases, other.recent_purchases),
+            _union_in_order(doc.recent_purchases, other.recent_purchases),
             self.options.recent_purchases,
         )
         doc.latest_interactions = _keep_latest(
-            _union_by_time(doc.latest_interactions, other.latest_interactions),
+            _union_in_order(doc.latest_interactions, other.latest_interactions),
             self.options.latest_interactions,
         )
-        history = _union_by_time(doc.sku_history, other.sku_history)
+        history = _union_in_order(doc.sku_history, other.sku_history)
         if history:
             cutoff = history[-1].at - dt.timedelta(days=self.options.history_days)
             history = [h for h in history if h.at >= cutoff]
         doc.sku_history = history
         for code in other.coupons_redeemed:
-            if code not in doc.coupons_redeemed:
-                doc.coupons_redeemed.append(code)
+            _add_sorted(doc.coupons_redeemed, code)
         mine_ids = set(doc.recent_event_ids)
         merged_ids = [i for i in other.recent_event_ids if i not in mine_ids]
         doc.recent_event_ids = _keep_latest(
@@ -687,8 +808,7 @@ class ProfileBook:
         )
         self._seen.pop(doc.customer_id, None)
         for alias in other.merged_from:
-            if alias not in doc.merged_from:
-                doc.merged_from.append(alias)
+            _add_sorted(doc.merged_from, alias)
         _update_home_store(doc)
 
     def _erase(self, doc: CustomerProfile, event: CustomerErased, outcome: Outcome) -> Outcome:
@@ -708,57 +828,68 @@ class ProfileBook:
         return outcome
 
 
-def _insert_by_time(items: list[_Entry], item: _Entry) -> None:
-    """Insert keeping the list sorted by time (appending in the usual in-order case)."""
-    if not items or items[-1].at <= item.at:
+def _insert_in_order(items: list[_Entry], item: _Entry) -> None:
+    """Insert keeping the list sorted by (time, event id) (appending in the usual case)."""
+    if not items or _order(items[-1]) < _order(item):
         items.append(item)
         return
-    index = bisect.bisect_right([i.at for i in items], item.at)
-    items.insert(index, item)
+    bisect.insort(items, item, key=_order)
 
 
-def _union_by_time(mine: list[_Entry], theirs: list[_Entry]) -> list[_Entry]:
+def _union_in_order(mine: list[_Entry], theirs: list[_Entry]) -> list[_Entry]:
     ids = {i.event_id for i in mine}
     out = mine + [i for i in theirs if i.event_id not in ids]
-    out.sort(key=lambda i: i.at)
+    out.sort(key=_order)
     return out
 
 
-def _sku_checkouts(
-    history: list[HistoryEntry], products: Mapping[str, object], event_id: str, at: dt.datetime
-) -> dict[str, tuple[dt.datetime, ...]]:
-    """For each SKU of the basket, the times of the checkouts in the window containing it."""
-    times: dict[str, list[dt.datetime]] = {sku: [] for sku in products}
-    included = False
-    for entry in history:
-        if entry.event_id == event_id:
-            included = True
-        for sku in entry.skus:
-            bucket = times.get(sku)
-            if bucket is not None:
-                bucket.append(entry.at)
-    if not included:  # the checkout is older than the window: still counted once
-        for bucket in times.values():
-            bucket.append(at)
-            bucket.sort()
-    # History is sorted by time with one entry per checkout, so each list is already in order.
-    return {sku: tuple(ts) for sku, ts in times.items()}
+def _stated(event: NormalizedEvent) -> tuple[bool | None, bool, bool]:
+    """What the event itself states, whatever the profile held: the consent it gives (None
+    when it gives none), whether it gives an e-mail address, whether a date of birth."""
+    if isinstance(event, CustomerSignedUp | CustomerUpdated):
+        return event.marketing_consent, event.email is not None, event.birth_date is not None
+    if isinstance(event, ConsentChanged):
+        return event.marketing_consent, False, False
+    return None, False, False
 
 
-def _set_personal(doc: CustomerProfile, event: CustomerSignedUp | CustomerUpdated) -> None:
-    """E-mail, first name and birth date that the event gives; a null leaves the field as is."""
+def _set_personal(
+    doc: CustomerProfile, event: CustomerSignedUp | CustomerUpdated, stamp: Stamp
+) -> None:
+    """E-mail, first name and birth date that the event gives; a null leaves the field as is,
+    and so does a value older than the one the profile holds."""
     if event.email is not None:
-        doc.email = event.email
+        _state(doc, "email", event.email, stamp)
     if event.first_name is not None:
-        doc.first_name = event.first_name
+        _state(doc, "first_name", event.first_name, stamp)
     if event.birth_date is not None:
-        doc.birth_date = event.birth_date
+        _state(doc, "birth_date", event.birth_date, stamp)
+
+
+def _merge_stated(doc: CustomerProfile, other: CustomerProfile) -> None:
+    """Per stated field, the newer statement of the two profiles. A value without a stamp (a
+    document stored before stamps were kept) counts as older than any stamped one; between
+    two such, the target's value stands unless it has none (the rule of those documents)."""
+    for name in STAMPED_FIELDS:
+        theirs = other.stamps.get(name)
+        if theirs is not None:
+            _state(doc, name, getattr(other, name), theirs)
+        elif name in doc.stamps:
+            continue
+        elif name == "marketing_consent":
+            if other.registered and not doc.registered:
+                doc.marketing_consent = other.marketing_consent
+        elif getattr(doc, name) is None:
+            setattr(doc, name, getattr(other, name))
 
 
 # ---------------------------------------------------------------- the customer's coupons
 
-CouponState = Literal["issued", "redeemed", "expired"]
-_STATE_RANK: dict[CouponState, int] = {"issued": 0, "expired": 1, "redeemed": 2}
+CouponState = Literal["issued", "redeemed", "expired", "revoked"]
+# A state only moves up this rank. Revoked is last: a revoked offer stays revoked whatever
+# comes after (offers no longer honours its code); a redemption before the revocation keeps
+# its time and discount on the coupon, a fact of the past.
+_STATE_RANK: dict[CouponState, int] = {"issued": 0, "expired": 1, "redeemed": 2, "revoked": 3}
 
 
 class Coupon(_Part):
@@ -776,12 +907,23 @@ class Coupon(_Part):
     valid_until: dt.date = Field(description="Last valid day.")
     state: CouponState = Field(default="issued", description="Lifecycle state.")
     redeemed_at: AwareDatetime | None = Field(default=None, description="When it was redeemed.")
+    discount: Decimal | None = Field(
+        default=None, description="Money it took off the redeeming basket; null until redeemed."
+    )
+
+
+_STATE_OF: dict[type[OfferRedeemed | OfferExpired | OfferRevoked], CouponState] = {
+    OfferRedeemed: "redeemed",
+    OfferExpired: "expired",
+    OfferRevoked: "revoked",
+}
 
 
 def fold_coupons(known: Mapping[str, Coupon], events: Iterable[OfferEvent]) -> dict[str, Coupon]:
     """The coupons the offer events change (by offer id). A state only moves forward (issued,
-    expired, redeemed), so a redelivered or reordered event changes nothing; a state event of
-    a coupon not seen issued is left out (its issue comes first on the customer's partition)."""
+    expired, redeemed, revoked), so a redelivered or reordered event changes nothing and a
+    revoked coupon stays revoked; a state event of a coupon not seen issued is left out (its
+    issue comes first on the customer's partition)."""
     current = dict(known)
     changed: dict[str, Coupon] = {}
     for event in events:
@@ -799,18 +941,14 @@ def fold_coupons(known: Mapping[str, Coupon], events: Iterable[OfferEvent]) -> d
                     valid_from=event.valid_from,
                     valid_until=event.valid_until,
                 )
-        elif isinstance(event, OfferRedeemed | OfferExpired):
+        elif isinstance(event, OfferRedeemed | OfferExpired | OfferRevoked):
             before = current.get(event.offer_id)
-            state: CouponState = "redeemed" if isinstance(event, OfferRedeemed) else "expired"
+            state = _STATE_OF[type(event)]
             if before is not None and _STATE_RANK[state] > _STATE_RANK[before.state]:
-                coupon = before.model_copy(
-                    update={
-                        "state": state,
-                        "redeemed_at": event.redeemed_at
-                        if isinstance(event, OfferRedeemed)
-                        else None,
-                    }
-                )
+                update: dict[str, object] = {"state": state}
+                if isinstance(event, OfferRedeemed):
+                    update |= {"redeemed_at": event.redeemed_at, "discount": event.discount}
+                coupon = before.model_copy(update=update)
         if coupon is not None:
             current[coupon.offer_id] = changed[coupon.offer_id] = coupon
     return changed

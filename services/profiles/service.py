@@ -1,9 +1,10 @@
 """The profiles service layer: a batch of events in, the profile changes to publish and to save.
 
 Load the batch's documents with one `get_many` (plus one per level of aliases), fold the
-events in order with the pure domain, and hand back what to publish and the one `save_many`
-that persists the changed documents; offer events of `crm.offers` update the customers'
-coupons in the same save.
+events with the pure domain (in the order they came: the profiles do not depend on it, see
+`services.profiles.domain`), and hand back what to publish and the one `save_many` that
+persists the changed documents; offer events of `crm.offers` update the customers' coupons
+in the same save.
 """
 
 from __future__ import annotations

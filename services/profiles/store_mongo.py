@@ -30,6 +30,8 @@ class MongoProfilesRepository(MongoStore):
     """Collections `profiles` and `profiles_coupons`; the version guard is the upsert's filter:
     a document stored with another version makes the upsert collide with its `_id`."""
 
+    SERVICE = "profiles"
+
     INDEXES: ClassVar[Indexes] = {
         PROFILES: (
             IndexModel("card_ids", name="card_ids"),

@@ -21,6 +21,7 @@ from shared.events import (
     CardLinked,
     CustomerErased,
     CustomerSignedUp,
+    CustomerUpdated,
     NormalizedEvent,
     PurchaseLine,
     PurchaseRecorded,
@@ -241,3 +242,44 @@ async def test_large_batches_are_read_and_written_whole(repo: ProfilesRepository
     found = await repo.get_many([f"c-{i:04}" for i in range(620)])
     assert len(found) == 620
     assert await repo.count() == 620
+
+
+async def test_stamps_and_coupon_states_come_back_as_saved(repo: ProfilesRepository) -> None:
+    events: list[NormalizedEvent] = [
+        signup("s1", "c-1", "card-1", dt.date(1990, 5, 17)),
+        CustomerUpdated(
+            event_id="u1",
+            occurred_at=T0 + dt.timedelta(days=1),
+            customer_id="c-1",
+            email="new@example.com",
+            marketing_consent=False,
+        ),
+        purchase("e1", "c-1", T0, "card-1"),
+    ]
+    book = ProfileBook()
+    book.add(["c-1"], {})
+    for event in events:
+        book.apply(event)
+    [saved] = book.changed()
+    coupon = Coupon.model_validate(
+        {
+            "offer_id": "o1",
+            "customer_id": "c-1",
+            "kind": "birthday",
+            "coupon_code": "CODE-o1",
+            "discount_percent": "15",
+            "valid_from": dt.date(2026, 3, 1),
+            "valid_until": dt.date(2026, 3, 15),
+            "state": "revoked",
+            "redeemed_at": T0,
+            "discount": "3.00",
+        }
+    )
+    await repo.save_many([saved], [coupon])
+    stored = await repo.get("c-1")
+    assert stored is not None
+    assert stored.content() == saved.content()
+    assert stored.stamps["email"].event_id == "u1"
+    assert stored.stamps["email"].at == T0 + dt.timedelta(days=1)
+    assert stored.skus["MILK"].last_event_id == "e1"
+    assert await repo.coupons_of("c-1") == [coupon]

@@ -16,13 +16,16 @@ from services.profiles.app import create_app
 from services.profiles.service import ProfilesService
 from services.profiles.store_sqlite import SqliteProfilesRepository
 from shared.events import (
+    BasketLine,
     CardLinked,
+    ConsentChanged,
     ContactChanged,
     CustomerErased,
     CustomerSignedUp,
     DeadLetter,
     OfferIssued,
     OfferRedeemed,
+    OfferRevoked,
     ProfileChanged,
     PurchaseLine,
     PurchaseRecorded,
@@ -152,7 +155,11 @@ async def test_purchase_updates_the_profile_and_publishes_profile_changed(
     assert last.purchase.products == {"MILK": "Milk 1 l", "BREAD": None}
     assert last.purchase.coupons == ("C-1",)
     assert last.purchase.card_id == "card-1"
-    assert last.sku_checkouts["MILK"] == (T0, T0 + dt.timedelta(days=2))
+    assert last.purchase.lines == (
+        BasketLine(sku="BREAD", amount=Decimal("2.00")),
+        BasketLine(sku="MILK", amount=Decimal("3.57")),
+    )
+    assert last.card_ids == ("card-1",)
     stored = await harness.repo.get("c-1")
     assert stored is not None
     assert stored.visits == 2
@@ -313,3 +320,76 @@ async def test_offer_events_become_the_customers_coupons_and_others_are_left_alo
     assert harness.out.changed == []  # a coupon is not a profile change
     assert harness.out.dead == []
     assert harness.app.service.stats["coupons_saved"] == 2
+
+
+async def test_profile_changes_carry_the_facts_of_their_events(harness: Harness) -> None:
+    withdraw = ConsentChanged(
+        event_id="k1",
+        occurred_at=T0 - dt.timedelta(hours=1),  # older than the sign-up: not in force
+        customer_id="c-1",
+        marketing_consent=False,
+    )
+    await harness.send(signup(), purchase("e1"), withdraw.model_dump_json().encode())
+    signed, bought, late = harness.out.changed
+    assert (signed.consent_given, signed.email_given, signed.birth_date_given) == (
+        True,
+        True,
+        False,
+    )
+    assert signed.card_ids == ("card-1",)
+    assert bought.consent_given is None
+    assert not bought.email_given
+    assert bought.purchase is not None
+    assert [(li.sku, li.category, li.amount) for li in bought.purchase.lines] == [
+        ("BREAD", None, Decimal("2.00")),
+        ("MILK", None, Decimal("3.57")),
+    ]
+    assert late.consent_given is False
+    assert late.marketing_consent  # the sign-up, newer, is still in force
+    stored = await harness.repo.get("c-1")
+    assert stored is not None
+    assert stored.marketing_consent
+
+
+async def test_a_revoked_coupon_is_saved_revoked_and_a_redemption_keeps_its_discount(
+    harness: Harness,
+) -> None:
+    def issued(offer_id: str) -> OfferIssued:
+        return OfferIssued(
+            offer_id=offer_id,
+            customer_id="c-1",
+            kind="birthday",
+            coupon_code=f"CODE-{offer_id}",
+            discount_percent=Decimal(15),
+            valid_from=T0.date(),
+            valid_until=T0.date() + dt.timedelta(days=14),
+            issued_at=T0,
+            template="birthday",
+        )
+
+    redeemed = OfferRedeemed(
+        offer_id="o-1",
+        customer_id="c-1",
+        kind="birthday",
+        coupon_code="CODE-o-1",
+        redeemed_at=T0 + dt.timedelta(days=1),
+        checkout_event_id="e2",
+        store_id="S001",
+        basket_total=Decimal("20.00"),
+        discount=Decimal("3.00"),
+    )
+    revoked = OfferRevoked(
+        offer_id="o-2",
+        customer_id="c-1",
+        kind="birthday",
+        coupon_code="CODE-o-2",
+        reason="consent",
+        revoked_at=T0 + dt.timedelta(hours=1),
+    )
+    again = redeemed.model_copy(update={"offer_id": "o-2", "coupon_code": "CODE-o-2"})
+    for event in (issued("o-1"), issued("o-2"), redeemed, revoked, again):
+        await harness.app.broker.publish(event.model_dump_json().encode(), OFFERS, key=b"c-1")
+    one, two = await harness.repo.coupons_of("c-1")
+    assert (one.state, one.discount) == ("redeemed", Decimal("3.00"))
+    assert (two.state, two.redeemed_at, two.discount) == ("revoked", None, None)
+    assert harness.out.dead == []

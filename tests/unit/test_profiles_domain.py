@@ -9,13 +9,16 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.profiles.api import CouponView, customer_view
 from services.profiles.domain import (
     CustomerProfile,
     FoldOptions,
     ProfileBook,
     RfmThresholds,
+    fold_coupons,
 )
 from shared.events import (
+    BasketLine,
     CardLinked,
     ConsentChanged,
     CustomerErased,
@@ -23,6 +26,11 @@ from shared.events import (
     CustomerUpdated,
     InteractionRecorded,
     NormalizedEvent,
+    OfferExpired,
+    OfferIssued,
+    OfferRedeemed,
+    OfferRevoked,
+    ProfileChanged,
     PurchaseLine,
     PurchaseRecorded,
 )
@@ -144,7 +152,10 @@ def test_purchase_builds_totals_products_categories_and_stores() -> None:
     assert changed.purchase.coupons == ("SAVE10",)
     assert changed.purchase.total == Decimal("4.88")
     assert changed.visits == 1
-    assert changed.sku_checkouts == {"MILK": (T0,), "BREAD": (T0,)}
+    assert changed.purchase.lines == (
+        BasketLine(sku="BREAD", category="bakery", amount=Decimal("2.50")),
+        BasketLine(sku="MILK", category="dairy", amount=Decimal("2.38")),
+    )
 
 
 def test_duplicate_purchase_is_counted_once_in_a_batch_and_across_batches() -> None:
@@ -181,20 +192,26 @@ def test_sku_twice_in_one_basket_counts_one_checkout() -> None:
     assert p.skus["MILK"].quantity == 4
     assert p.categories["grocery"].checkouts == 1
     assert outcome.profile_changed is not None
-    assert outcome.profile_changed.sku_checkouts == {"MILK": (T0,)}
+    assert outcome.profile_changed.purchase is not None
+    assert outcome.profile_changed.purchase.lines == (
+        BasketLine(sku="MILK", category="grocery", amount=Decimal("8.00")),
+    )
 
 
-def test_sku_checkouts_lists_distinct_checkouts_within_the_window() -> None:
+def test_history_lists_the_distinct_checkouts_within_the_window() -> None:
     events: list[NormalizedEvent] = [
         purchase("old", at(-40), line("MILK")),
         purchase("e1", at(0), line("MILK"), line("EGGS")),
         purchase("e2", at(10), line("EGGS")),
         purchase("e3", at(20), line("MILK"), line("EGGS")),
     ]
-    _, outcomes = fold(events)
-    last = outcomes[-1].profile_changed
-    assert last is not None
-    assert last.sku_checkouts == {"MILK": (at(0), at(20)), "EGGS": (at(0), at(10), at(20))}
+    book, _ = fold(events)
+    history = profile(book).sku_history
+    assert [(h.event_id, h.at, h.skus) for h in history] == [
+        ("e1", at(0), ["EGGS", "MILK"]),
+        ("e2", at(10), ["EGGS"]),
+        ("e3", at(20), ["EGGS", "MILK"]),
+    ]
 
 
 def test_history_is_pruned_relative_to_the_newest_event() -> None:
@@ -212,7 +229,9 @@ def test_purchase_older_than_the_window_is_counted_but_not_kept_in_history() -> 
     assert [h.event_id for h in p.sku_history] == ["e1"]
     changed = outcomes[1].profile_changed
     assert changed is not None
-    assert changed.sku_checkouts == {"MILK": (at(0), at(40))}
+    # Offers still hears of the checkout (it keeps its own timelines).
+    assert changed.purchase is not None
+    assert changed.purchase.event_id == "e0"
 
 
 def test_recent_purchases_and_event_ids_are_bounded() -> None:
@@ -539,3 +558,204 @@ def test_replaying_any_split_of_a_stream_gives_the_same_profile(
     second, _ = fold(events, saved(first))  # the first part is redelivered
     replayed = saved(second).get("c-1", saved(first)["c-1"])
     assert replayed.model_dump(exclude={"version"}) == expected.model_dump(exclude={"version"})
+
+
+# ---------------------------------------------------------------- the facts a change carries
+
+
+def _changes(events: list[NormalizedEvent]) -> list[ProfileChanged]:
+    _, outcomes = fold(events)
+    changes = [o.profile_changed for o in outcomes]
+    assert all(c is not None for c in changes)
+    return [c for c in changes if c is not None]
+
+
+def test_a_change_carries_the_profiles_cards_sorted() -> None:
+    first, second, linked = _changes(
+        [
+            purchase("e1", at(0), card="card-9"),
+            purchase("e2", at(1), card="card-1"),
+            CardLinked(event_id="l1", occurred_at=at(2), customer_id="c-1", card_id="card-5"),
+        ]
+    )
+    assert first.card_ids == ("card-9",)
+    assert second.card_ids == ("card-1", "card-9")
+    assert linked.card_ids == ("card-1", "card-5", "card-9")
+
+
+def test_a_change_carries_the_consent_its_event_states() -> None:
+    changes = _changes(
+        [
+            signup("s1", at(0), marketing_consent=True),
+            CustomerUpdated(event_id="u1", occurred_at=at(1), customer_id="c-1", first_name="A"),
+            CustomerUpdated(
+                event_id="u2", occurred_at=at(2), customer_id="c-1", marketing_consent=False
+            ),
+            ConsentChanged(
+                event_id="k1", occurred_at=at(3), customer_id="c-1", marketing_consent=True
+            ),
+            purchase("e1", at(4)),
+            signup("s2", at(5), marketing_consent=False),
+        ]
+    )
+    assert [c.consent_given for c in changes] == [True, None, False, True, None, False]
+    assert [c.marketing_consent for c in changes] == [True, True, False, True, True, False]
+
+
+def test_a_change_says_whether_its_event_gives_an_email() -> None:
+    changes = _changes(
+        [
+            signup("s1", at(0), email=None),
+            CustomerUpdated(
+                event_id="u1", occurred_at=at(1), customer_id="c-1", email="a@example.com"
+            ),
+            CustomerUpdated(event_id="u2", occurred_at=at(2), customer_id="c-1", first_name="A"),
+            signup("s2", at(3)),
+            purchase("e1", at(4)),
+        ]
+    )
+    assert [c.email_given for c in changes] == [False, True, False, True, False]
+    assert [c.has_email for c in changes] == [False, True, True, True, True]
+
+
+def test_a_change_says_whether_its_event_sets_the_birth_date() -> None:
+    changes = _changes(
+        [
+            signup("s1", at(0), birth_date=None),
+            CustomerUpdated(
+                event_id="u1", occurred_at=at(1), customer_id="c-1", birth_date=dt.date(1991, 1, 1)
+            ),
+            CustomerUpdated(event_id="u2", occurred_at=at(2), customer_id="c-1", first_name="A"),
+            signup("s2", at(hours=12)),  # older than u1, arriving after it
+            ConsentChanged(
+                event_id="k1", occurred_at=at(4), customer_id="c-1", marketing_consent=False
+            ),
+        ]
+    )
+    assert [c.birth_date_given for c in changes] == [False, True, False, True, False]
+    assert changes[-1].birth_date == dt.date(1991, 1, 1)  # the newer update's, not s2's
+
+
+def test_a_purchase_change_carries_the_basket_per_sku_and_category() -> None:
+    (change,) = _changes(
+        [
+            purchase(
+                "e1",
+                T0,
+                line("MILK", "1.00", "2", category="dairy"),
+                line("BREAD", "2.50", category=None),
+                line("MILK", "1.50", category="dairy"),
+                line("MILK", "3.00", category="promo"),
+                line("BREAD", "0.50", category=None),
+                line("APPLE", "0.40", "3", category="fruit", discount=Decimal("0.20")),
+            )
+        ]
+    )
+    assert change.purchase is not None
+    assert change.purchase.lines == (
+        BasketLine(sku="APPLE", category="fruit", amount=Decimal("1.20")),
+        BasketLine(sku="BREAD", category=None, amount=Decimal("3.00")),
+        BasketLine(sku="MILK", category="dairy", amount=Decimal("3.50")),
+        BasketLine(sku="MILK", category="promo", amount=Decimal("3.00")),
+    )
+    assert "sku_checkouts" not in change.model_dump()
+
+
+# ---------------------------------------------------------------- coupons
+
+
+def _issued(offer_id: str = "o-1") -> OfferIssued:
+    return OfferIssued(
+        offer_id=offer_id,
+        customer_id="c-1",
+        kind="frequent_item",
+        coupon_code=f"CODE-{offer_id}",
+        discount_percent=Decimal(10),
+        sku="MILK",
+        valid_from=T0.date(),
+        valid_until=T0.date() + dt.timedelta(days=14),
+        issued_at=T0,
+        template="frequent_item",
+    )
+
+
+def _redeemed(offer_id: str = "o-1") -> OfferRedeemed:
+    return OfferRedeemed(
+        offer_id=offer_id,
+        customer_id="c-1",
+        kind="frequent_item",
+        coupon_code=f"CODE-{offer_id}",
+        redeemed_at=at(1),
+        checkout_event_id="e2",
+        store_id="S001",
+        basket_total=Decimal("5.57"),
+        discount=Decimal("0.36"),
+    )
+
+
+def _revoked(offer_id: str = "o-1") -> OfferRevoked:
+    return OfferRevoked(
+        offer_id=offer_id,
+        customer_id="c-1",
+        kind="frequent_item",
+        coupon_code=f"CODE-{offer_id}",
+        reason="consent",
+        revoked_at=at(2),
+    )
+
+
+def _expired(offer_id: str = "o-1") -> OfferExpired:
+    return OfferExpired(
+        offer_id=offer_id,
+        customer_id="c-1",
+        kind="frequent_item",
+        coupon_code=f"CODE-{offer_id}",
+        valid_until=T0.date() + dt.timedelta(days=14),
+        expired_on=T0.date() + dt.timedelta(days=15),
+    )
+
+
+def test_a_redeemed_coupon_keeps_the_discount_it_gave() -> None:
+    coupons = fold_coupons({}, [_issued(), _redeemed()])
+    assert coupons["o-1"].state == "redeemed"
+    assert coupons["o-1"].redeemed_at == at(1)
+    assert coupons["o-1"].discount == Decimal("0.36")
+    assert fold_coupons({}, [_issued()])["o-1"].discount is None
+
+
+def test_a_revoked_coupon_stays_revoked() -> None:
+    coupons = fold_coupons({}, [_issued(), _revoked(), _redeemed(), _expired()])
+    assert coupons["o-1"].state == "revoked"
+    assert coupons["o-1"].redeemed_at is None
+    # Across batches too; and a revocation after a redemption keeps what was redeemed.
+    redeemed = fold_coupons({}, [_issued(), _redeemed()])
+    revoked = fold_coupons(redeemed, [_revoked()])["o-1"]
+    assert revoked.state == "revoked"
+    assert (revoked.redeemed_at, revoked.discount) == (at(1), Decimal("0.36"))
+    assert fold_coupons({"o-1": revoked}, [_redeemed(), _expired(), _issued()]) == {}
+    expired = fold_coupons({}, [_issued(), _expired()])
+    assert fold_coupons(expired, [_revoked()])["o-1"].state == "revoked"
+
+
+def test_the_look_up_shows_revoked_coupons_neither_open_nor_used() -> None:
+    book, _ = fold([signup("s1"), purchase("e1")])
+    coupons = fold_coupons(
+        {},
+        [
+            _issued("o-open"),
+            _issued("o-used"),
+            _redeemed("o-used"),
+            _issued("o-x"),
+            _revoked("o-x"),
+        ],
+    )
+    view = customer_view(
+        profile(book), coupons=sorted(coupons.values(), key=lambda c: c.offer_id), today=T0.date()
+    )
+    assert [c.offer_id for c in view.coupons.open] == ["o-open"]
+    assert [c.offer_id for c in view.coupons.used] == ["o-used"]
+    assert view.coupons.used[0].discount == Decimal("0.36")
+    assert (
+        CouponView.model_validate({**coupons["o-x"].model_dump(), "discount": None}).state
+        == "revoked"
+    )
