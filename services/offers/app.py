@@ -1,41 +1,48 @@
-"""The offers service, declared: it folds `crm.profiles.changed` into its customers' read model
-and runs the offer rules on it and on each `crm.clock` day, saves, then publishes on
-`crm.offers`."""
+"""The offers service, declared: it folds `crm.profiles.changed` and `crm.clock` into each
+customer's ledger, takes the offer decisions again from the earliest time new facts touch,
+publishes what changed on `crm.offers`, then saves; it serves the till and the agents'
+"why" of a coupon, and keeps each offer's e-mail outcome from `crm.deliveries`."""
 
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
-from services.offers.domain import OfferEngine
+from services.offers.api import till_routes
+from services.offers.engine import OfferDecider
 from services.offers.service import OffersService
 from services.offers.settings import OfferRules, OffersSettings
 from services.offers.store import OffersRepository, open_repository
-from shared.edge import json_decoder
-from shared.events import ClockTicked, ProfileChanged
+from shared.edge import foreign, json_decoder
+from shared.events import ClockTicked, DeliveryRecorded, ProfileChanged
 from shared.settings import Settings
-from shared.skeleton import ServiceApp, ServiceSpec
-from shared.topics import CLOCK, GROUP_OFFERS, PROFILES_CHANGED
+from shared.skeleton import AfterReplay, ServiceApp, ServiceSpec
+from shared.topics import CLOCK, DELIVERIES, GROUP_OFFERS, OFFERS, PROFILES_CHANGED
 
 
 def _service(
-    settings: Settings, repository: OffersRepository, *, rules: OfferRules, page_size: int
+    settings: Settings,
+    repository: OffersRepository,
+    *,
+    rules: OfferRules,
+    offers_settings: OffersSettings,
 ) -> OffersService:
-    engine = OfferEngine(
+    decider = OfferDecider(
         rules=rules,
         coupon_key=settings.privacy.coupon_key.get_secret_value().encode(),
         calendar=settings.calendar,
+        lateness=offers_settings.allowed_lateness,
     )
-    return OffersService(engine=engine, repository=repository, page_size=page_size)
+    return OffersService(
+        decider=decider, repository=repository, page_size=offers_settings.offers_page_size
+    )
 
 
 def build(settings: Settings, repository: OffersRepository) -> OffersService:
     """The service on an open store, its rules from `CRM_RULES_FILE` (or the defaults)."""
     offers_settings = OffersSettings()
     return _service(
-        settings,
-        repository,
-        rules=offers_settings.rules(),
-        page_size=offers_settings.offers_page_size,
+        settings, repository, rules=offers_settings.rules(), offers_settings=offers_settings
     )
 
 
@@ -47,11 +54,17 @@ async def check(settings: Settings) -> None:
 SPEC: ServiceSpec[OffersRepository, OffersService] = ServiceSpec(
     name="offers",
     group=GROUP_OFFERS,
-    decoders={PROFILES_CHANGED: json_decoder(ProfileChanged), CLOCK: json_decoder(ClockTicked)},
+    decoders={
+        PROFILES_CHANGED: json_decoder(ProfileChanged),
+        CLOCK: json_decoder(ClockTicked),
+        DELIVERIES: foreign(json_decoder(DeliveryRecorded)),
+    },
     open_store=lambda settings: open_repository(settings.store),
     build=build,
-    order="save_then_publish",
+    order="publish_then_save",
+    routes=till_routes,
     check=check,
+    after_replay=AfterReplay(OFFERS, OffersService.keep_published),
 )
 
 
@@ -68,12 +81,11 @@ def create_app(
     """
     offers_settings = offers_settings or OffersSettings()
     chosen = rules if rules is not None else offers_settings.rules()
-    page_size = offers_settings.offers_page_size
     # The rules are checked above; the declaration's check would read `CRM_RULES_FILE` again,
     # which these rules may not come from.
     return ServiceApp(
         dataclasses.replace(SPEC, check=None),
         settings,
         repository=repository,
-        build=lambda settings, repo: _service(settings, repo, rules=chosen, page_size=page_size),
+        build=partial(_service, rules=chosen, offers_settings=offers_settings),
     )

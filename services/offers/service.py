@@ -1,114 +1,336 @@
-"""The offers service layer: profile changes and clock days in, the offer events to publish out.
+"""The offers service layer: profile changes, clock days and delivery outcomes in; offer events out.
 
-Profile changes of a batch are folded with one `load` and one `apply`; then each clock day runs,
-in order, page by page. Every page is persisted inside `handle`, before anything is published
-(the declaration's `save_then_publish`): a day's later pages and the next day read what the
-earlier ones wrote, and an offer is never announced before it is stored.
+Per batch: fold each profile change into its customer's ledger (a card link moves the alias's
+facts into the customer it now feeds), widen the completed calendar days by the ticks (a missed
+day is completed with a later one; a day more than one day ahead is refused), find the
+customers the new days concern, and take every touched customer's decisions again from the
+earliest event time its new facts touch. What changed is published first and saved after
+(`publish_then_save`): a crash in between re-reads the batch, takes the same decisions and
+publishes the same events again, which every consumer drops.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from services.offers.domain import OfferEngine, Outcome, normalize_code
-from services.offers.store import OffersRepository
+from services.offers.domain import OfferRecord, birthday_month_days
+from services.offers.engine import Days, OfferDecider, codes_listed
+from services.offers.ledger import Ledger, fold, merge_into
+from services.offers.store import Changes, LedgerRow, OffersRepository
 from shared.edge import Outgoing, Received, dump
-from shared.events import ClockTicked, ProfileChanged
+from shared.errors import Rejected
+from shared.events import (
+    OFFER_EVENT,
+    ClockTicked,
+    DeliveryRecorded,
+    OfferIssued,
+    OfferRevoked,
+    ProfileChanged,
+)
 from shared.logging import get_logger
 from shared.skeleton import Handled
 from shared.topics import OFFERS
 
 log = get_logger(__name__)
 
+MAX_ALIAS_DEPTH = 8
+"""Levels of aliases followed (a merged customer merged again, ...)."""
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The ledgers a batch touches, and from when on each customer's decisions are taken again."""
+
+    ledgers: dict[str, Ledger] = field(default_factory=dict)
+    since: dict[str, dt.datetime] = field(default_factory=dict)
+    arrival: dict[str, dt.datetime] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+
+    def touch(self, customer_id: str, since: dt.datetime | None, arrival: dt.datetime) -> None:
+        self.dirty.add(customer_id)
+        if since is not None:
+            self.since[customer_id] = min(since, self.since.get(customer_id, since))
+        self.arrival[customer_id] = max(arrival, self.arrival.get(customer_id, arrival))
+
 
 class OffersService:
-    """Processes batches of `crm.profiles.changed` and `crm.clock` events.
+    """Folds profile changes and clock days into ledgers, decisions and offer events.
 
-    `stats` counts what it did: `profiles_applied`, `clock_days`, `issued_<kind>`, `redeemed`,
-    `rejected_<reason>`, `expired`, `republished` (replays), `held_out_<kind>`,
-    `suppressed_<reason>` (consent, no_email, erased, cooldown, cap); the edge adds
-    `dead_lettered_<reason>` for records that do not decode.
+    `stats`: `profiles_applied`, `duplicates`, `clock_days`, `issued_<kind>`, `held_out_<kind>`,
+    `suppressed_<reason>`, `revoked`, `redeemed`, `rejected_<reason>`, `expired`,
+    `deliveries_recorded`; the edge adds `dead_lettered_<reason>`.
     """
 
     def __init__(
-        self, *, engine: OfferEngine, repository: OffersRepository, page_size: int = 1000
+        self,
+        *,
+        decider: OfferDecider,
+        repository: OffersRepository,
+        page_size: int = 1000,
+        clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
-        self.engine = engine
+        self.decider = decider
         self.repository = repository
         self.page_size = page_size
+        self.clock = clock
         self.stats: Counter[str] = Counter()
 
-    async def handle(self, batch: Sequence[Received[ProfileChanged | ClockTicked]]) -> Handled:
-        """One batch: profile changes first (one read, one write), then clock days in order.
-
-        The two topics have no order between them, so grouping them is free. The state is
-        written here (`save` stays the default no-op), before the skeleton publishes.
-        """
-        profiles = [r.event for r in batch if isinstance(r.event, ProfileChanged)]
-        days = [r.event.date for r in batch if isinstance(r.event, ClockTicked)]
-        outgoing: list[Outgoing] = []
-        if profiles:
-            outgoing += await self.on_profiles(profiles)
-        for day in days:
-            outgoing += await self.on_day(day)
-        log.debug(
-            "batch_processed",
-            events=len(batch),
-            profiles=len(profiles),
-            days=[day.isoformat() for day in days],
-            published=len(outgoing),
-        )
-        return Handled(outgoing=outgoing)
-
-    async def on_profiles(self, profiles: Sequence[ProfileChanged]) -> list[Outgoing]:
-        codes = {
-            normalize_code(code)
-            for profile in profiles
-            if profile.purchase is not None
-            for code in profile.purchase.coupons
+    async def handle(
+        self, batch: Sequence[Received[ProfileChanged | ClockTicked | DeliveryRecorded]]
+    ) -> Handled:
+        batch_state = _Batch()
+        rejected: list[tuple[Received[object], Rejected]] = []
+        changes = [r for r in batch if isinstance(r.event, ProfileChanged)]
+        ticks = [r for r in batch if isinstance(r.event, ClockTicked)]
+        deliveries = {
+            r.event.offer_id: (r.event.state, r.event.message_id)
+            for r in batch
+            if isinstance(r.event, DeliveryRecorded)
         }
-        snapshot = await self.repository.load({p.customer_id for p in profiles}, codes)
-        outcome = self.engine.on_profiles(profiles, snapshot)
-        await self.repository.apply(outcome.changes)
-        return self._publish(outcome)
-
-    async def on_day(self, day: dt.date) -> list[Outgoing]:
-        """A clock day: expire what ran out, then each calendar rule over its indexed customers.
-
-        Pages are persisted one by one; a crash mid-day replays the day, which republishes what
-        was persisted and carries on.
-        """
         repo = self.repository
-        outgoing: list[Outgoing] = []
-        after: str | None = None
-        while True:
-            offers = await repo.offers_to_expire(day, after=after, limit=self.page_size)
-            if not offers:
-                break
-            outcome = self.engine.expire(day, offers)
-            await repo.apply(outcome.changes)
-            outgoing += self._publish(outcome)
-            if len(offers) < self.page_size:
-                break
-            after = offers[-1].offer_id
-        for query in self.engine.day_queries(day):
-            after = None
-            while True:
-                snapshot = await repo.customers_for_day(query, after=after, limit=self.page_size)
-                if not snapshot.customers:
-                    break
-                outcome = self.engine.on_day(day, query, snapshot)
-                await repo.apply(outcome.changes)
-                outgoing += self._publish(outcome)
-                if len(snapshot.customers) < self.page_size:
-                    break
-                after = max(snapshot.customers)
-        self.stats["clock_days"] += 1
-        log.info("clock_day_processed", day=day.isoformat(), messages=len(outgoing))
-        return outgoing
 
-    def _publish(self, outcome: Outcome) -> list[Outgoing]:
-        self.stats.update(outcome.stats)
-        return [(OFFERS, event.customer_id.encode(), dump(event)) for event in outcome.events]
+        # The calendar: the range of completed days grows with each tick it takes in.
+        before = await repo.days()
+        days = before
+        today = self.clock().astimezone(self.decider._zone).date()
+        for item in sorted(ticks, key=lambda r: r.event.date):  # type: ignore[union-attr]
+            tick = item.event
+            assert isinstance(tick, ClockTicked)
+            if tick.date > today + dt.timedelta(days=1):
+                rejected.append(
+                    (
+                        item,
+                        Rejected("future_day", f"{tick.date} is more than a day ahead of {today}"),
+                    )
+                )
+                continue
+            days = days.with_day(tick.date)
+        added = before.added(days)
+
+        # Profile changes, folded into their customers' ledgers.
+        await self._load(batch_state, {r.event.customer_id for r in changes})  # type: ignore[union-attr]
+        await self._load(
+            batch_state,
+            {r.event.merged_into for r in changes if r.event.merged_into},  # type: ignore[union-attr]
+        )
+        for item in changes:
+            self._fold(batch_state, item)
+
+        # Customers the newly completed days concern.
+        for day in added:
+            arrival = max((r.source.arrived_at for r in ticks), default=self.clock())
+            start = self.decider.day_start(day)
+            after: str | None = None
+            while True:
+                page = await repo.candidates(
+                    day, birthday_month_days(day), after=after, limit=self.page_size
+                )
+                await self._load(batch_state, set(page))
+                for customer_id in page:
+                    batch_state.touch(self._resolve(batch_state, customer_id), start, arrival)
+                if len(page) < self.page_size:
+                    break
+                after = page[-1]
+            self.stats["clock_days"] += 1
+            log.info("clock_day_completed", day=day.isoformat())
+
+        outgoing, store = await self._recompute(batch_state, days)
+        store.days = days if added else None
+        store.released = {
+            code
+            for item in changes
+            if (purchase := item.event.purchase) is not None  # type: ignore[union-attr]
+            for code in purchase.coupons
+        }
+
+        async def save() -> None:
+            await repo.save(store)
+            if deliveries:
+                await repo.record_deliveries(deliveries)
+                self.stats["deliveries_recorded"] += len(deliveries)
+
+        return Handled(
+            outgoing=outgoing, rejected=[(r.source, why) for r, why in rejected], save=save
+        )
+
+    # ------------------------------------------------------------ ledgers
+
+    async def _load(self, batch: _Batch, customer_ids: set[str]) -> None:
+        """Load the ledgers not loaded yet, following aliases to the customers they feed."""
+        wanted = {c for c in customer_ids if c not in batch.ledgers}
+        for _ in range(MAX_ALIAS_DEPTH):
+            if not wanted:
+                return
+            found = await self.repository.ledgers(wanted)
+            for customer_id in wanted:
+                batch.ledgers[customer_id] = found.get(customer_id) or Ledger(
+                    customer_id=customer_id
+                )
+            wanted = {
+                ledger.merged_into
+                for ledger in found.values()
+                if ledger.merged_into is not None and ledger.merged_into not in batch.ledgers
+            }
+
+    def _resolve(self, batch: _Batch, customer_id: str) -> str:
+        """The customer whose ledger receives facts addressed to `customer_id`."""
+        seen = {customer_id}
+        ledger = batch.ledgers.get(customer_id)
+        while (
+            ledger is not None and ledger.merged_into is not None and ledger.merged_into not in seen
+        ):
+            customer_id = ledger.merged_into
+            seen.add(customer_id)
+            ledger = batch.ledgers.get(customer_id)
+        return customer_id
+
+    def _fold(
+        self, batch: _Batch, item: Received[ProfileChanged | ClockTicked | DeliveryRecorded]
+    ) -> None:
+        change = item.event
+        assert isinstance(change, ProfileChanged)
+        arrival = item.source.arrived_at
+        settled = arrival - self.decider.lateness
+        own = batch.ledgers[change.customer_id]
+        if change.merged_into is not None:
+            # The alias: its own facts stop counting for it (its decisions are taken again,
+            # to none), and they move into the customer it now feeds.
+            since = fold(own, change, arrived_at=arrival, settled=settled)
+            if since is None:
+                self.stats["duplicates"] += 1
+                return
+            batch.touch(own.customer_id, since, arrival)
+            target_id = self._resolve(batch, change.merged_into)
+            target = batch.ledgers[target_id]
+            moved = merge_into(target, own, settled=settled)
+            batch.touch(target_id, moved, arrival)
+            self.stats["profiles_applied"] += 1
+            return
+        target_id = self._resolve(batch, change.customer_id)
+        since = fold(batch.ledgers[target_id], change, arrived_at=arrival, settled=settled)
+        if since is None:
+            self.stats["duplicates"] += 1
+            return
+        batch.touch(target_id, since, arrival)
+        self.stats["profiles_applied"] += 1
+
+    # ------------------------------------------------------------ decisions
+
+    async def _recompute(self, batch: _Batch, days: Days) -> tuple[list[Outgoing], Changes]:
+        decider = self.decider
+        touched = sorted(batch.dirty)
+        owners_of_aliases = {alias for cid in touched for alias in batch.ledgers[cid].aliases}
+        offers = await self.repository.offers_of_customers({*touched, *owners_of_aliases})
+        codes = {
+            code
+            for cid in touched
+            if cid in batch.since
+            for code in codes_listed(batch.ledgers[cid], batch.since[cid])
+        }
+        # Whose code a checkout lists, when it is not the customer's own (a foreign code).
+        owners = {o.coupon_code: o.customer_id for o in offers.values()}
+        owners |= await self.repository.owners(codes - set(owners))
+        outgoing: list[Outgoing] = []
+        store = Changes()
+        for customer_id in touched:
+            ledger = batch.ledgers[customer_id]
+            if customer_id in batch.since:
+                mine = {customer_id, *ledger.aliases}
+                result = decider.recompute(
+                    ledger,
+                    since=batch.since[customer_id],
+                    days=days,
+                    arrival=batch.arrival[customer_id],
+                    offers={k: o for k, o in offers.items() if o.customer_id in mine},
+                    owners=owners,
+                )
+                self.stats.update(result.stats)
+                store.offers.extend(result.offers.values())
+                for offer in result.offers.values():
+                    offers[offer.offer_id] = offer
+                outgoing.extend(
+                    (OFFERS, event.customer_id.encode(), dump(event)) for event in result.events
+                )
+            ledger.version += 1
+            born = ledger.birth_date
+            store.ledgers.append(
+                LedgerRow(
+                    ledger=ledger,
+                    birth_md=f"{born.month:02d}-{born.day:02d}" if born else None,
+                    anniversary_date=None
+                    if ledger.is_alias()
+                    else decider.anniversary_date(ledger),
+                    win_back_due=decider.win_back_due(ledger, days),
+                )
+            )
+        return outgoing, store
+
+    # ------------------------------------------------------------ after a replay
+
+    async def keep_published(self, published: Sequence[bytes]) -> Handled:
+        """After a rebuild from the topics: keep the offers published before that the rebuild
+        did not derive again, as revoked.
+
+        Such an offer was issued on the way and revoked by a correction (an event that arrived
+        within the lateness): the rebuild read the topics in another interleaving and never
+        issued it. Its code must still answer `revoked` at the till, not `unknown_code`, and
+        its `offer_revoked` (on the topic, or published now if it is not) tells every consumer.
+        """
+        issued: dict[str, OfferIssued] = {}
+        revoked: dict[str, OfferRevoked] = {}
+        for payload in published:
+            try:
+                event = OFFER_EVENT.validate_json(payload)
+            except ValueError:
+                continue  # not an offer event of this version: not the rebuild's concern
+            if isinstance(event, OfferIssued):
+                issued[event.offer_id] = event
+            elif isinstance(event, OfferRevoked):
+                revoked[event.offer_id] = event
+        customers = {e.customer_id for e in issued.values()}
+        stored = await self.repository.offers_of_customers(customers)
+        ledgers = await self.repository.ledgers(customers)
+        kept: list[OfferRecord] = []
+        outgoing: list[Outgoing] = []
+        for offer_id in sorted(set(issued) - set(stored)):
+            event = issued[offer_id]
+            ledger = ledgers.get(event.customer_id)
+            decision = ledger.decision_of(offer_id) if ledger is not None else None
+            revocation = revoked.get(offer_id)
+            if revocation is None:
+                revocation = OfferRevoked(
+                    offer_id=offer_id,
+                    customer_id=event.customer_id,
+                    kind=event.kind,
+                    coupon_code=event.coupon_code,
+                    reason=(decision.reason if decision is not None else None) or "not_eligible",
+                    revoked_at=event.issued_at,
+                )
+                outgoing.append((OFFERS, event.customer_id.encode(), dump(revocation)))
+            kept.append(
+                OfferRecord(
+                    issued=event,
+                    rule_key=decision.key.split("|")[1] if decision is not None else "once",
+                    state="revoked",
+                    revocation=revocation,
+                )
+            )
+        self.stats["kept_revoked"] += len(kept)
+        log.info("published_offers_kept", revoked=len(kept), revocations_published=len(outgoing))
+
+        async def save() -> None:
+            if kept:
+                await self.repository.save(Changes(offers=kept))
+
+        return Handled(outgoing=outgoing, rejected=[], save=save)
+
+
+def offers_by_id(records: Sequence[OfferRecord]) -> dict[str, OfferRecord]:
+    return {record.offer_id: record for record in records}

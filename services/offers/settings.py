@@ -6,6 +6,7 @@ with an unknown key or a bad value is refused at start-up with a message naming 
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from decimal import Decimal
 from pathlib import Path
@@ -192,7 +193,17 @@ class OffersSettings(BaseSettings):
     offers_page_size: int = Field(
         default=1000,
         ge=1,
-        description="Customers or offers read per page when a clock day is processed.",
+        description="Customers read per page when a clock day is processed.",
+    )
+    allowed_lateness: dt.timedelta = Field(
+        default=dt.timedelta(hours=1),
+        description="How late (in arrival time) an event may come and still change decisions "
+        "as if it had come in order: seconds, or ISO-8601 like `PT1H`.",
+    )
+    till_hold_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds a till's validation with `reserve` holds a coupon for its lane.",
     )
 
     def rules(self) -> OfferRules:

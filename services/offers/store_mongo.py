@@ -1,224 +1,221 @@
-"""Offers in MongoDB: collections of customers, offers (`_id` = offer id) and rejections.
+"""Offers in MongoDB: ledgers and offers as documents with their looked-up fields beside them.
 
-One unordered bulk write per collection and batch. Filters are built from typed values only,
-so a string that looks like an operator stays a string.
+Collections `offers_ledgers` (`_id` customer id, guarded by `version` like the profiles),
+`offers` (`_id` offer id, unique coupon code), `offers_cards`, `offers_days` and
+`offers_reservations`. Filters are built from typed strings only, so an id like `{"$gt": ""}`
+stays data.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Mapping
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 from pymongo import ASCENDING, IndexModel, ReplaceOne, UpdateOne
+from pymongo.errors import DuplicateKeyError
 
-from services.offers.domain import Changes, CustomerQuery, CustomerRecord, OfferRecord, Snapshot
-from services.offers.store import date_of, iso
-from shared.events import OfferIssued, OfferRedeemed, RedemptionRejected
+from services.offers.domain import OfferRecord
+from services.offers.engine import Days
+from services.offers.ledger import Ledger
+from services.offers.store import Changes, date_of, iso, sorted_offers, text
 from shared.storage import Indexes, MongoStore
 
-CUSTOMERS = "offers_customers"
+LEDGERS = "offers_ledgers"
 OFFERS = "offers"
-REJECTIONS = "offers_rejections"
-
-
-def _customer_doc(c: CustomerRecord) -> dict[str, Any]:
-    return {
-        "_id": c.customer_id,
-        "marketing_consent": c.marketing_consent,
-        "has_email": c.has_email,
-        "erased": c.erased,
-        "birth_md": c.birth_md,
-        "first_purchase_date": iso(c.first_purchase_date),
-        "anniversary_date": iso(c.anniversary_date),
-        "last_visit_date": iso(c.last_visit_date),
-        "visits": c.visits,
-        "home_store_id": c.home_store_id,
-    }
-
-
-def _customer_from_doc(doc: Mapping[str, Any]) -> CustomerRecord:
-    return CustomerRecord(
-        customer_id=str(doc["_id"]),
-        marketing_consent=bool(doc["marketing_consent"]),
-        has_email=bool(doc["has_email"]),
-        erased=bool(doc["erased"]),
-        birth_md=doc.get("birth_md"),
-        first_purchase_date=date_of(doc.get("first_purchase_date")),
-        last_visit_date=date_of(doc.get("last_visit_date")),
-        visits=int(doc["visits"]),
-        home_store_id=doc.get("home_store_id"),
-    )
+CARDS = "offers_cards"
+DAYS = "offers_days"
+RESERVATIONS = "offers_reservations"
 
 
 def _offer_doc(o: OfferRecord) -> dict[str, Any]:
-    # Dates as ISO strings (they order correctly), money as strings (pydantic's JSON mode).
     return {
         "_id": o.offer_id,
         "customer_id": o.customer_id,
-        "kind": o.kind,
-        "rule_key": o.rule_key,
         "coupon_code": o.coupon_code,
-        "valid_from": o.valid_from.isoformat(),
-        "valid_until": o.valid_until.isoformat(),
         "state": o.state,
-        "expired_on": iso(o.expired_on),
-        "issued": o.issued.model_dump(mode="json"),
-        "redemption": o.redemption.model_dump(mode="json") if o.redemption else None,
+        "valid_until": o.valid_until.isoformat(),
+        # The record as JSON text: Decimal stays exact, dates stay ISO.
+        "doc": o.model_dump_json(),
     }
-
-
-def _offer_from_doc(doc: Mapping[str, Any]) -> OfferRecord:
-    redemption = doc.get("redemption")
-    return OfferRecord(
-        issued=OfferIssued.model_validate(doc["issued"]),
-        rule_key=str(doc["rule_key"]),
-        state=doc["state"],
-        expired_on=date_of(doc.get("expired_on")),
-        redemption=OfferRedeemed.model_validate(redemption) if redemption else None,
-    )
 
 
 class MongoOffersRepository(MongoStore):
-    """Collections `offers_customers`, `offers` and `offers_rejections`."""
+    """One unordered bulk write per collection and batch."""
 
-    # Default index names ("birth_md_1"), the names stores opened before this module have:
-    # the same keys under another name would make `create_indexes` refuse to start.
+    SERVICE = "offers"
     INDEXES: ClassVar[Indexes] = {
-        CUSTOMERS: (
-            IndexModel("birth_md"),
-            IndexModel("anniversary_date"),
-            IndexModel("last_visit_date"),
+        LEDGERS: (
+            IndexModel([("birth_md", ASCENDING)]),
+            IndexModel([("anniversary_date", ASCENDING)]),
+            IndexModel([("win_back_due", ASCENDING)]),
         ),
         OFFERS: (
-            IndexModel("coupon_code", unique=True),
-            IndexModel("customer_id"),
+            IndexModel([("coupon_code", ASCENDING)], unique=True),
+            IndexModel([("customer_id", ASCENDING)]),
             IndexModel([("state", ASCENDING), ("valid_until", ASCENDING)]),
-            IndexModel("expired_on"),
         ),
-        REJECTIONS: (IndexModel("customer_id"),),
     }
 
-    async def _offers_into(self, snapshot: Snapshot, where: Mapping[str, Any]) -> None:
-        async for doc in self.database[OFFERS].find(dict(where)):
-            offer = _offer_from_doc(doc)
-            snapshot.offers[offer.offer_id] = offer
+    async def ledgers(self, customer_ids: Collection[str]) -> dict[str, Ledger]:
+        ids = [text(i, "customer_id") for i in customer_ids]
+        found: dict[str, Ledger] = {}
+        if ids:
+            async for doc in self.database[LEDGERS].find({"_id": {"$in": ids}}):
+                ledger = Ledger.model_validate_json(doc["doc"])
+                found[ledger.customer_id] = ledger
+        return found
 
-    async def load(self, customer_ids: Collection[str], codes: Collection[str]) -> Snapshot:
-        ids = [str(i) for i in customer_ids]
-        code_list = [str(c) for c in codes]
-        snapshot = Snapshot()
-        async for doc in self.database[CUSTOMERS].find({"_id": {"$in": ids}}):
-            customer = _customer_from_doc(doc)
-            snapshot.customers[customer.customer_id] = customer
-        await self._offers_into(
-            snapshot,
-            {"$or": [{"customer_id": {"$in": ids}}, {"coupon_code": {"$in": code_list}}]},
+    async def offers_of_customers(self, customer_ids: Collection[str]) -> dict[str, OfferRecord]:
+        ids = [text(i, "customer_id") for i in customer_ids]
+        found: dict[str, OfferRecord] = {}
+        if ids:
+            async for doc in self.database[OFFERS].find({"customer_id": {"$in": ids}}):
+                offer = OfferRecord.model_validate_json(doc["doc"])
+                found[offer.offer_id] = offer
+        return found
+
+    async def owners(self, codes: Collection[str]) -> dict[str, str]:
+        values = [text(c, "code") for c in codes]
+        if not values:
+            return {}
+        cursor = self.database[OFFERS].find(
+            {"coupon_code": {"$in": values}}, {"coupon_code": 1, "customer_id": 1}
         )
-        return snapshot
+        return {doc["coupon_code"]: doc["customer_id"] async for doc in cursor}
 
-    async def apply(self, changes: Changes) -> None:
-        customer_ops = [
-            ReplaceOne({"_id": c.customer_id}, _customer_doc(c), upsert=True)
-            for c in changes.customers.values()
-        ]
-        offer_ops: list[UpdateOne] = [
-            UpdateOne({"_id": o.offer_id}, {"$setOnInsert": _offer_doc(o)}, upsert=True)
-            for o in changes.new_offers.values()
-        ]
-        offer_ops += [
-            UpdateOne(
-                {"_id": o.offer_id, "state": {"$in": ["issued", "expired"]}},
-                {
-                    "$set": {
-                        "state": "redeemed",
-                        "redemption": o.redemption.model_dump(mode="json")
-                        if o.redemption
-                        else None,
-                    }
-                },
+    async def days(self) -> Days:
+        doc = await self.database[DAYS].find_one({"_id": "days"})
+        if doc is None:
+            return Days()
+        return Days(date_of(doc["first"]), date_of(doc["last"]))
+
+    async def candidates(
+        self, day: dt.date, month_days: Sequence[str], *, after: str | None, limit: int
+    ) -> list[str]:
+        iso_day = day.isoformat()
+        page: dict[str, Any] = {"$gt": after} if after is not None else {"$exists": True}
+        ledgers = {
+            "merged_into": None,
+            "_id": page,
+            "$or": [
+                {"birth_md": {"$in": list(month_days)}},
+                {"anniversary_date": iso_day},
+                {"win_back_due": {"$ne": None, "$lte": iso_day}},
+            ],
+        }
+        found = {
+            doc["_id"]
+            async for doc in self.database[LEDGERS]
+            .find(ledgers, {"_id": 1})
+            .sort("_id", ASCENDING)
+            .limit(limit)
+        }
+        expiring = {"state": "issued", "valid_until": {"$lt": iso_day}, "customer_id": page}
+        found |= {
+            doc["customer_id"]
+            async for doc in self.database[OFFERS]
+            .find(expiring, {"customer_id": 1})
+            .sort("customer_id", ASCENDING)
+            .limit(limit)
+        }
+        return sorted(found)[:limit]
+
+    async def save(self, changes: Changes) -> None:
+        if changes.ledgers:
+            await self.database[LEDGERS].bulk_write(
+                [
+                    ReplaceOne(
+                        {"_id": row.ledger.customer_id, "version": row.ledger.version - 1},
+                        {
+                            "_id": row.ledger.customer_id,
+                            "version": row.ledger.version,
+                            "merged_into": row.ledger.merged_into,
+                            "birth_md": row.birth_md,
+                            "anniversary_date": iso(row.anniversary_date),
+                            "win_back_due": iso(row.win_back_due),
+                            "doc": row.ledger.model_dump_json(),
+                        },
+                        upsert=True,
+                    )
+                    for row in changes.ledgers
+                ],
+                ordered=False,
             )
-            for o in changes.redeemed.values()
-        ]
-        offer_ops += [
-            UpdateOne(
-                {"_id": o.offer_id, "state": "issued"},
-                {"$set": {"state": "expired", "expired_on": iso(o.expired_on)}},
+        if changes.offers:
+            await self.database[OFFERS].bulk_write(
+                [
+                    ReplaceOne({"_id": o.offer_id}, _offer_doc(o), upsert=True)
+                    for o in changes.offers
+                ],
+                ordered=False,
             )
-            for o in changes.expired.values()
+        cards = [
+            UpdateOne({"_id": card}, {"$set": {"customer_id": row.ledger.customer_id}}, upsert=True)
+            for row in changes.ledgers
+            if not row.ledger.is_alias()
+            for card in row.ledger.cards
         ]
-        rejection_ops = [
-            UpdateOne(
-                {"_id": r.rejection_id},
-                {
-                    "$setOnInsert": {
-                        "customer_id": r.customer_id,
-                        "reason": r.reason,
-                        "doc": r.model_dump(mode="json"),
-                    }
-                },
+        if cards:
+            await self.database[CARDS].bulk_write(cards, ordered=False)
+        days = changes.days
+        if days is not None and days.first is not None and days.last is not None:
+            await self.database[DAYS].replace_one(
+                {"_id": "days"},
+                {"_id": "days", "first": days.first.isoformat(), "last": days.last.isoformat()},
                 upsert=True,
             )
-            for r in changes.rejections.values()
-        ]
-        # Customers first: a crash after it leaves offers to be (re)issued on the replay.
-        if customer_ops:
-            await self.database[CUSTOMERS].bulk_write(customer_ops, ordered=False)
-        if offer_ops:
-            await self.database[OFFERS].bulk_write(offer_ops, ordered=False)
-        if rejection_ops:
-            await self.database[REJECTIONS].bulk_write(rejection_ops, ordered=False)
+        if changes.released:
+            await self.database[RESERVATIONS].delete_many(
+                {"_id": {"$in": sorted(changes.released)}}
+            )
 
-    async def customers_for_day(
-        self, query: CustomerQuery, *, after: str | None, limit: int
-    ) -> Snapshot:
-        where: dict[str, Any]
-        if query.kind == "birthday":
-            where = {"birth_md": {"$in": list(query.month_days)}}
-        elif query.kind == "anniversary":
-            where = {"anniversary_date": iso(query.on_date)}
-        else:
-            where = {
-                "last_visit_date": {"$lte": iso(query.on_date)},
-                "visits": {"$gte": query.min_visits},
-            }
-        where["erased"] = False
-        if after is not None:
-            where["_id"] = {"$gt": after}
-        snapshot = Snapshot()
-        cursor = self.database[CUSTOMERS].find(where).sort("_id", ASCENDING).limit(limit)
-        async for doc in cursor:
-            customer = _customer_from_doc(doc)
-            snapshot.customers[customer.customer_id] = customer
-        if snapshot.customers:
-            await self._offers_into(snapshot, {"customer_id": {"$in": list(snapshot.customers)}})
-        return snapshot
+    async def offer_by_code(self, code: str) -> OfferRecord | None:
+        doc = await self.database[OFFERS].find_one({"coupon_code": text(code, "code")})
+        return OfferRecord.model_validate_json(doc["doc"]) if doc else None
 
-    async def offers_to_expire(
-        self, day: dt.date, *, after: str | None, limit: int
-    ) -> list[OfferRecord]:
-        on = day.isoformat()
-        where: dict[str, Any] = {
-            "$or": [
-                {"state": "issued", "valid_until": {"$lt": on}},
-                {"state": "expired", "expired_on": on},
-            ]
-        }
-        if after is not None:
-            where["_id"] = {"$gt": after}
-        cursor = self.database[OFFERS].find(where).sort("_id", ASCENDING).limit(limit)
-        return [_offer_from_doc(doc) async for doc in cursor]
+    async def customer_of_card(self, card_id: str) -> str | None:
+        doc = await self.database[CARDS].find_one({"_id": text(card_id, "card_id")})
+        return str(doc["customer_id"]) if doc else None
 
     async def offers_of(self, customer_id: str) -> list[OfferRecord]:
-        cursor = (
-            self.database[OFFERS]
-            .find({"customer_id": str(customer_id)})
-            .sort([("valid_from", ASCENDING), ("_id", ASCENDING)])
-        )
-        return [_offer_from_doc(doc) async for doc in cursor]
+        found = await self.offers_of_customers([customer_id])
+        return sorted_offers(found.values())
 
-    async def rejections(self, customer_id: str) -> list[RedemptionRejected]:
-        cursor = (
-            self.database[REJECTIONS].find({"customer_id": str(customer_id)}).sort("_id", ASCENDING)
-        )
-        return [RedemptionRejected.model_validate(doc["doc"]) async for doc in cursor]
+    async def reserve(self, code: str, lane: str, until: dt.datetime, now: dt.datetime) -> bool:
+        try:
+            await self.database[RESERVATIONS].update_one(
+                {
+                    "_id": text(code, "code"),
+                    "$or": [{"until": {"$lt": now}}, {"lane": text(lane, "lane")}],
+                },
+                {"$set": {"lane": lane, "until": until}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # another lane holds it: the upsert met its document
+        return True
+
+    async def record_deliveries(self, outcomes: Mapping[str, tuple[str, str]]) -> None:
+        if not outcomes:
+            return
+        records = await self.database[OFFERS].find({"_id": {"$in": list(outcomes)}}).to_list(None)
+        updates = []
+        for doc in records:
+            state, message_id = outcomes[doc["_id"]]
+            record = OfferRecord.model_validate_json(doc["doc"]).model_copy(
+                update={"delivery": state, "message_id": message_id}
+            )
+            updates.append(
+                UpdateOne({"_id": doc["_id"]}, {"$set": {"doc": record.model_dump_json()}})
+            )
+        if updates:
+            await self.database[OFFERS].bulk_write(updates, ordered=False)
+
+    async def decision_counts(self) -> Counter[tuple[str, str, str | None]]:
+        counts: Counter[tuple[str, str, str | None]] = Counter()
+        async for doc in self.database[LEDGERS].find({}, {"doc": 1}):
+            for decision in Ledger.model_validate_json(doc["doc"]).decisions.values():
+                counts[(decision.kind, decision.outcome, decision.reason)] += 1
+        return counts

@@ -1,269 +1,260 @@
-"""Offers in SQLite: customers, offers and rejections as rows, one transaction per batch."""
+"""Offers in SQLite: ledgers and offers as JSON documents with indexed columns, one transaction
+per batch, every statement parameterized."""
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import Collection, Iterable
-from typing import Any
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 
-from services.offers.domain import Changes, CustomerQuery, CustomerRecord, OfferRecord, Snapshot
-from services.offers.store import date_of, iso
-from shared.events import OfferIssued, OfferRedeemed, RedemptionRejected
+from services.offers.domain import OfferRecord
+from services.offers.engine import Days
+from services.offers.ledger import Ledger
+from services.offers.store import Changes, date_of, iso, sorted_offers, text
+from shared.errors import Conflict
 from shared.storage import IN_LIST, SqliteStore, in_list
 
-_CUSTOMER_COLUMNS = (
-    "customer_id, marketing_consent, has_email, erased, birth_md, first_purchase_date, "
-    "last_visit_date, visits, home_store_id"
-)
-_OFFER_COLUMNS = "rule_key, state, expired_on, issued, redemption"
 
-
-def _customer_row(row: tuple[Any, ...]) -> CustomerRecord:
-    return CustomerRecord(
-        customer_id=row[0],
-        marketing_consent=bool(row[1]),
-        has_email=bool(row[2]),
-        erased=bool(row[3]),
-        birth_md=row[4],
-        first_purchase_date=date_of(row[5]),
-        last_visit_date=date_of(row[6]),
-        visits=row[7],
-        home_store_id=row[8],
-    )
-
-
-def _offer_row(row: tuple[Any, ...]) -> OfferRecord:
-    return OfferRecord(
-        issued=OfferIssued.model_validate_json(row[3]),
-        rule_key=row[0],
-        state=row[1],
-        expired_on=date_of(row[2]),
-        redemption=OfferRedeemed.model_validate_json(row[4]) if row[4] else None,
-    )
-
-
-def _snapshot(customers: Iterable[tuple[Any, ...]], offers: Iterable[tuple[Any, ...]]) -> Snapshot:
-    snapshot = Snapshot(customers={row[0]: _customer_row(row) for row in customers})
-    for row in offers:
-        offer = _offer_row(row)
-        snapshot.offers[offer.offer_id] = offer
-    return snapshot
+def _ts(moment: dt.datetime) -> str:
+    """Fixed-width UTC text, so that times compare as strings."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
 class SqliteOffersRepository(SqliteStore):
-    """Tables `customers`, `offers` and `rejections`; every statement parameterized."""
+    """Tables `ledgers`, `offers`, `cards`, `days` and `reservations`."""
 
     SERVICE = "offers"
     SCHEMA = """
-    CREATE TABLE IF NOT EXISTS customers (
-        customer_id TEXT PRIMARY KEY,
-        marketing_consent INTEGER NOT NULL,
-        has_email INTEGER NOT NULL,
-        erased INTEGER NOT NULL,
+    CREATE TABLE IF NOT EXISTS ledgers (
+        customer_id TEXT PRIMARY KEY NOT NULL,
+        version INTEGER NOT NULL,
+        merged_into TEXT,
         birth_md TEXT,
-        first_purchase_date TEXT,
         anniversary_date TEXT,
-        last_visit_date TEXT,
-        visits INTEGER NOT NULL,
-        home_store_id TEXT
+        win_back_due TEXT,
+        doc TEXT NOT NULL
     ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS customers_birth_md ON customers (birth_md);
-    CREATE INDEX IF NOT EXISTS customers_anniversary ON customers (anniversary_date);
-    CREATE INDEX IF NOT EXISTS customers_last_visit ON customers (last_visit_date);
+    CREATE INDEX IF NOT EXISTS ledgers_birth_md ON ledgers (birth_md);
+    CREATE INDEX IF NOT EXISTS ledgers_anniversary ON ledgers (anniversary_date);
+    CREATE INDEX IF NOT EXISTS ledgers_win_back_due ON ledgers (win_back_due);
     CREATE TABLE IF NOT EXISTS offers (
-        offer_id TEXT PRIMARY KEY,
+        offer_id TEXT PRIMARY KEY NOT NULL,
         customer_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        rule_key TEXT NOT NULL,
         coupon_code TEXT NOT NULL,
-        valid_from TEXT NOT NULL,
-        valid_until TEXT NOT NULL,
         state TEXT NOT NULL,
-        expired_on TEXT,
-        issued TEXT NOT NULL,
-        redemption TEXT
+        valid_until TEXT NOT NULL,
+        doc TEXT NOT NULL
     ) WITHOUT ROWID;
     CREATE UNIQUE INDEX IF NOT EXISTS offers_coupon_code ON offers (coupon_code);
     CREATE INDEX IF NOT EXISTS offers_customer ON offers (customer_id);
     CREATE INDEX IF NOT EXISTS offers_state_until ON offers (state, valid_until);
-    CREATE INDEX IF NOT EXISTS offers_expired_on ON offers (expired_on);
-    CREATE TABLE IF NOT EXISTS rejections (
-        rejection_id TEXT PRIMARY KEY,
-        customer_id TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        doc TEXT NOT NULL
+    CREATE TABLE IF NOT EXISTS cards (
+        card_id TEXT PRIMARY KEY NOT NULL,
+        customer_id TEXT NOT NULL
     ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS rejections_customer ON rejections (customer_id);
+    CREATE TABLE IF NOT EXISTS days (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        first_day TEXT NOT NULL,
+        last_day TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS reservations (
+        code TEXT PRIMARY KEY NOT NULL,
+        lane TEXT NOT NULL,
+        until TEXT NOT NULL
+    ) WITHOUT ROWID;
     """
 
-    async def load(self, customer_ids: Collection[str], codes: Collection[str]) -> Snapshot:
-        ids = in_list(sorted(customer_ids))
-        code_list = in_list(sorted(codes))
+    async def ledgers(self, customer_ids: Collection[str]) -> dict[str, Ledger]:
+        ids = in_list(text(i, "customer_id") for i in customer_ids)
 
-        def work(db: sqlite3.Connection) -> Snapshot:
-            customers = db.execute(
-                f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE customer_id IN {IN_LIST}",  # noqa: S608
-                (ids,),
-            ).fetchall()
-            offers = db.execute(
-                f"SELECT {_OFFER_COLUMNS} FROM offers WHERE customer_id IN {IN_LIST} "  # noqa: S608
-                f"UNION SELECT {_OFFER_COLUMNS} FROM offers WHERE coupon_code IN {IN_LIST}",
-                (ids, code_list),
-            ).fetchall()
-            return _snapshot(customers, offers)
+        def work(db: sqlite3.Connection) -> dict[str, Ledger]:
+            rows = db.execute(f"SELECT doc FROM ledgers WHERE customer_id IN {IN_LIST}", (ids,))  # noqa: S608
+            found = (Ledger.model_validate_json(doc) for (doc,) in rows)
+            return {ledger.customer_id: ledger for ledger in found}
+
+        return await self.read(work) if customer_ids else {}
+
+    async def offers_of_customers(self, customer_ids: Collection[str]) -> dict[str, OfferRecord]:
+        ids = in_list(text(i, "customer_id") for i in customer_ids)
+
+        def work(db: sqlite3.Connection) -> dict[str, OfferRecord]:
+            rows = db.execute(f"SELECT doc FROM offers WHERE customer_id IN {IN_LIST}", (ids,))  # noqa: S608
+            found = (OfferRecord.model_validate_json(doc) for (doc,) in rows)
+            return {offer.offer_id: offer for offer in found}
+
+        return await self.read(work) if customer_ids else {}
+
+    async def owners(self, codes: Collection[str]) -> dict[str, str]:
+        values = in_list(text(c, "code") for c in codes)
+
+        def work(db: sqlite3.Connection) -> dict[str, str]:
+            sql = f"SELECT coupon_code, customer_id FROM offers WHERE coupon_code IN {IN_LIST}"  # noqa: S608
+            return dict(db.execute(sql, (values,)).fetchall())
+
+        return await self.read(work) if codes else {}
+
+    async def days(self) -> Days:
+        def work(db: sqlite3.Connection) -> Days:
+            row = db.execute("SELECT first_day, last_day FROM days WHERE id = 1").fetchone()
+            return Days(date_of(row[0]), date_of(row[1])) if row else Days()
 
         return await self.read(work)
 
-    async def apply(self, changes: Changes) -> None:
+    async def candidates(
+        self, day: dt.date, month_days: Sequence[str], *, after: str | None, limit: int
+    ) -> list[str]:
+        iso_day = day.isoformat()
+        # One indexed look-up per reason, merged: SQLite keeps each on its own index
+        # (`+customer_id` keeps the range on its index instead of a primary-key scan).
+        sql = (
+            f"SELECT customer_id FROM ledgers WHERE birth_md IN {IN_LIST} AND merged_into IS NULL"  # noqa: S608
+            " AND customer_id > ?"
+            " UNION SELECT customer_id FROM ledgers WHERE anniversary_date = ?"
+            " AND merged_into IS NULL AND customer_id > ?"
+            " UNION SELECT customer_id FROM ledgers WHERE win_back_due > '' AND win_back_due <= ?"
+            " AND merged_into IS NULL AND +customer_id > ?"
+            " UNION SELECT customer_id FROM offers WHERE state = 'issued' AND valid_until < ?"
+            " AND customer_id > ?"
+            " ORDER BY customer_id LIMIT ?"
+        )
+        start = after or ""
+        params = (in_list(month_days), start, iso_day, start, iso_day, start, iso_day, start, limit)
+
+        def work(db: sqlite3.Connection) -> list[str]:
+            return [row[0] for row in db.execute(sql, params)]
+
+        return await self.read(work)
+
+    async def save(self, changes: Changes) -> None:
         if not changes:
             return
-        customers = [
+        ledgers = [
             (
-                c.customer_id,
-                int(c.marketing_consent),
-                int(c.has_email),
-                int(c.erased),
-                c.birth_md,
-                iso(c.first_purchase_date),
-                iso(c.anniversary_date),
-                iso(c.last_visit_date),
-                c.visits,
-                c.home_store_id,
+                row.ledger.customer_id,
+                row.ledger.version,
+                row.ledger.merged_into,
+                row.birth_md,
+                iso(row.anniversary_date),
+                iso(row.win_back_due),
+                row.ledger.model_dump_json(),
             )
-            for c in changes.customers.values()
+            for row in changes.ledgers
         ]
-        new_offers = [
+        cards = [
+            (card, row.ledger.customer_id)
+            for row in changes.ledgers
+            if not row.ledger.is_alias()
+            for card in row.ledger.cards
+        ]
+        offers = [
             (
                 o.offer_id,
                 o.customer_id,
-                o.kind,
-                o.rule_key,
                 o.coupon_code,
-                o.valid_from.isoformat(),
-                o.valid_until.isoformat(),
                 o.state,
-                iso(o.expired_on),
-                o.issued.model_dump_json(),
-                o.redemption.model_dump_json() if o.redemption else None,
+                o.valid_until.isoformat(),
+                o.model_dump_json(),
             )
-            for o in changes.new_offers.values()
+            for o in changes.offers
         ]
-        redeemed = [
-            (o.redemption.model_dump_json() if o.redemption else None, o.offer_id)
-            for o in changes.redeemed.values()
-        ]
-        expired = [(iso(o.expired_on), o.offer_id) for o in changes.expired.values()]
-        rejections = [
-            (r.rejection_id, r.customer_id, r.reason, r.model_dump_json())
-            for r in changes.rejections.values()
-        ]
+        days = changes.days
 
         def work(db: sqlite3.Connection) -> None:
+            before = db.total_changes
             db.executemany(
-                "INSERT INTO customers (customer_id, marketing_consent, has_email, erased, "
-                "birth_md, first_purchase_date, anniversary_date, last_visit_date, visits, "
-                "home_store_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (customer_id) DO UPDATE SET "
-                "marketing_consent = excluded.marketing_consent, "
-                "has_email = excluded.has_email, erased = excluded.erased, "
-                "birth_md = excluded.birth_md, "
-                "first_purchase_date = excluded.first_purchase_date, "
-                "anniversary_date = excluded.anniversary_date, "
-                "last_visit_date = excluded.last_visit_date, visits = excluded.visits, "
-                "home_store_id = excluded.home_store_id",
-                customers,
+                "INSERT INTO ledgers (customer_id, version, merged_into, birth_md,"
+                " anniversary_date, win_back_due, doc) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version,"
+                " merged_into = excluded.merged_into, birth_md = excluded.birth_md,"
+                " anniversary_date = excluded.anniversary_date,"
+                " win_back_due = excluded.win_back_due, doc = excluded.doc"
+                " WHERE ledgers.version = excluded.version - 1",
+                ledgers,
+            )
+            if db.total_changes - before != len(ledgers):
+                raise Conflict("a ledger changed in the store since it was read")
+            db.executemany(
+                "INSERT INTO offers (offer_id, customer_id, coupon_code, state, valid_until, doc)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (offer_id) DO UPDATE SET"
+                " state = excluded.state, valid_until = excluded.valid_until, doc = excluded.doc",
+                offers,
             )
             db.executemany(
-                "INSERT INTO offers (offer_id, customer_id, kind, rule_key, coupon_code, "
-                "valid_from, valid_until, state, expired_on, issued, redemption) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (offer_id) DO NOTHING",
-                new_offers,
+                "INSERT INTO cards (card_id, customer_id) VALUES (?, ?)"
+                " ON CONFLICT (card_id) DO UPDATE SET customer_id = excluded.customer_id",
+                cards,
             )
+            if days is not None and days.first is not None and days.last is not None:
+                db.execute(
+                    "INSERT INTO days (id, first_day, last_day) VALUES (1, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET first_day = excluded.first_day,"
+                    " last_day = excluded.last_day",
+                    (days.first.isoformat(), days.last.isoformat()),
+                )
             db.executemany(
-                "UPDATE offers SET state = 'redeemed', redemption = ? "
-                "WHERE offer_id = ? AND state IN ('issued', 'expired')",
-                redeemed,
-            )
-            db.executemany(
-                "UPDATE offers SET state = 'expired', expired_on = ? "
-                "WHERE offer_id = ? AND state = 'issued'",
-                expired,
-            )
-            db.executemany(
-                "INSERT INTO rejections (rejection_id, customer_id, reason, doc) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (rejection_id) DO NOTHING",
-                rejections,
+                "DELETE FROM reservations WHERE code = ?", [(c,) for c in changes.released]
             )
 
         await self.write(work)
 
-    async def customers_for_day(
-        self, query: CustomerQuery, *, after: str | None, limit: int
-    ) -> Snapshot:
-        # Fixed SQL per query kind; only values are parameters. `+customer_id` keeps SQLite on the
-        # rule's index (the key range would otherwise tempt it into a primary-key scan).
-        if query.kind == "birthday":
-            where = f"birth_md IN {IN_LIST}"
-            params: tuple[Any, ...] = (in_list(query.month_days),)
-        elif query.kind == "anniversary":
-            where = "anniversary_date = ?"
-            params = (iso(query.on_date),)
-        else:
-            # Bounded on both sides: SQLite's planner takes a one-sided range for a full scan.
-            where = "last_visit_date > '' AND last_visit_date <= ? AND visits >= ?"
-            params = (iso(query.on_date), query.min_visits)
-        sql = (
-            f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE {where} "  # noqa: S608
-            "AND erased = 0 AND +customer_id > ? ORDER BY customer_id LIMIT ?"
-        )
-
-        def work(db: sqlite3.Connection) -> Snapshot:
-            customers = db.execute(sql, (*params, after or "", limit)).fetchall()
-            offers = db.execute(
-                f"SELECT {_OFFER_COLUMNS} FROM offers WHERE customer_id IN {IN_LIST}",  # noqa: S608
-                (in_list(row[0] for row in customers),),
-            ).fetchall()
-            return _snapshot(customers, offers)
+    async def offer_by_code(self, code: str) -> OfferRecord | None:
+        def work(db: sqlite3.Connection) -> OfferRecord | None:
+            row = db.execute(
+                "SELECT doc FROM offers WHERE coupon_code = ?", (text(code, "code"),)
+            ).fetchone()
+            return OfferRecord.model_validate_json(row[0]) if row else None
 
         return await self.read(work)
 
-    async def offers_to_expire(
-        self, day: dt.date, *, after: str | None, limit: int
-    ) -> list[OfferRecord]:
-        on = day.isoformat()
-
-        def work(db: sqlite3.Connection) -> list[OfferRecord]:
-            rows = db.execute(
-                f"SELECT offer_id, {_OFFER_COLUMNS} FROM offers "  # noqa: S608
-                "WHERE state = 'issued' AND valid_until < ? AND offer_id > ? "
-                f"UNION SELECT offer_id, {_OFFER_COLUMNS} FROM offers "
-                "WHERE expired_on = ? AND state = 'expired' AND offer_id > ? "
-                "ORDER BY offer_id LIMIT ?",
-                (on, after or "", on, after or "", limit),
-            ).fetchall()
-            return [_offer_row(row[1:]) for row in rows]
+    async def customer_of_card(self, card_id: str) -> str | None:
+        def work(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT customer_id FROM cards WHERE card_id = ?", (text(card_id, "card_id"),)
+            ).fetchone()
+            return str(row[0]) if row else None
 
         return await self.read(work)
 
     async def offers_of(self, customer_id: str) -> list[OfferRecord]:
-        def work(db: sqlite3.Connection) -> list[OfferRecord]:
-            rows = db.execute(
-                f"SELECT {_OFFER_COLUMNS} FROM offers WHERE customer_id = ? "  # noqa: S608
-                "ORDER BY valid_from, offer_id",
-                (str(customer_id),),
-            )
-            return [_offer_row(row) for row in rows]
+        found = await self.offers_of_customers([customer_id])
+        return sorted_offers(found.values())
 
-        return await self.read(work)
+    async def reserve(self, code: str, lane: str, until: dt.datetime, now: dt.datetime) -> bool:
+        params = (text(code, "code"), text(lane, "lane"), _ts(until), _ts(now))
 
-    async def rejections(self, customer_id: str) -> list[RedemptionRejected]:
-        def work(db: sqlite3.Connection) -> list[RedemptionRejected]:
-            rows = db.execute(
-                "SELECT doc FROM rejections WHERE customer_id = ? ORDER BY rejection_id",
-                (str(customer_id),),
+        def work(db: sqlite3.Connection) -> bool:
+            before = db.total_changes
+            db.execute(
+                "INSERT INTO reservations (code, lane, until) VALUES (?1, ?2, ?3)"
+                " ON CONFLICT (code) DO UPDATE SET lane = excluded.lane, until = excluded.until"
+                " WHERE reservations.until < ?4 OR reservations.lane = excluded.lane",
+                params,
             )
-            return [RedemptionRejected.model_validate_json(row[0]) for row in rows]
+            return db.total_changes - before == 1
+
+        return await self.write(work)
+
+    async def record_deliveries(self, outcomes: Mapping[str, tuple[str, str]]) -> None:
+        rows = [(state, message_id, offer_id) for offer_id, (state, message_id) in outcomes.items()]
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE offers SET doc = json_set(doc, '$.delivery', ?, '$.message_id', ?)"
+                " WHERE offer_id = ?",
+                rows,
+            )
+
+        if rows:
+            await self.write(work)
+
+    async def decision_counts(self) -> Counter[tuple[str, str, str | None]]:
+        def work(db: sqlite3.Connection) -> Counter[tuple[str, str, str | None]]:
+            rows = db.execute(
+                "SELECT json_extract(d.value, '$.kind'), json_extract(d.value, '$.outcome'),"
+                " json_extract(d.value, '$.reason'), count(*)"
+                " FROM ledgers, json_each(ledgers.doc, '$.decisions') AS d GROUP BY 1, 2, 3"
+            )
+            return Counter({(kind, outcome, reason): n for kind, outcome, reason, n in rows})
 
         return await self.read(work)

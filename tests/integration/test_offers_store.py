@@ -6,32 +6,28 @@ MongoDB is the SecantusDB server the suite starts (or `CRM_TEST_MONGO_URL`), ope
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from services.offers.domain import (
-    Changes,
-    CustomerQuery,
-    CustomerRecord,
-    OfferRecord,
-    coupon_code_for,
-    offer_id_for,
-)
-from services.offers.store import OffersRepository, open_repository
+from services.offers.domain import OfferRecord, coupon_code_for, offer_id_for
+from services.offers.engine import Days
+from services.offers.ledger import ConsentPoint, Ledger
+from services.offers.store import Changes, LedgerRow, OffersRepository, open_repository
 from services.offers.store_sqlite import SqliteOffersRepository
 from shared.errors import Conflict
-from shared.events import OfferExpired, OfferIssued, OfferRedeemed, RedemptionRejected
+from shared.events import OfferIssued
 from shared.settings import StoreSettings
 from shared.storage import StoreLocation
 
 KEY = b"k"
 UTC = dt.UTC
+NOW = dt.datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
 @pytest.fixture(
@@ -51,272 +47,201 @@ async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
 def offer(
     customer_id: str = "c-1",
     *,
-    kind: str = "frequent_item",
     rule_key: str = "MILK",
     day: dt.date = dt.date(2026, 3, 1),
     valid_days: int = 14,
+    state: str = "issued",
 ) -> OfferRecord:
-    offer_id = offer_id_for(kind, customer_id, rule_key, day.isoformat())  # type: ignore[arg-type]
+    offer_id = offer_id_for("frequent_item", customer_id, rule_key, day.isoformat())
     return OfferRecord(
         issued=OfferIssued(
             offer_id=offer_id,
             customer_id=customer_id,
-            kind=kind,  # type: ignore[arg-type]
+            kind="frequent_item",
             coupon_code=coupon_code_for(offer_id, KEY),
             discount_percent=Decimal("12.5"),
-            sku=rule_key if kind == "frequent_item" else None,
-            product_name="Milk" if kind == "frequent_item" else None,
+            sku=rule_key,
             valid_from=day,
             valid_until=day + dt.timedelta(days=valid_days),
             issued_at=dt.datetime.combine(day, dt.time(9), tzinfo=UTC),
-            template=kind,
+            template="frequent_item",
+            scope="sku",
         ),
         rule_key=rule_key,
+        state=state,  # type: ignore[arg-type]
     )
 
 
-async def in_state(repo: OffersRepository, customer_id: str, state: str) -> list[OfferRecord]:
-    """The customer's offers in one state (issued: open; redeemed: used)."""
-    return [o for o in await repo.offers_of(customer_id) if o.state == state]
+def ledger(customer_id: str = "c-1", *, version: int = 1, **fields: object) -> Ledger:
+    return Ledger(customer_id=customer_id, version=version, **fields)  # type: ignore[arg-type]
 
 
-def customer(customer_id: str = "c-1", **fields: Any) -> CustomerRecord:
-    base: dict[str, Any] = {"marketing_consent": True, "has_email": True, "visits": 1}
-    base.update(fields)
-    return CustomerRecord(customer_id=customer_id, **base)
-
-
-def redeemed(record: OfferRecord, checkout: str = "e-9") -> OfferRecord:
-    redemption = OfferRedeemed(
-        offer_id=record.offer_id,
-        customer_id=record.customer_id,
-        kind=record.kind,
-        coupon_code=record.coupon_code,
-        redeemed_at=dt.datetime(2026, 3, 3, 12, tzinfo=UTC),
-        checkout_event_id=checkout,
-        store_id="S001",
-        basket_total=Decimal("19.99"),
-    )
-    return OfferRecord(
-        issued=record.issued, rule_key=record.rule_key, state="redeemed", redemption=redemption
-    )
-
-
-def rejection(customer_id: str = "c-1", code: str = "NOPE") -> RedemptionRejected:
-    return RedemptionRejected(
-        rejection_id=f"r-{customer_id}-{code}",
-        customer_id=customer_id,
-        coupon_code=code,
-        reason="unknown_code",
-        checkout_event_id="e-1",
-        store_id="S001",
-        rejected_at=dt.datetime(2026, 3, 3, tzinfo=UTC),
-    )
-
-
-async def test_load_returns_customers_their_offers_and_offers_by_code(
-    repo: OffersRepository,
-) -> None:
-    mine, theirs, other = offer("c-1"), offer("c-2"), offer("c-3")
-    await repo.apply(
-        Changes(
-            customers={
-                c.customer_id: c for c in (customer("c-1", birth_md="05-17"), customer("c-2"))
-            },
-            new_offers={o.offer_id: o for o in (mine, theirs, other)},
-        )
-    )
-    snapshot = await repo.load(["c-1", "unknown"], [theirs.coupon_code])
-    assert snapshot.customers == {"c-1": customer("c-1", birth_md="05-17")}
-    assert snapshot.offers == {mine.offer_id: mine, theirs.offer_id: theirs}
-    empty = await repo.load([], [])
-    assert (empty.customers, empty.offers) == ({}, {})
-
-
-async def test_operator_looking_ids_are_data(repo: OffersRepository) -> None:
-    await repo.apply(Changes(customers={"c-1": customer("c-1")}))
-    snapshot = await repo.load(['{"$gt": ""}', "' OR 1=1 --"], ['{"$ne": null}'])
-    assert snapshot.customers == {}
-    assert snapshot.offers == {}
-
-
-async def test_apply_is_idempotent_and_never_duplicates_an_offer(repo: OffersRepository) -> None:
-    record = offer()
-    changes = Changes(customers={"c-1": customer()}, new_offers={record.offer_id: record})
-    await repo.apply(changes)
-    await repo.apply(changes)
-    assert await repo.offers_of("c-1") == [record]
-    assert [(o.kind, o.state) for o in await repo.offers_of("c-1")] == [("frequent_item", "issued")]
-    assert (await repo.load(["c-1"], [])).customers == {"c-1": customer()}
-
-
-async def test_customer_record_is_replaced_by_the_latest(repo: OffersRepository) -> None:
-    await repo.apply(Changes(customers={"c-1": customer(visits=1, birth_md="05-17")}))
-    latest = customer(visits=2, marketing_consent=False, last_visit_date=dt.date(2026, 3, 1))
-    await repo.apply(Changes(customers={"c-1": latest}))
-    assert (await repo.load(["c-1"], [])).customers == {"c-1": latest}
-
-
-async def test_redemption_moves_an_offer_from_open_to_used_once(repo: OffersRepository) -> None:
-    record = offer()
-    await repo.apply(Changes(new_offers={record.offer_id: record}))
-    used = redeemed(record)
-    await repo.apply(Changes(redeemed={record.offer_id: used}))
-    await repo.apply(Changes(redeemed={record.offer_id: redeemed(record, "e-10")}))
-    assert await in_state(repo, "c-1", "issued") == []
-    assert await in_state(repo, "c-1", "redeemed") == [used]
-    # a late expiry does not undo the redemption
-    expired = OfferRecord(
-        issued=record.issued, rule_key="MILK", state="expired", expired_on=dt.date(2026, 4, 1)
-    )
-    await repo.apply(Changes(expired={record.offer_id: expired}))
-    assert await in_state(repo, "c-1", "redeemed") == [used]
-    assert await repo.offers_of("c-1") == [used]
-
-
-async def test_new_offer_already_redeemed_in_its_batch_is_stored_redeemed(
-    repo: OffersRepository,
-) -> None:
-    used = redeemed(offer())
-    await repo.apply(Changes(new_offers={used.offer_id: used}))
-    assert await in_state(repo, "c-1", "redeemed") == [used]
-
-
-async def test_expiry_query_pages_issued_offers_past_their_day_and_those_expired_on_it(
-    repo: OffersRepository,
-) -> None:
-    day = dt.date(2026, 4, 1)
-    due = [offer(f"c-{i}", valid_days=i) for i in range(4)]  # valid until 1 to 4 March
-    not_due = offer("c-9", day=dt.date(2026, 3, 20), valid_days=12)  # until 1 April
-    await repo.apply(Changes(new_offers={o.offer_id: o for o in [*due, not_due]}))
-    first = await repo.offers_to_expire(day, after=None, limit=3)
-    rest = await repo.offers_to_expire(day, after=first[-1].offer_id, limit=3)
-    assert len(first) == 3
-    assert sorted(o.offer_id for o in first + rest) == sorted(o.offer_id for o in due)
-    expired = OfferRecord(issued=due[0].issued, rule_key="MILK", state="expired", expired_on=day)
-    await repo.apply(Changes(expired={expired.offer_id: expired}))
-    again = await repo.offers_to_expire(day, after=None, limit=10)
-    assert expired in again
-    assert len(again) == 4
-    next_day = await repo.offers_to_expire(day + dt.timedelta(days=1), after=None, limit=10)
-    assert expired.offer_id not in {o.offer_id for o in next_day}
-    assert not_due.offer_id in {o.offer_id for o in next_day}
-    assert isinstance(expired.expired_event(), OfferExpired)
-
-
-async def test_birthday_query_pages_by_customer_id_with_their_offers(
-    repo: OffersRepository,
-) -> None:
-    customers = {
-        f"c-{i}": customer(f"c-{i}", birth_md="02-29" if i % 2 else "02-28") for i in range(5)
+def row(customer_id: str = "c-1", **fields: object) -> LedgerRow:
+    columns = {
+        k: fields.pop(k) for k in ("birth_md", "anniversary_date", "win_back_due") if k in fields
     }
-    customers["c-x"] = customer("c-x", birth_md="03-01")
-    customers["c-e"] = CustomerRecord(customer_id="c-e", erased=True)
-    their_offer = offer("c-1")
-    await repo.apply(Changes(customers=customers, new_offers={their_offer.offer_id: their_offer}))
-    query = CustomerQuery("birthday", month_days=("02-28", "02-29"))
-    first = await repo.customers_for_day(query, after=None, limit=3)
-    assert list(first.customers) == ["c-0", "c-1", "c-2"]
-    assert first.offers == {their_offer.offer_id: their_offer}
-    second = await repo.customers_for_day(query, after="c-2", limit=3)
-    assert sorted(second.customers) == ["c-3", "c-4"]
-    only_28 = await repo.customers_for_day(
-        CustomerQuery("birthday", month_days=("02-28",)), after=None, limit=10
+    return LedgerRow(ledger=ledger(customer_id, **fields), **columns)  # type: ignore[arg-type]
+
+
+async def test_ledgers_come_back_equal_and_a_stale_write_is_refused(repo: OffersRepository) -> None:
+    first = ledger(
+        cards=["card-1"],
+        consent=[ConsentPoint(at=NOW, event_id="s-1", value=True)],
     )
-    assert sorted(only_28.customers) == ["c-0", "c-2", "c-4"]
+    await repo.save(Changes(ledgers=[LedgerRow(first)]))
+    assert await repo.ledgers(["c-1", "c-unknown"]) == {"c-1": first}
+    newer = first.model_copy(update={"version": 2, "total_visits": 5})
+    await repo.save(Changes(ledgers=[LedgerRow(newer)]))
+    stale = first.model_copy(update={"version": 2, "total_visits": 9})
+    with pytest.raises(Conflict):
+        await repo.save(Changes(ledgers=[LedgerRow(stale)], offers=[offer()]))
+    assert (await repo.ledgers(["c-1"]))["c-1"].total_visits == 5
+    assert await repo.offers_of("c-1") == []  # nothing of the refused batch was written
+    with pytest.raises(Conflict):
+        await repo.save(Changes(ledgers=[LedgerRow(ledger(version=1))]))
 
 
-async def test_anniversary_and_win_back_queries(repo: OffersRepository) -> None:
-    day = dt.date(2026, 3, 1)
-    customers = {
-        "a": customer("a", first_purchase_date=dt.date(2025, 3, 1)),
-        "b": customer("b", first_purchase_date=dt.date(2025, 3, 2)),
-        "c": customer("c", last_visit_date=dt.date(2025, 12, 30), visits=5),
-        "d": customer("d", last_visit_date=dt.date(2025, 12, 31), visits=5),
-        "e": customer("e", last_visit_date=dt.date(2025, 1, 1), visits=4),
-        "f": customer("f", last_visit_date=dt.date(2025, 1, 1), visits=50),
+async def test_offers_are_found_by_customer_by_code_and_sorted(repo: OffersRepository) -> None:
+    late, early, other = offer(day=dt.date(2026, 3, 5)), offer(rule_key="EGGS"), offer("c-2")
+    await repo.save(Changes(offers=[late, early, other]))
+    assert await repo.offers_of("c-1") == [early, late]
+    assert set(await repo.offers_of_customers(["c-1", "c-2"])) == {
+        late.offer_id,
+        early.offer_id,
+        other.offer_id,
     }
-    await repo.apply(Changes(customers=customers))
-    anniversary = await repo.customers_for_day(
-        CustomerQuery("anniversary", on_date=day), after=None, limit=10
-    )
-    assert list(anniversary.customers) == ["a"]
-    lapsed = await repo.customers_for_day(
-        CustomerQuery("win_back", on_date=dt.date(2025, 12, 30), min_visits=5),
-        after=None,
-        limit=10,
-    )
-    assert sorted(lapsed.customers) == ["c", "f"]
-
-
-async def test_rejections_are_stored_once(repo: OffersRepository) -> None:
-    changes = Changes(rejections={r.rejection_id: r for r in (rejection(), rejection(code="X"))})
-    await repo.apply(changes)
-    await repo.apply(changes)
-    assert await repo.rejections("c-1") == sorted(
-        changes.rejections.values(), key=lambda r: r.rejection_id
-    )
-    assert [r.reason for r in await repo.rejections("c-1")] == ["unknown_code", "unknown_code"]
-    assert await repo.rejections("c-2") == []
-
-
-async def test_offers_of_lists_each_customers_offers_of_every_kind_and_state(
-    repo: OffersRepository,
-) -> None:
-    a, b, c = offer("c-1"), offer("c-2", kind="birthday", rule_key="2026"), offer("c-3")
-    await repo.apply(Changes(new_offers={o.offer_id: o for o in (a, b, c)}))
-    await repo.apply(Changes(redeemed={a.offer_id: redeemed(a)}))
-    assert await repo.offers_of("c-1") == [redeemed(a)]
-    assert await repo.offers_of("c-2") == [b]
-    assert await repo.offers_of("c-3") == [c]
-    assert await repo.offers_of("unknown") == []
-    kinds = [(o.kind, o.state) for cid in ("c-1", "c-2", "c-3") for o in await repo.offers_of(cid)]
-    assert sorted(kinds) == [
-        ("birthday", "issued"),
-        ("frequent_item", "issued"),
-        ("frequent_item", "redeemed"),
-    ]
-
-
-async def test_offers_of_sorts_by_first_valid_day_then_offer_id(repo: OffersRepository) -> None:
-    late = offer(day=dt.date(2026, 3, 9))
-    same_day = [offer(rule_key=sku, day=dt.date(2026, 3, 2)) for sku in ("MILK", "EGGS", "TEA")]
-    early = offer(kind="birthday", rule_key="2026", day=dt.date(2026, 2, 1))
-    expired = OfferRecord(
-        issued=early.issued, rule_key="2026", state="expired", expired_on=dt.date(2026, 2, 9)
-    )
-    await repo.apply(Changes(new_offers={o.offer_id: o for o in (late, *same_day, early)}))
-    await repo.apply(Changes(expired={expired.offer_id: expired}))
-    await repo.apply(Changes(redeemed={late.offer_id: redeemed(late)}))
-    middle = sorted(same_day, key=lambda o: o.offer_id)
-    assert await repo.offers_of("c-1") == [expired, *middle, redeemed(late)]
+    assert await repo.offer_by_code(other.coupon_code) == other
+    assert await repo.offer_by_code("NOPE-NOPE-NOPE") is None
+    assert await repo.owners([early.coupon_code, other.coupon_code, "NOPE"]) == {
+        early.coupon_code: "c-1",
+        other.coupon_code: "c-2",
+    }
+    redeemed = late.model_copy(update={"state": "redeemed"})
+    await repo.save(Changes(offers=[redeemed]))
+    assert await repo.offers_of("c-1") == [early, redeemed]
 
 
 async def test_a_coupon_code_belongs_to_one_offer(repo: OffersRepository) -> None:
     first = offer()
     other = offer(rule_key="EGGS")
-    clash = OfferRecord(
-        issued=other.issued.model_copy(update={"coupon_code": first.coupon_code}),
-        rule_key="EGGS",
+    clash = other.model_copy(
+        update={"issued": other.issued.model_copy(update={"coupon_code": first.coupon_code})}
     )
-    await repo.apply(Changes(new_offers={first.offer_id: first}))
+    await repo.save(Changes(offers=[first]))
     with pytest.raises(Conflict):
-        await repo.apply(Changes(new_offers={clash.offer_id: clash}))
+        await repo.save(Changes(offers=[clash]))
     assert await repo.offers_of("c-1") == [first]
+
+
+async def test_completed_days_are_kept(repo: OffersRepository) -> None:
+    assert await repo.days() == Days()
+    days = Days(dt.date(2026, 3, 1), dt.date(2026, 3, 9))
+    await repo.save(Changes(days=days))
+    assert await repo.days() == days
+    await repo.save(Changes(days=Days(dt.date(2026, 2, 27), dt.date(2026, 3, 9))))
+    assert await repo.days() == Days(dt.date(2026, 2, 27), dt.date(2026, 3, 9))
+
+
+async def test_a_days_candidates_come_from_each_index_in_pages_and_never_aliases(
+    repo: OffersRepository,
+) -> None:
+    day = dt.date(2026, 3, 20)
+    await repo.save(
+        Changes(
+            ledgers=[
+                row("c-birthday", birth_md="03-20"),
+                row("c-other-birthday", birth_md="03-21"),
+                row("c-anniversary", anniversary_date=day),
+                row("c-due", win_back_due=day - dt.timedelta(days=3)),
+                row("c-not-due", win_back_due=day + dt.timedelta(days=1)),
+                row("c-alias", birth_md="03-20", merged_into="c-birthday"),
+            ],
+            offers=[
+                offer("c-expiring", day=dt.date(2026, 3, 1), valid_days=14),
+                offer("c-open", day=dt.date(2026, 3, 10), valid_days=14),
+                offer("c-used", day=dt.date(2026, 3, 1), valid_days=14, state="redeemed"),
+            ],
+        )
+    )
+    expected = ["c-anniversary", "c-birthday", "c-due", "c-expiring"]
+    assert await repo.candidates(day, ("03-20",), after=None, limit=100) == expected
+    pages: list[str] = []
+    after = None
+    while page := await repo.candidates(day, ("03-20",), after=after, limit=2):
+        pages += page
+        after = page[-1]
+    assert pages == expected
+
+
+async def test_cards_lead_to_their_customer_and_an_aliases_cards_to_no_one(
+    repo: OffersRepository,
+) -> None:
+    await repo.save(Changes(ledgers=[row("c-1", cards=["card-1", "card-2"])]))
+    assert await repo.customer_of_card("card-2") == "c-1"
+    assert await repo.customer_of_card("card-9") is None
+    await repo.save(
+        Changes(
+            ledgers=[row("c-2", cards=["card-2"]), row("c-3", cards=["card-3"], merged_into="c-2")]
+        )
+    )
+    assert await repo.customer_of_card("card-2") == "c-2"
+    assert await repo.customer_of_card("card-3") is None
+
+
+async def test_a_lane_holds_a_coupon_until_it_ends_or_a_checkout_lists_it(
+    repo: OffersRepository,
+) -> None:
+    later = NOW + dt.timedelta(minutes=2)
+    assert await repo.reserve("CODE", "lane-1", later, NOW)
+    assert not await repo.reserve("CODE", "lane-2", later, NOW + dt.timedelta(seconds=1))
+    assert await repo.reserve("CODE", "lane-1", later, NOW + dt.timedelta(seconds=1))  # renewed
+    assert await repo.reserve(
+        "CODE", "lane-2", later + dt.timedelta(minutes=2), later + dt.timedelta(seconds=1)
+    )
+    await repo.save(Changes(released={"CODE"}))
+    assert await repo.reserve("CODE", "lane-3", later, NOW)
+
+
+async def test_two_lanes_racing_for_one_coupon_never_both_hold_it(repo: OffersRepository) -> None:
+    until = NOW + dt.timedelta(minutes=2)
+    results = await asyncio.gather(
+        *(repo.reserve("RACE", f"lane-{n}", until, NOW) for n in range(10))
+    )
+    assert sum(results) == 1
+
+
+async def test_an_offers_e_mail_outcome_is_recorded(repo: OffersRepository) -> None:
+    record = offer()
+    await repo.save(Changes(offers=[record]))
+    await repo.record_deliveries({record.offer_id: ("sent", "<m@x>"), "unknown": ("sent", "<n>")})
+    [stored] = await repo.offers_of("c-1")
+    assert (stored.delivery, stored.message_id) == ("sent", "<m@x>")
+
+
+async def test_operator_looking_ids_are_data(repo: OffersRepository) -> None:
+    await repo.save(Changes(offers=[offer()], ledgers=[row("c-1", cards=["card-1"])]))
+    for hostile in ('{"$gt": ""}', "' OR '1'='1", "%", "_"):
+        assert await repo.offers_of(hostile) == []
+        assert await repo.ledgers([hostile]) == {}
+        assert await repo.customer_of_card(hostile) is None
+        assert await repo.offer_by_code(hostile) is None
+    with pytest.raises(TypeError):
+        await repo.offers_of({"$gt": ""})  # type: ignore[arg-type]
 
 
 async def test_sqlite_file_store_survives_reopening(tmp_path: Path) -> None:
     location = StoreLocation.parse(f"sqlite:///{tmp_path}")
     record = offer()
     first = await SqliteOffersRepository.open(location)
-    await first.apply(Changes(new_offers={record.offer_id: record}))
+    await first.save(Changes(offers=[record], ledgers=[row()]))
     await first.close()
     second = await SqliteOffersRepository.open(location)
     assert await second.offers_of("c-1") == [record]
+    assert set(await second.ledgers(["c-1"])) == {"c-1"}
     await second.close()
 
 
-async def test_sqlite_calendar_queries_use_their_indexes() -> None:
+async def test_sqlite_day_candidates_use_their_indexes() -> None:
     repository = await SqliteOffersRepository.open(StoreLocation.parse("memory://"))
     statements: list[str] = []
 
@@ -328,22 +253,60 @@ async def test_sqlite_calendar_queries_use_their_indexes() -> None:
             db.set_trace_callback(None)
             rows = db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
             db.set_trace_callback(statements.append)
-            return " ".join(str(row[-1]) for row in rows)
+            return " ".join(str(r[-1]) for r in rows)
 
         return explain
 
     await repository.read(trace)
-    for query, index in [
-        (CustomerQuery("birthday", month_days=("02-28", "02-29")), "customers_birth_md"),
-        (CustomerQuery("anniversary", on_date=dt.date(2026, 3, 1)), "customers_anniversary"),
-        (
-            CustomerQuery("win_back", on_date=dt.date(2026, 1, 1), min_visits=5),
-            "customers_last_visit",
-        ),
-    ]:
-        statements.clear()
-        await repository.customers_for_day(query, after="c-1", limit=10)
-        [sql] = [s for s in statements if "FROM customers WHERE" in s]
-        plan = await repository.read(plan_of(sql))
-        assert f"USING INDEX {index}" in plan, plan
+    await repository.candidates(dt.date(2026, 3, 1), ("03-01",), after="c-1", limit=10)
+    [sql] = [s for s in statements if "FROM ledgers WHERE" in s]
+    plan = await repository.read(plan_of(sql))
+    for index in (
+        "ledgers_birth_md",
+        "ledgers_anniversary",
+        "ledgers_win_back_due",
+        "offers_state_until",
+    ):
+        assert f"INDEX {index}" in plan, plan
     await repository.close()
+
+
+async def test_decisions_are_counted_over_all_customers(repo: OffersRepository) -> None:
+    def decision(key: str, outcome: str, reason: str | None = None) -> dict[str, object]:
+        return {
+            "key": key,
+            "kind": "frequent_item",
+            "at": NOW,
+            "outcome": outcome,
+            "reason": reason,
+            "offer_id": key,
+            "trigger": {"type": "purchase", "event_ids": ["e"]},
+            "decided_at": NOW,
+            "valid_from": NOW.date(),
+            "valid_until": NOW.date(),
+            "discount_percent": "10",
+            "template": "t",
+        }
+
+    one = Ledger.model_validate(
+        {
+            "customer_id": "c-1",
+            "version": 1,
+            "decisions": {
+                "a": decision("a", "issued"),
+                "b": decision("b", "suppressed", "consent"),
+            },
+        }
+    )
+    two = Ledger.model_validate(
+        {
+            "customer_id": "c-2",
+            "version": 1,
+            "decisions": {"c": decision("c", "suppressed", "consent")},
+        }
+    )
+    await repo.save(Changes(ledgers=[LedgerRow(one), LedgerRow(two)]))
+    assert await repo.decision_counts() == {
+        ("frequent_item", "issued", None): 1,
+        ("frequent_item", "suppressed", "consent"): 2,
+    }

@@ -17,6 +17,7 @@ from faststream.kafka.annotations import KafkaMessage
 
 from services.offers.app import SPEC, create_app
 from services.offers.domain import OfferRecord, OfferState
+from services.offers.engine import Days
 from services.offers.service import OffersService
 from services.offers.settings import OffersSettings, RulesFileError
 from services.offers.store_sqlite import SqliteOffersRepository
@@ -25,16 +26,16 @@ from shared.events import OFFER_EVENT as OFFERS_TOPIC_EVENT
 from shared.events import (
     ClockTicked,
     DeadLetter,
+    DeliveryRecorded,
     OfferIssued,
     OfferRedeemed,
-    ProfileChanged,
-    PurchaseSummary,
 )
 from shared.events import OfferEvent as OffersTopicEvent
 from shared.settings import KafkaSettings, Settings, StoreSettings
 from shared.skeleton import NotStarted, ServiceApp
 from shared.storage import StoreLocation
-from shared.topics import CLOCK, DEADLETTER, OFFERS, PROFILES_CHANGED
+from shared.topics import CLOCK, DEADLETTER, DELIVERIES, OFFERS, PROFILES_CHANGED
+from tests.unit.test_offers_domain import consent, purchase, signup
 
 UTC = dt.UTC
 DAY1 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -92,40 +93,39 @@ async def harness() -> AsyncIterator[Harness]:
         yield h
 
 
-def purchase(
+def signed_up(
+    customer: str = "c-1", *, birth: dt.date | None = None, consent: bool = True
+) -> bytes:
+    return dump(
+        signup(
+            dt.datetime(2020, 1, 1, tzinfo=UTC),
+            consent=consent,
+            birth=birth,
+            event_id=f"s-{customer}",
+            customer=customer,
+        )
+    )
+
+
+def bought(
+    event_id: str,
+    when: dt.datetime = DAY1,
+    skus: tuple[str, ...] = ("MILK",),
     *,
     customer: str = "c-1",
-    when: dt.datetime = DAY1,
-    event_id: str = "e-1",
-    skus: dict[str, int] | None = None,
     coupons: tuple[str, ...] = (),
-    **fields: object,
 ) -> bytes:
-    """A ProfileChanged for a purchase; each SKU was in N distinct checkouts up to `when`."""
-    skus = skus or {}
-    event = ProfileChanged(
-        customer_id=customer,
-        cause_event_id=event_id,
-        cause_type="purchase_recorded",
-        occurred_at=when,
-        marketing_consent=fields.pop("marketing_consent", True),  # type: ignore[arg-type]
-        has_email=True,
-        purchase=PurchaseSummary(
-            event_id=event_id,
-            store_id="S001",
-            total=Decimal("20.00"),
-            coupons=coupons,
-            products={sku: sku.title() for sku in skus} or {"BREAD": "Bread"},
-        ),
-        sku_checkouts={
-            sku: tuple(when - dt.timedelta(days=2 * i) for i in range(n)) for sku, n in skus.items()
-        },
-        first_purchase_at=fields.pop("first_purchase_at", when),  # type: ignore[arg-type]
-        last_purchase_at=when,
-        visits=fields.pop("visits", 3),  # type: ignore[arg-type]
-        **fields,  # type: ignore[arg-type]
-    )
-    return dump(event)
+    return dump(purchase(event_id, when, skus, coupons=coupons, customer=customer))
+
+
+async def milk_three_times(harness: Harness, customer: str = "c-1") -> None:
+    await harness.broker.publish(signed_up(customer), PROFILES_CHANGED, key=customer.encode())
+    for n, days_before in enumerate((20, 5, 0)):
+        await harness.broker.publish(
+            bought(f"{customer}-m{n}", DAY1 - dt.timedelta(days=days_before), customer=customer),
+            PROFILES_CHANGED,
+            key=customer.encode(),
+        )
 
 
 def tick(day: dt.date) -> bytes:
@@ -133,46 +133,57 @@ def tick(day: dt.date) -> bytes:
 
 
 async def test_frequent_buyer_gets_a_coupon_keyed_by_customer(harness: Harness) -> None:
-    await harness.broker.publish(purchase(skus={"MILK": 3}), PROFILES_CHANGED, key=b"c-1")
+    await milk_three_times(harness)
     [(key, offer)] = harness.offers
     assert key == b"c-1"
     assert isinstance(offer, OfferIssued)
     assert (offer.kind, offer.sku, offer.customer_id) == ("frequent_item", "MILK", "c-1")
+    assert offer.trigger is not None
+    assert offer.trigger.event_ids == ("c-1-m0", "c-1-m1", "c-1-m2")
     [stored] = await harness.stored("c-1", "issued")
     assert stored.issued == offer
     assert harness.app.service.stats["issued_frequent_item"] == 1
 
 
-async def test_replayed_batch_republishes_the_same_offer_and_stores_it_once(
+async def test_a_batch_delivered_again_publishes_nothing_new_and_stores_once(
     harness: Harness,
 ) -> None:
-    message = purchase(skus={"MILK": 3})
-    await harness.broker.publish_batch(message, purchase(event_id="e-0"), topic=PROFILES_CHANGED)
-    await harness.broker.publish_batch(message, purchase(event_id="e-0"), topic=PROFILES_CHANGED)
-    first, second = harness.of_type("offer_issued")
-    assert first == second
-    assert len(await harness.stored("c-1", "issued")) == 1
-    assert len(await harness.repository.offers_of("c-1")) == 1  # c-1 is the only customer
-    assert harness.app.service.stats["republished"] == 1
+    await milk_three_times(harness)
+    await harness.broker.publish_batch(
+        bought("c-1-m2", DAY1),
+        bought("c-1-m1", DAY1 - dt.timedelta(days=5)),
+        topic=PROFILES_CHANGED,
+    )
+    assert len(harness.of_type("offer_issued")) == 1
+    assert len(await harness.repository.offers_of("c-1")) == 1
+    assert harness.app.service.stats["duplicates"] == 2
 
 
 async def test_birthday_clock_day_published_twice_issues_once(harness: Harness) -> None:
-    await harness.broker.publish(
-        purchase(birth_date=dt.date(1990, 3, 20)), PROFILES_CHANGED, key=b"c-1"
-    )
+    await harness.broker.publish(signed_up(birth=dt.date(1990, 3, 20)), PROFILES_CHANGED)
     await harness.broker.publish(tick(dt.date(2026, 3, 20)), CLOCK)
     await harness.broker.publish(tick(dt.date(2026, 3, 20)), CLOCK)
-    first, second = harness.of_type("offer_issued")
-    assert first == second
+    [first] = harness.of_type("offer_issued")
     assert isinstance(first, OfferIssued)
     assert first.kind == "birthday"
+    assert first.trigger is not None
+    assert first.trigger.day == dt.date(2026, 3, 20)
     assert len(await harness.stored("c-1", "issued")) == 1
 
 
+async def test_a_missed_day_is_completed_when_a_later_day_arrives(harness: Harness) -> None:
+    await harness.broker.publish(signed_up(birth=dt.date(1990, 3, 20)), PROFILES_CHANGED)
+    await harness.broker.publish(tick(dt.date(2026, 3, 18)), CLOCK)
+    await harness.broker.publish(tick(dt.date(2026, 3, 22)), CLOCK)  # 19, 20, 21 were missed
+    [offer] = harness.of_type("offer_issued")
+    assert isinstance(offer, OfferIssued)
+    assert offer.valid_from == dt.date(2026, 3, 20)
+    assert await harness.repository.days() == Days(dt.date(2026, 3, 18), dt.date(2026, 3, 22))
+    assert harness.app.service.stats["clock_days"] == 5
+
+
 async def test_a_day_published_late_still_issues_that_days_offers(harness: Harness) -> None:
-    await harness.broker.publish(
-        purchase(birth_date=dt.date(1990, 3, 20)), PROFILES_CHANGED, key=b"c-1"
-    )
+    await harness.broker.publish(signed_up(birth=dt.date(1990, 3, 20)), PROFILES_CHANGED)
     await harness.broker.publish(tick(dt.date(2026, 3, 25)), CLOCK)
     await harness.broker.publish(tick(dt.date(2026, 3, 20)), CLOCK)
     [offer] = harness.of_type("offer_issued")
@@ -180,12 +191,21 @@ async def test_a_day_published_late_still_issues_that_days_offers(harness: Harne
     assert offer.valid_from == dt.date(2026, 3, 20)
 
 
+async def test_a_day_more_than_a_day_ahead_is_dead_lettered(harness: Harness) -> None:
+    today = dt.datetime.now(UTC).date()
+    await harness.broker.publish(tick(today + dt.timedelta(days=1)), CLOCK)
+    await harness.broker.publish(tick(today + dt.timedelta(days=2)), CLOCK)
+    [letter] = harness.dead
+    assert (letter.reason, letter.source_topic) == ("future_day", CLOCK)
+    assert (await harness.repository.days()).last == today + dt.timedelta(days=1)
+    assert harness.app.service.stats["dead_lettered_future_day"] == 1
+
+
 async def test_calendar_rules_page_through_all_matching_customers() -> None:
     async for h in start(page_size=2):
         for i in range(5):
             await h.broker.publish(
-                purchase(customer=f"c-{i}", event_id=f"e-{i}", birth_date=dt.date(1990, 3, 20)),
-                PROFILES_CHANGED,
+                signed_up(f"c-{i}", birth=dt.date(1990, 3, 20)), PROFILES_CHANGED
             )
         await h.broker.publish(tick(dt.date(2026, 3, 20)), CLOCK)
         customers = sorted(event.customer_id for event in h.of_type("offer_issued"))
@@ -193,46 +213,60 @@ async def test_calendar_rules_page_through_all_matching_customers() -> None:
 
 
 async def test_anniversary_and_win_back_on_their_clock_days(harness: Harness) -> None:
-    first = dt.datetime(2025, 3, 20, 9, tzinfo=UTC)
-    await harness.broker.publish(
-        purchase(when=first, first_purchase_at=first, visits=6), PROFILES_CHANGED
-    )
+    await harness.broker.publish(signed_up(), PROFILES_CHANGED)
+    first = dt.datetime(2025, 3, 16, 9, tzinfo=UTC)
+    for n in range(5):  # five visits, the last on 20 March 2025, each of another product
+        when = first + dt.timedelta(days=n)
+        await harness.broker.publish(bought(f"v-{n}", when, (f"P{n}",)), PROFILES_CHANGED)
     await harness.broker.publish(tick(dt.date(2025, 5, 19)), CLOCK)  # day 60: no win-back
     await harness.broker.publish(tick(dt.date(2025, 5, 20)), CLOCK)  # day 61: win-back
-    await harness.broker.publish(tick(dt.date(2026, 3, 20)), CLOCK)  # anniversary
+    await harness.broker.publish(tick(dt.date(2026, 3, 16)), CLOCK)  # anniversary
     kinds = [(e.kind, e.valid_from) for e in harness.of_type("offer_issued")]  # type: ignore[union-attr]
-    assert kinds == [
-        ("win_back", dt.date(2025, 5, 20)),
-        ("anniversary", dt.date(2026, 3, 20)),
-        ("win_back", dt.date(2026, 3, 20)),
-    ]
+    assert ("win_back", dt.date(2025, 5, 20)) in kinds
+    assert ("anniversary", dt.date(2026, 3, 16)) in kinds
+    assert kinds == sorted(kinds, key=lambda k: k[1])
 
 
 async def test_checkout_listing_the_code_redeems_it_once(harness: Harness) -> None:
-    await harness.broker.publish(purchase(skus={"MILK": 3}), PROFILES_CHANGED)
+    await milk_three_times(harness)
     [offer] = harness.of_type("offer_issued")
     assert isinstance(offer, OfferIssued)
     later = DAY1 + dt.timedelta(days=3)
-    redeeming = purchase(when=later, event_id="e-2", coupons=(offer.coupon_code,))
-    await harness.broker.publish(redeeming, PROFILES_CHANGED)
     await harness.broker.publish(
-        purchase(when=later, event_id="e-3", coupons=(offer.coupon_code, "WHAT-EVER-CODE")),
-        PROFILES_CHANGED,
+        bought("e-2", later, ("MILK", "BREAD"), coupons=(offer.coupon_code,)), PROFILES_CHANGED
+    )
+    await harness.broker.publish(
+        bought("e-3", later, coupons=(offer.coupon_code, "WHAT-EVER-CODE")), PROFILES_CHANGED
     )
     [redeemed] = harness.of_type("offer_redeemed")
     assert isinstance(redeemed, OfferRedeemed)
     assert (redeemed.offer_id, redeemed.checkout_event_id) == (offer.offer_id, "e-2")
+    assert redeemed.discount == Decimal("0.25")  # 10 % of the milk line of 2.50
     reasons = sorted(e.reason for e in harness.of_type("redemption_rejected"))  # type: ignore[union-attr]
     assert reasons == ["already_redeemed", "unknown_code"]
     assert [o.offer_id for o in await harness.stored("c-1", "redeemed")] == [offer.offer_id]
     assert await harness.stored("c-1", "issued") == []
-    assert len(await harness.repository.rejections("c-1")) == 2
     stats = harness.app.service.stats
     assert (stats["redeemed"], stats["rejected_already_redeemed"]) == (1, 1)
 
 
+async def test_a_product_coupon_listed_for_a_basket_without_it_is_rejected(
+    harness: Harness,
+) -> None:
+    await milk_three_times(harness)
+    [offer] = harness.of_type("offer_issued")
+    assert isinstance(offer, OfferIssued)
+    later = DAY1 + dt.timedelta(days=3)
+    await harness.broker.publish(
+        bought("e-2", later, ("BREAD",), coupons=(offer.coupon_code,)), PROFILES_CHANGED
+    )
+    [rejected] = harness.of_type("redemption_rejected")
+    assert rejected.reason == "not_in_basket"  # type: ignore[union-attr]
+    assert await harness.stored("c-1", "redeemed") == []
+
+
 async def test_clock_day_expires_offers_past_their_last_day_once(harness: Harness) -> None:
-    await harness.broker.publish(purchase(skus={"MILK": 3}), PROFILES_CHANGED)
+    await milk_three_times(harness)
     [offer] = harness.of_type("offer_issued")
     assert isinstance(offer, OfferIssued)
     await harness.broker.publish(tick(offer.valid_until), CLOCK)
@@ -242,17 +276,20 @@ async def test_clock_day_expires_offers_past_their_last_day_once(harness: Harnes
     await harness.broker.publish(tick(day_after + dt.timedelta(days=1)), CLOCK)
     [expired] = harness.of_type("offer_expired")
     assert expired.offer_id == offer.offer_id
-    stored = await harness.repository.offers_of("c-1")  # c-1 is the only customer
+    stored = await harness.repository.offers_of("c-1")
     assert [(o.kind, o.state) for o in stored] == [("frequent_item", "expired")]
 
 
 async def test_undecodable_messages_are_dead_lettered_and_the_batch_goes_on(
     harness: Harness,
 ) -> None:
+    await harness.broker.publish(signed_up(), PROFILES_CHANGED)
     await harness.broker.publish_batch(
         b"not json",
         b'{"customer_id": "c-1"}',
-        purchase(skus={"MILK": 3}),
+        bought("m-1", DAY1 - dt.timedelta(days=2)),
+        bought("m-2", DAY1 - dt.timedelta(days=1)),
+        bought("m-3", DAY1),
         topic=PROFILES_CHANGED,
     )
     await harness.broker.publish(b'{"date": "yesterday"}', CLOCK)
@@ -267,11 +304,98 @@ async def test_undecodable_messages_are_dead_lettered_and_the_batch_goes_on(
 
 
 async def test_customer_who_withdrew_consent_gets_nothing(harness: Harness) -> None:
-    await harness.broker.publish(
-        purchase(skus={"MILK": 3}, marketing_consent=False), PROFILES_CHANGED
-    )
+    await harness.broker.publish(signed_up(consent=False), PROFILES_CHANGED)
+    for n in range(3):
+        await harness.broker.publish(
+            bought(f"m-{n}", DAY1 + dt.timedelta(days=n)), PROFILES_CHANGED
+        )
     assert harness.offers == []
     assert harness.app.service.stats["suppressed_consent"] == 1
+
+
+async def test_a_late_consent_withdrawal_revokes_the_offer_it_shows_was_wrong(
+    harness: Harness,
+) -> None:
+    await milk_three_times(harness)
+    [offer] = harness.of_type("offer_issued")
+    withdrawal = consent(DAY1 - dt.timedelta(days=1), False, "k-1")
+    await harness.broker.publish(dump(withdrawal), PROFILES_CHANGED, key=b"c-1")
+    [revoked] = harness.of_type("offer_revoked")
+    assert (revoked.offer_id, revoked.reason) == (offer.offer_id, "consent")  # type: ignore[union-attr]
+    assert [o.state for o in await harness.repository.offers_of("c-1")] == ["revoked"]
+
+
+async def test_a_rebuild_keeps_an_offer_revoked_on_the_way_so_its_code_still_answers_revoked(
+    harness: Harness,
+) -> None:
+    # The first run issued the offer, then a late withdrawal revoked it; a rebuild that reads
+    # the withdrawal first never issues it. The published history keeps it known, as revoked.
+    await milk_three_times(harness)
+    await harness.broker.publish(
+        dump(consent(DAY1 - dt.timedelta(days=1), False, "k-1")), PROFILES_CHANGED, key=b"c-1"
+    )
+    published = [dump(event) for _, event in harness.offers]
+    [issued] = harness.of_type("offer_issued")
+    [revocation] = harness.of_type("offer_revoked")
+    async for rebuilt in start():
+        await rebuilt.broker.publish(signed_up("c-1"), PROFILES_CHANGED, key=b"c-1")
+        await rebuilt.broker.publish(
+            dump(consent(DAY1 - dt.timedelta(days=1), False, "k-1")), PROFILES_CHANGED
+        )
+        for n, days_before in enumerate((20, 5, 0)):
+            await rebuilt.broker.publish(
+                bought(f"c-1-m{n}", DAY1 - dt.timedelta(days=days_before)), PROFILES_CHANGED
+            )
+        assert rebuilt.offers == []
+        assert await rebuilt.repository.offers_of("c-1") == []
+        handled = await SPEC.after_replay.keep(rebuilt.app.service, published)  # type: ignore[union-attr]
+        await handled.save()
+        assert handled.outgoing == []  # its revocation is on the topic already
+        [kept] = await rebuilt.repository.offers_of("c-1")
+        assert (kept.offer_id, kept.state) == (issued.offer_id, "revoked")
+        assert kept.revocation == revocation
+        assert await rebuilt.repository.offer_by_code(issued.coupon_code) == kept  # type: ignore[union-attr]
+        again = await SPEC.after_replay.keep(rebuilt.app.service, published)  # type: ignore[union-attr]
+        assert again.outgoing == []
+
+
+async def test_a_rebuild_revokes_a_published_offer_it_did_not_derive_and_nobody_revoked(
+    harness: Harness,
+) -> None:
+    await milk_three_times(harness)
+    [(_, issued)] = harness.offers
+    async for rebuilt in start():  # the rebuild never saw the purchases
+        published = [dump(issued), b"not an event"]
+        handled = await SPEC.after_replay.keep(rebuilt.app.service, published)  # type: ignore[union-attr]
+        await handled.save()
+        [(topic, key, payload)] = handled.outgoing
+        assert isinstance(payload, bytes)
+        revocation = OFFERS_TOPIC_EVENT.validate_json(payload)
+        assert (topic, key, revocation.type) == (OFFERS, b"c-1", "offer_revoked")
+        assert revocation.reason == "not_eligible"  # type: ignore[union-attr]
+        [kept] = await rebuilt.repository.offers_of("c-1")
+        assert (kept.offer_id, kept.state) == (issued.offer_id, "revoked")
+
+
+async def test_the_e_mail_outcome_of_an_offer_is_kept_from_the_deliveries(
+    harness: Harness,
+) -> None:
+    await milk_three_times(harness)
+    [offer] = harness.of_type("offer_issued")
+    delivery = DeliveryRecorded(
+        offer_id=offer.offer_id,
+        customer_id="c-1",
+        state="sent",
+        attempts=1,
+        message_id=f"<offer-{offer.offer_id}@crm-stream>",
+        recorded_at=DAY1,
+    )
+    await harness.broker.publish(dump(delivery), DELIVERIES, key=b"c-1")
+    await harness.broker.publish(b"not a delivery", DELIVERIES, key=b"c-1")
+    [stored] = await harness.repository.offers_of("c-1")
+    assert (stored.delivery, stored.message_id) == ("sent", delivery.message_id)
+    assert harness.dead == []  # crm.deliveries is the notifier's: skipped, not dead-lettered
+    assert harness.app.service.stats["skipped_invalid"] == 1
 
 
 def test_bad_rules_file_is_refused_at_start_up(tmp_path: Path) -> None:
@@ -300,9 +424,9 @@ async def test_rules_file_is_read_from_the_environment(
     monkeypatch.setenv("CRM_RULES_FILE", str(path))
     repository = await SqliteOffersRepository.open(StoreLocation.parse("memory://"))
     try:
-        engine = create_app(settings(), repository=repository).service.engine
-        assert engine.rules.birthday.validity_days == 3
-        assert SPEC.build(settings(), repository).engine.rules.birthday.validity_days == 3
+        decider = create_app(settings(), repository=repository).service.decider
+        assert decider.rules.birthday.validity_days == 3
+        assert SPEC.build(settings(), repository).decider.rules.birthday.validity_days == 3
     finally:
         await repository.close()
 
@@ -318,7 +442,9 @@ async def test_app_opens_its_own_store_at_start_and_closes_it_at_shutdown() -> N
     async with TestKafkaBroker(app.broker) as broker, TestApp(app.faststream):
         repository = app.service.repository
         assert isinstance(repository, SqliteOffersRepository)
-        await broker.publish(purchase(skus={"MILK": 3}), PROFILES_CHANGED)
+        await broker.publish(signed_up(), PROFILES_CHANGED)
+        for n in range(3):
+            await broker.publish(bought(f"m-{n}", DAY1 + dt.timedelta(days=n)), PROFILES_CHANGED)
         assert len(await repository.offers_of("c-1")) == 1
     assert not app.started
     with pytest.raises(NotStarted):
