@@ -1,6 +1,7 @@
-"""The notifier service, declared: it reads issued offers and contacts, e-mails each offer once
-(SMTP or .eml outbox), saves each delivery before publishing its outcome, serves the
-unsubscribe link and sends what quiet hours held back from a background poller."""
+"""The notifier service, declared: it reads issued and revoked offers and contacts, e-mails each
+offer once (SMTP or .eml outbox), saves each delivery before publishing its outcome, serves the
+unsubscribe link and, from a background poller, sends what the send grace and the quiet hours
+held back."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import orjson
 from pydantic import ValidationError
 
 from services.notifier.api import unsubscribe_routes
-from services.notifier.domain import ContactUpdate, QuietPolicy, Renderer
+from services.notifier.domain import ContactUpdate, OfferChange, QuietPolicy, Renderer
 from services.notifier.mailer import Transport, transport_for, verify_smtp_login
 from services.notifier.service import Clock, NotifierService, utc_now
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import NotifierRepository, open_repository
 from shared.edge import Source, describe
 from shared.errors import Rejected
-from shared.events import ContactChanged, OfferIssued
+from shared.events import ContactChanged, OfferIssued, OfferRevoked
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
@@ -44,15 +45,20 @@ def _type_of(value: bytes) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def decode_offer(source: Source) -> OfferIssued | None:
-    """An issued offer; None for the other offer events (redeemed, expired, held out...),
-    which are not the notifier's; `invalid_offer` for anything else."""
+def decode_offer(source: Source) -> OfferChange | None:
+    """An issued or a revoked offer; None for the other offer events (redeemed, expired, held
+    out...), which are not the notifier's; `invalid_offer` for anything else."""
     if source.value is None:
         return None
     try:
         return OfferIssued.model_validate_json(source.value)
     except ValidationError as exc:
         kind = _type_of(source.value)
+        if kind == "offer_revoked":
+            try:
+                return OfferRevoked.model_validate_json(source.value)
+            except ValidationError as revoked_exc:
+                raise Rejected("invalid_offer", describe(revoked_exc)) from None
         if kind is not None and kind != "offer_issued":
             return None
         raise Rejected("invalid_offer", describe(exc)) from None
@@ -115,6 +121,10 @@ async def _poll(app: ServiceApp[NotifierService], stop: asyncio.Event) -> None:
             outgoing = await service.run_due()
             if outgoing:
                 await app.publish(outgoing)
+            if service.due_backlog:
+                # A full poll: more are due (every e-mail passes here once its grace ends),
+                # so go on at once rather than a tick later.
+                continue
         except Exception:
             # The store or Kafka is down: try again at the next tick.
             log.exception("due_poll_failed")
@@ -124,8 +134,8 @@ async def _poll(app: ServiceApp[NotifierService], stop: asyncio.Event) -> None:
 
 @contextlib.asynccontextmanager
 async def due_poller(app: ServiceApp[NotifierService]) -> AsyncIterator[None]:
-    """Every few seconds, send the deliveries whose quiet hours are over. Started after the
-    broker (it publishes outcomes); on shutdown a poll in progress finishes first."""
+    """Every few seconds, send the deliveries whose grace or quiet hours are over. Started after
+    the broker (it publishes outcomes); on shutdown a poll in progress finishes first."""
     stop = asyncio.Event()
     task = asyncio.create_task(_poll(app, stop), name="notifier-due-poller")
     try:
@@ -163,7 +173,7 @@ def create_app(
     """The notifier; a passed repository is used as is (and not closed).
 
     `transport`, `notifier_settings` and `clock` are for tests; `poll=False` leaves the
-    quiet-hours poller off (tests drive `NotifierService.run_due` themselves).
+    due poller off (tests drive `NotifierService.run_due` themselves).
     """
     spec = SPEC if poll else dataclasses.replace(SPEC, background=None)
     return ServiceApp(

@@ -2,6 +2,11 @@
 
 No I/O here except reading the Jinja2 templates shipped with the package. The service layer
 loads state, calls `plan_batch` / `decide`, persists, sends and records outcomes.
+
+Offers decides on the set of events, not their arrival order, so a late event may revoke an
+offer it had issued (`offer_revoked`) or issue one it had not (the same id again). A new
+e-mail therefore waits a short grace before it is sent (`not_before`), so that a correction
+arriving seconds later cancels it instead of needing an apology.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import email.utils
 import hashlib
 import hmac
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -25,7 +31,13 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from shared.events import ContactChanged, DeliveryRecorded, DeliveryState, OfferIssued
+from shared.events import (
+    ContactChanged,
+    DeliveryRecorded,
+    DeliveryState,
+    OfferIssued,
+    OfferRevoked,
+)
 from shared.settings import QuietHours
 
 DeliveryStatus = Literal[
@@ -33,6 +45,7 @@ DeliveryStatus = Literal[
 ]
 FINAL_STATES: frozenset[str] = frozenset(get_args(DeliveryState))
 OPEN_STATES: frozenset[str] = frozenset({"waiting_contact", "pending", "sending"})
+SENT_STATES: frozenset[str] = frozenset({"sent", "written"})
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -44,6 +57,10 @@ BOUNCED = "bounced"
 OFFER_EXPIRED = "offer_expired"
 CONSENT_WITHDRAWN = "consent_withdrawn"
 CUSTOMER_ERASED = "customer_erased"
+OFFER_REVOKED = "offer_revoked"
+
+OfferChange = OfferIssued | OfferRevoked
+"""What the notifier takes from `crm.offers`: an offer to e-mail, or one withdrawn."""
 
 
 # ---------------------------------------------------------------- state
@@ -64,7 +81,12 @@ class Contact:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """The one e-mail of one offer. `offer` is None only once personal data was erased."""
+    """The one e-mail of one offer.
+
+    `offer` is None once personal data was erased, and for an offer revoked before the
+    notifier saw it. `not_before`: the earliest time it may be sent (the grace, quiet hours),
+    kept while it waits for a contact.
+    """
 
     offer_id: str
     customer_id: str
@@ -79,6 +101,10 @@ class Delivery:
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.state == "suppressed" and self.last_error == OFFER_REVOKED
 
 
 def contact_from_event(event: ContactChanged, previous: Contact | None) -> Contact | None:
@@ -194,9 +220,10 @@ class WaitForContact:
 
 @dataclass(frozen=True, slots=True)
 class Defer:
-    """Inside quiet hours: send at `not_before`."""
+    """Not yet (quiet hours, or the send grace): send at `not_before`."""
 
     not_before: dt.datetime
+    reason: Literal["quiet_hours", "grace"] = "quiet_hours"
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,9 +250,18 @@ def _plausible_email(address: str) -> bool:
 
 
 def decide(
-    offer: OfferIssued, contact: Contact | None, *, now: dt.datetime, quiet: QuietPolicy
+    offer: OfferIssued,
+    contact: Contact | None,
+    *,
+    now: dt.datetime,
+    quiet: QuietPolicy,
+    not_before: dt.datetime | None = None,
 ) -> Decision:
-    """What to do with the e-mail of `offer` given what is known of the customer now."""
+    """What to do with the e-mail of `offer` given what is known of the customer now.
+
+    `not_before` is the earliest time it may go (the end of the send grace): until then it
+    is deferred, and to the end of the quiet hours when that time falls inside them.
+    """
     if contact is None:
         return WaitForContact()
     if not contact.marketing_consent:
@@ -239,9 +275,14 @@ def decide(
     zone = quiet.zone_of(contact.home_store_id)
     if now.astimezone(zone).date() > offer.valid_until:
         return Suppress(OFFER_EXPIRED)
-    until = quiet_until(now, quiet.window, zone)
+    at = max(now, not_before) if not_before is not None else now
+    until = quiet_until(at, quiet.window, zone)
     if until is not None:
         return Defer(until)
+    if at > now:
+        # Held until `at`: by the grace, unless `now` is inside the quiet hours it ends.
+        quiet_now = quiet_until(now, quiet.window, zone) is not None
+        return Defer(at, reason="quiet_hours" if quiet_now else "grace")
     return SendNow()
 
 
@@ -251,7 +292,9 @@ def apply_decision(delivery: Delivery, decision: Decision, now: dt.datetime) -> 
         case SendNow():
             return replace(delivery, state="sending", not_before=None, updated_at=now)
         case WaitForContact():
-            return replace(delivery, state="waiting_contact", not_before=None, updated_at=now)
+            # `not_before` (the grace) is kept: a contact arriving a second later must not
+            # cut the grace short.
+            return replace(delivery, state="waiting_contact", updated_at=now)
         case Defer(not_before=at):
             return replace(delivery, state="pending", not_before=at, updated_at=now)
         case Suppress(reason=reason):
@@ -269,6 +312,27 @@ def new_delivery(offer: OfferIssued, now: dt.datetime) -> Delivery:
         message_id=message_id_for(offer.offer_id),
         offer=offer,
         updated_at=now,
+    )
+
+
+def revoked_delivery(event: OfferRevoked, now: dt.datetime) -> Delivery:
+    """The delivery of an offer revoked before the notifier saw it: final already, so that the
+    offer, arriving later (from another partition), is not sent. It has no offer yet."""
+    return Delivery(
+        offer_id=event.offer_id,
+        customer_id=event.customer_id,
+        state="suppressed",
+        message_id=message_id_for(event.offer_id),
+        offer=None,
+        updated_at=now,
+        last_error=OFFER_REVOKED,
+    )
+
+
+def revoke_delivery(delivery: Delivery, now: dt.datetime) -> Delivery:
+    """A delivery not sent yet whose offer was revoked: final, never sent."""
+    return replace(
+        delivery, state="suppressed", not_before=None, last_error=OFFER_REVOKED, updated_at=now
     )
 
 
@@ -299,28 +363,60 @@ class Plan:
     """Offer ids, in order, whose delivery is `sending` in `deliveries`."""
     replayed: list[Delivery] = field(default_factory=list)
     """Final deliveries of offers seen again: their outcome is published again (same content)."""
+    updated: dict[str, Delivery] = field(default_factory=dict)
+    """Final deliveries changed without a new outcome (a revoked offer arriving after its
+    revocation is kept with it): saved, and their outcome is in `replayed`."""
+    revoked_after_send: list[OfferRevoked] = field(default_factory=list)
+    """Revocations of offers whose e-mail had already gone: nothing to undo, only to report."""
+    counts: Counter[str] = field(default_factory=Counter)
+    """What was decided, for the service's counters: deferred_quiet_hours, deferred_grace,
+    waiting_contact, reissued, revoked_before_send, revoked_before_offer, revoked_after_send,
+    revoked_after_final."""
 
     @property
     def outcomes(self) -> list[Delivery]:
         """Deliveries that reached a final state in this plan."""
         return [d for d in self.deliveries.values() if d.is_final]
 
+    def latest(self, offer_id: str, stored: Mapping[str, Delivery]) -> Delivery | None:
+        """The delivery of an offer as this plan leaves it so far."""
+        return self.deliveries.get(offer_id) or self.updated.get(offer_id) or stored.get(offer_id)
+
+    def decided(self, delivery: Delivery, decision: Decision, now: dt.datetime) -> None:
+        """Record a decision on a delivery (and count the waits)."""
+        match decision:
+            case Defer(reason=reason):
+                self.counts[f"deferred_{reason}"] += 1
+            case WaitForContact():
+                self.counts["waiting_contact"] += 1
+        self.put(apply_decision(delivery, decision, now))
+
+    def put(self, delivery: Delivery) -> None:
+        """A delivery changed with an outcome of its own (or none yet): replaces what this plan
+        had of it."""
+        offer_id = delivery.offer_id
+        self.updated.pop(offer_id, None)
+        self.replayed = [d for d in self.replayed if d.offer_id != offer_id]
+        self.deliveries[offer_id] = delivery
+
 
 def plan_batch(
     *,
     contact_updates: Sequence[ContactUpdate],
-    offers: Sequence[OfferIssued],
+    offers: Sequence[OfferChange],
     contacts: Mapping[str, Contact],
     deliveries: Mapping[str, Delivery],
     open_deliveries: Iterable[Delivery],
     now: dt.datetime,
     quiet: QuietPolicy,
+    grace: dt.timedelta = dt.timedelta(0),
 ) -> Plan:
     """Fold a batch into the notifier's state.
 
     Contacts are applied before offers, so an offer and a consent withdrawal in the same batch
-    end suppressed. `deliveries` holds the stored deliveries of the batch's offers;
-    `open_deliveries` the not-yet-final deliveries of the customers whose contact changed.
+    end suppressed. Offers and revocations are applied in arrival order. `deliveries` holds the
+    stored deliveries of the batch's offers; `open_deliveries` the not-yet-final deliveries of
+    the customers whose contact changed. A new e-mail is not sent before `now + grace`.
     """
     plan = Plan()
     current: dict[str, Contact | None] = dict(contacts)
@@ -342,46 +438,120 @@ def plan_batch(
         if delivery.customer_id not in changed or delivery.is_final:
             continue
         if delivery.customer_id in plan.erased:
-            plan.deliveries[delivery.offer_id] = erase_delivery(delivery, now)
+            plan.put(erase_delivery(delivery, now))
             continue
-        plan.deliveries[delivery.offer_id] = _redecide(
-            delivery, current.get(delivery.customer_id), now, quiet
-        )
+        _redecide(plan, delivery, current.get(delivery.customer_id), now, quiet)
 
-    for offer in offers:
-        known = plan.deliveries.get(offer.offer_id) or deliveries.get(offer.offer_id)
-        if known is not None:
-            if known.is_final and offer.offer_id not in plan.deliveries:
-                if known not in plan.replayed:
-                    plan.replayed.append(known)
-            elif known.state == "sending" and offer.offer_id not in plan.deliveries:
-                # A crash left it between `sending` and `sent`: send again, same Message-ID.
-                plan.deliveries[offer.offer_id] = _redecide(
-                    known, current.get(offer.customer_id), now, quiet
-                )
-            continue
-        if offer.customer_id in plan.erased:
-            plan.deliveries[offer.offer_id] = erase_delivery(new_delivery(offer, now), now)
-            continue
-        delivery = new_delivery(offer, now)
-        decision = decide(offer, current.get(offer.customer_id), now=now, quiet=quiet)
-        plan.deliveries[offer.offer_id] = apply_decision(delivery, decision, now)
+    for change in offers:
+        if isinstance(change, OfferRevoked):
+            _revoke(plan, change, deliveries, now)
+        else:
+            _issue(plan, change, deliveries, current, now=now, quiet=quiet, grace=grace)
 
     plan.to_send = [d.offer_id for d in plan.deliveries.values() if d.state == "sending"]
     return plan
 
 
+def _plan_new(
+    plan: Plan,
+    offer: OfferIssued,
+    contact: Contact | None,
+    *,
+    now: dt.datetime,
+    quiet: QuietPolicy,
+    grace: dt.timedelta,
+) -> None:
+    """The delivery of an offer seen for the first time (or re-issued): held for the grace."""
+    delivery = new_delivery(offer, now)
+    if offer.customer_id in plan.erased:
+        plan.put(erase_delivery(delivery, now))
+        return
+    if grace > dt.timedelta(0):
+        delivery = replace(delivery, not_before=now + grace)
+    decision = decide(offer, contact, now=now, quiet=quiet, not_before=delivery.not_before)
+    plan.decided(delivery, decision, now)
+
+
+def _issue(
+    plan: Plan,
+    offer: OfferIssued,
+    stored: Mapping[str, Delivery],
+    current: Mapping[str, Contact | None],
+    *,
+    now: dt.datetime,
+    quiet: QuietPolicy,
+    grace: dt.timedelta,
+) -> None:
+    offer_id = offer.offer_id
+    contact = current.get(offer.customer_id)
+    known = plan.latest(offer_id, stored)
+    if known is None:
+        _plan_new(plan, offer, contact, now=now, quiet=quiet, grace=grace)
+    elif known.is_revoked and known.offer is None:
+        # Revoked before it was seen: this is the offer the revocation withdrew, arriving
+        # late from another partition. It stays suppressed; kept with it, the offer marks it
+        # seen, so that a later issue of the same id is a re-issue.
+        if offer.customer_id in plan.erased:
+            return
+        attached = replace(known, offer=offer)
+        if offer_id in plan.deliveries:
+            plan.deliveries[offer_id] = attached  # its outcome is published with this batch
+        else:
+            plan.updated[offer_id] = attached
+            plan.replayed = [d for d in plan.replayed if d.offer_id != offer_id] + [attached]
+    elif known.is_revoked:
+        # Issued again by a later correction (same id, same code): plan it as a new e-mail,
+        # grace included. Nothing was sent for it.
+        plan.counts["reissued"] += 1
+        _plan_new(plan, offer, contact, now=now, quiet=quiet, grace=grace)
+    elif offer_id in plan.deliveries:
+        return  # planned earlier in this batch
+    elif known.is_final:
+        if known not in plan.replayed:
+            plan.replayed.append(known)
+    elif known.state == "sending":
+        # A crash left it between `sending` and `sent`: send again, same Message-ID.
+        _redecide(plan, known, contact, now, quiet)
+
+
+def _revoke(
+    plan: Plan, event: OfferRevoked, stored: Mapping[str, Delivery], now: dt.datetime
+) -> None:
+    offer_id = event.offer_id
+    known = plan.latest(offer_id, stored)
+    if known is None:
+        # Not seen yet: remembered as a final delivery, so that the offer is never sent.
+        plan.counts["revoked_before_offer"] += 1
+        plan.put(revoked_delivery(event, now))
+    elif known.state in SENT_STATES:
+        plan.counts["revoked_after_send"] += 1
+        plan.revoked_after_send.append(event)
+    elif known.is_revoked:
+        # The revocation seen again: its outcome is reported again, like a replayed offer's.
+        if offer_id not in plan.deliveries and known not in plan.replayed:
+            plan.replayed.append(known)
+    elif known.is_final:
+        plan.counts["revoked_after_final"] += 1  # bounced, failed or suppressed already
+    else:
+        # Waiting, held back, or left `sending` by a crash: it is not sent.
+        plan.counts["revoked_before_send"] += 1
+        plan.put(revoke_delivery(known, now))
+
+
 def _redecide(
-    delivery: Delivery, contact: Contact | None, now: dt.datetime, quiet: QuietPolicy
-) -> Delivery:
+    plan: Plan, delivery: Delivery, contact: Contact | None, now: dt.datetime, quiet: QuietPolicy
+) -> None:
     """Decide again for a delivery already waiting, held back or interrupted."""
     if delivery.offer is None:
-        return erase_delivery(delivery, now)
-    decision = decide(delivery.offer, contact, now=now, quiet=quiet)
+        plan.put(erase_delivery(delivery, now))
+        return
+    # A waiting or held-back delivery keeps its earliest time (the grace, the quiet hours).
+    floor = delivery.not_before if delivery.state in {"waiting_contact", "pending"} else None
+    decision = decide(delivery.offer, contact, now=now, quiet=quiet, not_before=floor)
     withdrawn = isinstance(decision, Suppress) and decision.reason == NO_CONSENT
     if withdrawn and delivery.state != "waiting_contact":
         decision = Suppress(CONSENT_WITHDRAWN)
-    return apply_decision(delivery, decision, now)
+    plan.decided(delivery, decision, now)
 
 
 def redecide_due(
@@ -391,14 +561,12 @@ def redecide_due(
     now: dt.datetime,
     quiet: QuietPolicy,
 ) -> Plan:
-    """Deliveries whose quiet hours ended (or left `sending` by a crash): decide again."""
+    """Deliveries whose grace or quiet hours ended (or left `sending` by a crash): decide again."""
     plan = Plan()
     for delivery in due:
         if delivery.is_final:
             continue
-        plan.deliveries[delivery.offer_id] = _redecide(
-            delivery, contacts.get(delivery.customer_id), now, quiet
-        )
+        _redecide(plan, delivery, contacts.get(delivery.customer_id), now, quiet)
     plan.to_send = [d.offer_id for d in plan.deliveries.values() if d.state == "sending"]
     return plan
 

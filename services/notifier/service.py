@@ -7,6 +7,9 @@ Message-ID (`<offer-{offer_id}@crm-stream>`), so duplicates are detectable downs
 Outbox files are idempotent by construction (same name, atomic replace), so their outcomes
 are persisted once per batch. Everything is durable inside `handle`, before the app
 publishes the outcomes (the declaration's order is `save_then_publish`).
+
+A new e-mail waits `send_grace_s` (by the service's clock) as a `pending` delivery and is sent
+by `run_due`, so that an `offer_revoked` arriving within the grace cancels it unsent.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from services.notifier.domain import (
     ContactUpdate,
     Delivery,
     DeliveryStatus,
+    OfferChange,
     Plan,
     QuietPolicy,
     Renderer,
@@ -42,7 +46,7 @@ from services.notifier.mailer import PermanentFailure, TemporaryFailure, Transpo
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import NotifierRepository, StoreChanges
 from shared.edge import Outgoing, Received, dump
-from shared.events import ConsentChanged, ContactChanged, OfferIssued
+from shared.events import ConsentChanged, ContactChanged, OfferIssued, OfferRevoked
 from shared.logging import get_logger
 from shared.skeleton import Handled
 from shared.topics import DELIVERIES, EVENTS
@@ -86,42 +90,51 @@ class NotifierService:
         self._jitter = jitter
         self._bucket = TokenBucket(rate=settings.send_rate_per_s, now=monotonic())
         self._lock = asyncio.Lock()
+        self.grace = dt.timedelta(seconds=settings.send_grace_s)
+        self.due_backlog = False
+        """Whether the last `run_due` found a full batch due (more may be waiting)."""
         self.stats: collections.Counter[str] = collections.Counter()
-        """offers_received, contacts_applied, contacts_erased, emails_<state>
-        (sent/written/bounced/suppressed/failed), suppressed_<reason>, deferred_quiet_hours,
-        waiting_contact, send_retries, unsubscribed; the edge adds `ignored` (offer events
-        other than issued) and dead_lettered_<reason>."""
+        """offers_received, revocations_received, contacts_applied, contacts_erased,
+        emails_<state> (sent/written/bounced/suppressed/failed), suppressed_<reason>,
+        deferred_grace, deferred_quiet_hours, waiting_contact, reissued, revoked_before_send,
+        revoked_before_offer, revoked_after_send, revoked_after_final, send_retries,
+        unsubscribed; the edge adds `ignored` (offer events other than issued and revoked) and
+        dead_lettered_<reason>."""
 
     # ------------------------------------------------------------ Kafka batches
 
     async def handle(self, batch: Sequence[Received[Any]]) -> Handled:
-        """Apply a batch of issued offers and contact updates; returns the outcomes to publish.
+        """Apply a batch of issued and revoked offers and contact updates; returns the outcomes
+        to publish.
 
         Returns only once every delivery of the batch is durable in a final or waiting state.
         """
         updates: list[ContactUpdate] = []
-        offers: list[OfferIssued] = []
+        offers: list[OfferChange] = []
         for item in batch:
             match item.event:
-                case OfferIssued() as offer:
-                    offers.append(offer)
+                case OfferIssued() | OfferRevoked() as change:
+                    offers.append(change)
                 case (str() as customer_id, ContactChanged() | None as change):
                     updates.append((customer_id, change))
                 case other:
                     raise TypeError(f"not a notifier event: {type(other).__name__}")
         if not updates and not offers:
             return Handled()
-        self.stats["offers_received"] += len(offers)
+        revocations = sum(isinstance(o, OfferRevoked) for o in offers)
+        self.stats["offers_received"] += len(offers) - revocations
+        self.stats["revocations_received"] += revocations
         async with self._lock:
             return Handled(outgoing=await self._fold(updates, offers))
 
     async def _fold(
-        self, updates: Sequence[ContactUpdate], offers: Sequence[OfferIssued]
+        self, updates: Sequence[ContactUpdate], offers: Sequence[OfferChange]
     ) -> list[Outgoing]:
         """Plan, persist and send a batch (the lock is held)."""
         repo = self.repository
         changed = {customer_id for customer_id, _ in updates}
-        contacts = await repo.get_contacts(changed | {o.customer_id for o in offers})
+        issued = {o.customer_id for o in offers if isinstance(o, OfferIssued)}
+        contacts = await repo.get_contacts(changed | issued)
         known = await repo.get_deliveries({o.offer_id for o in offers}) if offers else {}
         open_ = await repo.open_deliveries(changed) if changed else []
         plan = plan_batch(
@@ -132,6 +145,7 @@ class NotifierService:
             open_deliveries=open_,
             now=self.clock(),
             quiet=self.quiet,
+            grace=self.grace,
         )
         self.stats["contacts_applied"] += len(plan.contacts)
         self.stats["contacts_erased"] += len(plan.erased)
@@ -178,11 +192,13 @@ class NotifierService:
     # ------------------------------------------------------------ quiet hours ended
 
     async def run_due(self) -> list[Outgoing]:
-        """Send the deliveries whose quiet hours are over (and any left `sending` by a crash)."""
+        """Send the deliveries whose grace or quiet hours are over (and any left `sending` by a
+        crash)."""
         async with self._lock:
             repo = self.repository
             now = self.clock()
             due = await repo.due_deliveries(now, self.settings.due_batch_size)
+            self.due_backlog = len(due) >= self.settings.due_batch_size
             if not due:
                 return []
             contacts = await repo.get_contacts({d.customer_id for d in due})
@@ -196,15 +212,21 @@ class NotifierService:
             StoreChanges(
                 contacts=list(plan.contacts.values()),
                 erased=sorted(plan.erased),
-                deliveries=list(plan.deliveries.values()),
+                deliveries=[*plan.deliveries.values(), *plan.updated.values()],
             )
         )
+        self.stats.update(plan.counts)
+        for revoked in plan.revoked_after_send:
+            # The e-mail went out before the correction: nothing to undo here, but the
+            # customer holds a code that no longer redeems.
+            log.warning(
+                "offer_revoked_after_send",
+                offer_id=revoked.offer_id,
+                customer_id=revoked.customer_id,
+                kind=revoked.kind,
+                reason=revoked.reason,
+            )
         finals = list(plan.outcomes)
-        for delivery in plan.deliveries.values():
-            if delivery.state == "pending":
-                self.stats["deferred_quiet_hours"] += 1
-            elif delivery.state == "waiting_contact":
-                self.stats["waiting_contact"] += 1
         to_send = [plan.deliveries[offer_id] for offer_id in plan.to_send]
         if to_send:
             finals.extend(await self._send(to_send, contacts))

@@ -1,4 +1,4 @@
-"""Settings of the notifier only: retries, sending rate and the quiet-hours poller.
+"""Settings of the notifier only: the send grace, retries, sending rate and the due poller.
 
 SMTP, outbox, public URL, keys and quiet hours are common settings in `shared.settings`.
 """
@@ -10,10 +10,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class NotifierSettings(BaseSettings):
-    """How hard and how fast the notifier sends."""
+    """When, how hard and how fast the notifier sends."""
 
     model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
 
+    send_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds a new e-mail waits before it is sent, so that an offer revoked "
+        "soon after is never e-mailed; 0 = at once.",
+    )
     send_max_attempts: int = Field(
         default=5, ge=1, description="Send attempts per e-mail before it is recorded as failed."
     )
@@ -27,7 +33,9 @@ class NotifierSettings(BaseSettings):
         default=20.0, ge=0, description="Most e-mails per second sent over SMTP; 0 = unlimited."
     )
     due_poll_interval_s: float = Field(
-        default=5.0, gt=0, description="How often deliveries held back by quiet hours are checked."
+        default=5.0,
+        gt=0,
+        description="How often deliveries held back (grace, quiet hours) are checked.",
     )
     due_batch_size: int = Field(
         default=500, ge=1, description="Most held-back deliveries sent per poll."

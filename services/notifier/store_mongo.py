@@ -92,6 +92,8 @@ def _delivery(doc: dict[str, Any]) -> Delivery:
 class MongoNotifierRepository(MongoStore):
     """Two collections keyed by `_id`; a batch is one unordered bulk write per collection."""
 
+    SERVICE = "notifier"
+
     # Unnamed: the names MongoDB derives are those of the indexes earlier versions created.
     INDEXES: ClassVar[Indexes] = {
         DELIVERIES: (

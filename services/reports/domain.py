@@ -1,9 +1,13 @@
 """The reports, pure: campaigns with lift, products, stores and segments, from the read model's facts.
 
-The read model holds facts taken from events (purchases, offers issued, held out, redeemed,
-expired, deliveries, erasures); every report is a function of those facts and a date, so the
+The read model holds facts taken from events (purchases, offers issued, held out, revoked,
+redeemed, deliveries, erasures); every report is a function of those facts and a date, so the
 same facts give the same figures. Money is Decimal throughout, statistics included (Decimal has
 an exact-enough square root), so no float touches a price.
+
+A revoked offer (a late event showed it should not have been issued) is counted as revoked
+only: not as issued or eligible, not in the treated group, and its redemption, if any, adds
+nothing to the redemptions, the revenue or the discount given.
 
 Lift: for each offer kind and campaign week, the spend per customer of treated customers (offer
 issued) minus that of held-out customers (eligible, no offer), each counted over the offer's
@@ -83,6 +87,8 @@ class Redemption:
     offer_id: str
     redeemed_at: dt.datetime
     basket_total: Decimal
+    discount: Decimal = _ZERO
+    """The money the coupon took off the basket."""
 
 
 @dataclass(slots=True)
@@ -95,6 +101,8 @@ class Facts:
     deliveries: dict[str, str] = field(default_factory=dict)
     """offer id -> final delivery state (sent, written, bounced, suppressed, failed)."""
     erased: set[str] = field(default_factory=set)
+    revoked: set[str] = field(default_factory=set)
+    """Offer ids revoked (and not issued again since)."""
 
     def latest_day(self) -> dt.date | None:
         return max((p.day for p in self.purchases), default=None)
@@ -146,11 +154,16 @@ class CampaignRow(BaseModel):
     week: str = Field(description="Campaign week (ISO, `YYYY-Www`) or `all`.")
     eligible: int = Field(description="Customers eligible: issued + held out.")
     held_out: int = Field(description="Eligible customers held out (no offer).")
-    issued: int = Field(description="Offers issued.")
+    issued: int = Field(description="Offers issued (revoked ones not included).")
+    revoked: int = Field(
+        description="Offers revoked after they were issued: a late event showed they should "
+        "not have been (not counted as issued, eligible or redeemed)."
+    )
     delivered: int = Field(description="E-mails sent or written.")
     redeemed: int = Field(description="Offers redeemed.")
     redemption_rate: Decimal = Field(description="redeemed / issued.")
     revenue: Decimal = Field(description="Total of the baskets that redeemed.")
+    discount: Decimal = Field(description="Money the redeemed coupons took off those baskets.")
     treated_spend: Decimal | None = Field(description="Spend per treated customer in validity.")
     control_spend: Decimal | None = Field(description="Spend per held-out customer in validity.")
     lift: Decimal | None = Field(description="treated_spend - control_spend.")
@@ -187,7 +200,8 @@ class _SpendIndex:
 def _campaign_row(
     kind: OfferKind, week: str, group: list[Campaign], facts: Facts, spend: _SpendIndex
 ) -> CampaignRow:
-    issued = [c for c in group if not c.held_out]
+    offered = [c for c in group if not c.held_out]
+    issued = [c for c in offered if c.offer_id not in facts.revoked]
     held = [c for c in group if c.held_out]
     redeemed = [facts.redemptions[c.offer_id] for c in issued if c.offer_id in facts.redemptions]
     delivered = sum(1 for c in issued if facts.deliveries.get(c.offer_id) in DELIVERED_STATES)
@@ -198,13 +212,15 @@ def _campaign_row(
     return CampaignRow(
         kind=kind,
         week=week,
-        eligible=len(group),
+        eligible=len(issued) + len(held),
         held_out=len(held),
         issued=len(issued),
+        revoked=len(offered) - len(issued),
         delivered=delivered,
         redeemed=len(redeemed),
         redemption_rate=(Decimal(len(redeemed)) / len(issued)).quantize(_RATE) if issued else _ZERO,
         revenue=sum((r.basket_total for r in redeemed), _ZERO),
+        discount=sum((r.discount for r in redeemed), _ZERO),
         treated_spend=lift.treated_spend,
         control_spend=lift.control_spend,
         lift=lift.lift,
@@ -214,7 +230,8 @@ def _campaign_row(
 
 
 def campaigns_report(facts: Facts, as_of: dt.date | None = None) -> CampaignsReport:
-    """Per kind and week, then per kind over all weeks. Erased customers are left out."""
+    """Per kind and week, then per kind over all weeks. Erased customers are left out; revoked
+    offers are counted as revoked only."""
     as_of = as_of or facts.latest_day() or dt.datetime.now(dt.UTC).date()
     campaigns = [
         c for c in facts.campaigns if c.customer_id not in facts.erased and c.valid_from <= as_of

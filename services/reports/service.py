@@ -20,6 +20,7 @@ from services.reports.store import (
     erased_fact,
     purchase_fact,
     redemption_fact,
+    revocation_fact,
 )
 from shared.edge import Received
 from shared.events import (
@@ -28,6 +29,7 @@ from shared.events import (
     OfferHeldOut,
     OfferIssued,
     OfferRedeemed,
+    OfferRevoked,
     PurchaseRecorded,
 )
 from shared.settings import CalendarSettings
@@ -91,8 +93,12 @@ class ReportsService:
             )
         if isinstance(event, OfferRedeemed):
             return redemption_fact(
-                Redemption(event.offer_id, event.redeemed_at, event.basket_total),
+                Redemption(event.offer_id, event.redeemed_at, event.basket_total, event.discount),
                 event.customer_id,
+            )
+        if isinstance(event, OfferRevoked):
+            return revocation_fact(
+                event.offer_id, event.customer_id, event.revoked_at, event.reason
             )
         if isinstance(event, DeliveryRecorded):
             return delivery_fact(event.offer_id, event.customer_id, event.state)

@@ -2,10 +2,16 @@
 the store opens.
 
 One table (collection) of facts keyed by kind and id: purchases, campaigns (issued or held
-out), redemptions, deliveries, erasures. A fact is written once (a redelivered event changes
-nothing); a delivery's latest state wins. Erasing a customer unlinks their purchases (they still
-count for stores and products, no longer for a person). Two adapters hold one contract
-(tests/integration/test_reports_store.py): `store_sqlite.py` and `store_mongo.py`.
+out), redemptions, deliveries, revocations, erasures. A fact is written once (a redelivered
+event changes nothing); a delivery's latest state wins, and so does a revocation's. Erasing a
+customer unlinks their purchases (they still count for stores and products, no longer for a
+person). Two adapters hold one contract (tests/integration/test_reports_store.py):
+`store_sqlite.py` and `store_mongo.py`.
+
+Revocations follow the offers service's corrections in the order they arrive: `offer_revoked`
+writes the offer's revocation; an `offer_issued` of an offer already known (a re-issue by a
+later correction, same id) clears it. An `offer_issued` that is the first fact of its offer
+clears nothing: a revocation stored before it came from another partition and withdraws it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from services.reports.domain import Campaign, Facts, Line, Purchase, Redemption
 from shared.settings import StoreSettings
 from shared.storage import open_store
 
-FactKind = Literal["purchase", "campaign", "redemption", "delivery", "erased"]
+FactKind = Literal["purchase", "campaign", "redemption", "delivery", "revocation", "erased"]
+LATEST_KINDS: frozenset[str] = frozenset({"delivery", "revocation"})
+"""Kinds whose latest write wins; every other fact is written once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,13 +41,25 @@ class Fact:
     customer_id: str | None
     doc: dict[str, Any]
 
+    @property
+    def latest_wins(self) -> bool:
+        return self.kind in LATEST_KINDS
+
+    @property
+    def issues(self) -> bool:
+        """An offer issued: if its campaign fact is already there, this is a re-issue, which
+        clears the offer's revocation."""
+        return self.kind == "campaign" and not self.doc["h"]
+
 
 class ReportsRepository(Protocol):
     """The reports' read model."""
 
     async def add(self, facts: Sequence[Fact]) -> None:
-        """Write a batch's facts at once: the first write of a fact wins, a delivery's latest
-        state replaces the one before, an erasure unlinks the customer's purchases."""
+        """Write a batch's facts at once, in order: the first write of a fact wins, a
+        delivery's or a revocation's latest state replaces the one before, an issued offer
+        whose campaign fact was there already clears its revocation, an erasure unlinks the
+        customer's purchases."""
         ...
 
     async def load(self) -> Facts:
@@ -90,8 +110,12 @@ def campaign_fact(c: Campaign) -> Fact:
 
 
 def redemption_fact(r: Redemption, customer_id: str) -> Fact:
-    doc = {"at": r.redeemed_at.isoformat(), "b": str(r.basket_total)}
+    doc = {"at": r.redeemed_at.isoformat(), "b": str(r.basket_total), "d": str(r.discount)}
     return Fact("redemption", r.offer_id, customer_id, doc)
+
+
+def revocation_fact(offer_id: str, customer_id: str, revoked_at: dt.datetime, reason: str) -> Fact:
+    return Fact("revocation", offer_id, customer_id, {"at": revoked_at.isoformat(), "why": reason})
 
 
 def delivery_fact(offer_id: str, customer_id: str, state: str) -> Fact:
@@ -132,10 +156,16 @@ def facts_of(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> Facts:
             )
         elif kind == "redemption":
             facts.redemptions[fact_id] = Redemption(
-                fact_id, dt.datetime.fromisoformat(d["at"]), Decimal(d["b"])
+                fact_id,
+                dt.datetime.fromisoformat(d["at"]),
+                Decimal(d["b"]),
+                # Facts written before discounts were published have none.
+                Decimal(d.get("d", "0")),
             )
         elif kind == "delivery":
             facts.deliveries[fact_id] = d["st"]
+        elif kind == "revocation":
+            facts.revoked.add(fact_id)
         elif kind == "erased":
             facts.erased.add(fact_id)
     facts.purchases.sort(key=lambda p: (p.at, p.event_id))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from pymongo import IndexModel, ReplaceOne, UpdateOne
+from pymongo import DeleteOne, IndexModel, ReplaceOne, UpdateOne
 
 from services.reports.domain import Facts
 from services.reports.store import Fact, erased_ids, facts_of
@@ -14,25 +14,49 @@ from shared.storage import Indexes, MongoStore
 FACTS = "reports_facts"
 
 
+def _key(fact: Fact) -> str:
+    return f"{fact.kind}:{fact.id}"
+
+
+def _document(fact: Fact) -> dict[str, Any]:
+    return {"kind": fact.kind, "id": fact.id, "customer_id": fact.customer_id, "doc": fact.doc}
+
+
 class MongoReportsRepository(MongoStore):
-    """Collection `reports_facts`; one ordered bulk write per batch, so the latest state of a
-    delivery wins, then the erased customers' purchases are unlinked."""
+    """Collection `reports_facts`. A batch is two ordered bulk writes: the facts written once,
+    then, in batch order, the latest states (deliveries, revocations) and the revocations that
+    re-issues clear; then the erased customers' purchases are unlinked."""
+
+    SERVICE = "reports"
 
     # The default index name (`customer_id_1`) is the one existing databases already have.
     INDEXES: ClassVar[Indexes] = {FACTS: (IndexModel("customer_id"),)}
 
     async def add(self, facts: Sequence[Fact]) -> None:
-        operations: list[ReplaceOne[Any] | UpdateOne] = []
-        for f in facts:
-            key = f"{f.kind}:{f.id}"
-            document = {"kind": f.kind, "id": f.id, "customer_id": f.customer_id, "doc": f.doc}
-            if f.kind == "delivery":
-                operations.append(ReplaceOne({"_id": key}, document, upsert=True))
-            else:
-                operations.append(UpdateOne({"_id": key}, {"$setOnInsert": document}, upsert=True))
         collection = self.database[FACTS]
-        if operations:
-            await collection.bulk_write(operations, ordered=True)
+        once = [n for n, f in enumerate(facts) if not f.latest_wins]
+        inserted: set[int] = set()
+        if once:
+            result = await collection.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": _key(facts[n])}, {"$setOnInsert": _document(facts[n])}, upsert=True
+                    )
+                    for n in once
+                ],
+                ordered=True,
+            )
+            # Which facts were new: an issued offer whose campaign fact was there before is a
+            # re-issue. (`upserted_ids` is keyed by the position of the write in the bulk.)
+            inserted = {once[position] for position in result.upserted_ids or {}}
+        latest: list[ReplaceOne[Any] | DeleteOne] = []
+        for n, f in enumerate(facts):
+            if f.latest_wins:
+                latest.append(ReplaceOne({"_id": _key(f)}, _document(f), upsert=True))
+            elif f.issues and n not in inserted:
+                latest.append(DeleteOne({"_id": f"revocation:{f.id}"}))
+        if latest:
+            await collection.bulk_write(latest, ordered=True)
         erased = erased_ids(facts)
         if erased:
             await collection.update_many(

@@ -16,6 +16,19 @@ _UNLINK = (
     f"WHERE kind = 'purchase' AND customer_id IN {IN_LIST}"
 )
 """Unlinks the purchases of the customers in the list parameter (an erasure)."""
+_ONCE = (
+    "INSERT INTO facts (kind, id, customer_id, doc) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (kind, id) DO NOTHING"
+)
+_LATEST = (
+    "INSERT INTO facts (kind, id, customer_id, doc) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc"
+)
+_REISSUE = (
+    "DELETE FROM facts WHERE kind = 'revocation' AND id = ? "
+    "AND EXISTS (SELECT 1 FROM facts WHERE kind = 'campaign' AND id = ?)"
+)
+"""Clears the revocation of an offer issued again (its campaign fact is there already)."""
 
 
 class SqliteReportsRepository(SqliteStore):
@@ -34,23 +47,22 @@ class SqliteReportsRepository(SqliteStore):
     """
 
     async def add(self, facts: Sequence[Fact]) -> None:
-        rows = [(f.kind, f.id, f.customer_id, orjson.dumps(f.doc).decode()) for f in facts]
-        once = [row for row in rows if row[0] != "delivery"]
-        deliveries = [row for row in rows if row[0] == "delivery"]
+        rows = [(f, (f.kind, f.id, f.customer_id, orjson.dumps(f.doc).decode())) for f in facts]
+        # Offers' facts depend on their order (a revocation, then a re-issue); the rest (most
+        # of a batch: purchases) do not, and go in one statement.
+        ordered = [(f, row) for f, row in rows if f.kind == "campaign" or f.latest_wins]
+        plain = [row for f, row in rows if not (f.kind == "campaign" or f.latest_wins)]
         erased = erased_ids(facts)
 
         def work(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "INSERT INTO facts (kind, id, customer_id, doc) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (kind, id) DO NOTHING",
-                once,
-            )
-            # In batch order, so the latest state of a delivery wins.
-            db.executemany(
-                "INSERT INTO facts (kind, id, customer_id, doc) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc",
-                deliveries,
-            )
+            db.executemany(_ONCE, plain)
+            for fact, row in ordered:
+                if fact.latest_wins:
+                    db.execute(_LATEST, row)
+                    continue
+                if fact.issues:
+                    db.execute(_REISSUE, (fact.id, fact.id))
+                db.execute(_ONCE, row)
             if erased:
                 db.execute(_UNLINK, (in_list(erased),))
 

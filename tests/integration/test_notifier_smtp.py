@@ -89,8 +89,10 @@ class Clock:
 
 
 async def make_service(
-    port: int, clock: Clock, *, quiet: str = "off", attempts: int = 3
+    port: int, clock: Clock, *, quiet: str = "off", attempts: int = 3, grace_s: float = 0
 ) -> tuple[NotifierService, SqliteNotifierRepository]:
+    """The service on a memory store; no send grace unless asked, so that an e-mail goes out
+    in the batch of its offer."""
     settings = Settings(
         kafka=KafkaSettings(kafka_bootstrap="test:9092"),
         store=StoreSettings(store_url="memory://"),
@@ -102,6 +104,7 @@ async def make_service(
         settings,
         repo,
         notifier_settings=NotifierSettings(
+            send_grace_s=grace_s,
             send_max_attempts=attempts,
             send_backoff_base_s=0.01,
             send_backoff_max_s=0.05,
@@ -318,4 +321,102 @@ async def test_delivery_left_sending_by_a_crash_is_resent_with_the_same_message_
 
     [recorded] = outcomes(await service.run_due())
     assert recorded.state == "sent"
+    assert [m["Message-ID"] for m in handler.received] == [message_id_for("of-1")]
+
+
+# ---------------------------------------------------------------- the send grace, revocations
+
+GRACE = dt.timedelta(seconds=30)
+
+
+def revoked(offer_id: str = "of-1", customer_id: str = "c-1") -> Received[Any]:
+    return record(
+        OFFERS,
+        customer_id,
+        {
+            "type": "offer_revoked",
+            "offer_id": offer_id,
+            "customer_id": customer_id,
+            "kind": "birthday",
+            "coupon_code": f"BDAY-{offer_id.upper()}",
+            "reason": "cap",
+            "revoked_at": "2026-03-02T11:00:00+00:00",
+        },
+    )
+
+
+@pytest.fixture
+async def graced(
+    smtp_server: tuple[ScriptedHandler, int],
+) -> AsyncIterator[tuple[ScriptedHandler, NotifierService, SqliteNotifierRepository, Clock]]:
+    handler, port = smtp_server
+    clock = Clock(DAY)
+    service, repo = await make_service(port, clock, grace_s=GRACE.total_seconds())
+    yield handler, service, repo, clock
+    await repo.close()
+
+
+async def test_email_waits_the_grace_then_the_poll_sends_it_over_smtp(graced: Any) -> None:
+    handler, service, repo, clock = graced
+    assert outcomes(await handle(service, contact(), offer())) == []
+    assert handler.received == []
+    assert (await repo.get_deliveries(["of-1"]))["of-1"].not_before == DAY + GRACE
+
+    clock.now = DAY + GRACE - dt.timedelta(seconds=1)
+    assert await service.run_due() == []
+    clock.now = DAY + GRACE
+    [recorded] = outcomes(await service.run_due())
+    assert (recorded.state, recorded.message_id) == ("sent", message_id_for("of-1"))
+    assert [m["Message-ID"] for m in handler.received] == [message_id_for("of-1")]
+
+
+async def test_offer_revoked_within_the_grace_never_reaches_the_smtp_server(
+    graced: Any,
+) -> None:
+    handler, service, repo, clock = graced
+    await handle(service, contact(), offer())
+    clock.now = DAY + dt.timedelta(seconds=3)
+    [recorded] = outcomes(await handle(service, revoked()))
+    assert (recorded.state, recorded.reason, recorded.attempts) == (
+        "suppressed",
+        "offer_revoked",
+        0,
+    )
+    clock.now = DAY + dt.timedelta(hours=1)
+    assert await service.run_due() == []
+    # Both redelivered, in their order: reported again, still not sent.
+    assert [(r.state, r.reason) for r in outcomes(await handle(service, offer(), revoked()))] == [
+        ("suppressed", "offer_revoked")
+    ]
+    assert handler.received == []
+    assert (await repo.get_deliveries(["of-1"]))["of-1"].state == "suppressed"
+
+
+async def test_revocation_before_the_offer_and_after_sending(graced: Any) -> None:
+    handler, service, _repo, clock = graced
+    await handle(service, contact())
+    # of-1: the revocation overtook the offer; of-2: revoked once its e-mail had gone.
+    await handle(service, revoked("of-1"))
+    await handle(service, offer("of-1"), offer("of-2"))
+    clock.now = DAY + GRACE
+    [sent] = outcomes(await service.run_due())
+    assert (sent.offer_id, sent.state) == ("of-2", "sent")
+    assert outcomes(await handle(service, revoked("of-2"))) == []
+
+    assert [m["Message-ID"] for m in handler.received] == [message_id_for("of-2")]
+    stats = service.stats
+    assert (stats["revoked_before_offer"], stats["revoked_after_send"]) == (1, 1)
+
+
+async def test_offer_reissued_after_its_revocation_is_sent_once_over_smtp(graced: Any) -> None:
+    handler, service, _repo, clock = graced
+    await handle(service, contact(), offer(), revoked())
+    clock.now = DAY + dt.timedelta(minutes=2)
+    await handle(service, offer())  # re-issued by a later correction
+    clock.now += GRACE
+    [recorded] = outcomes(await service.run_due())
+    assert recorded.state == "sent"
+    await handle(service, offer())
+    clock.now += GRACE
+    assert await service.run_due() == []
     assert [m["Message-ID"] for m in handler.received] == [message_id_for("of-1")]

@@ -14,9 +14,15 @@ from typing import Any
 
 import pytest
 
-from services.notifier.domain import Contact, Delivery, message_id_for, new_delivery
+from services.notifier.domain import (
+    Contact,
+    Delivery,
+    message_id_for,
+    new_delivery,
+    revoked_delivery,
+)
 from services.notifier.store import NotifierRepository, StoreChanges, open_repository
-from shared.events import OfferIssued
+from shared.events import OfferIssued, OfferRevoked
 from shared.settings import StoreSettings
 
 UTC = dt.UTC
@@ -133,6 +139,8 @@ async def test_due_deliveries_are_pending_past_their_time_and_interrupted_sends(
                 delivery("of-3", "sending"),
                 delivery("of-4", "waiting_contact"),
                 delivery("of-5", "sent"),
+                # Waiting for its contact past the end of its grace: not the poller's.
+                delivery("of-6", "waiting_contact", not_before=T0),
             ]
         )
     )
@@ -140,6 +148,28 @@ async def test_due_deliveries_are_pending_past_their_time_and_interrupted_sends(
     assert sorted(d.offer_id for d in due) == ["of-1", "of-3"]
     assert len(await repo.due_deliveries(later, limit=10)) == 3
     assert len(await repo.due_deliveries(later, limit=2)) == 2
+
+
+async def test_a_revoked_delivery_without_its_offer_round_trips(repo: NotifierRepository) -> None:
+    revoked = revoked_delivery(
+        OfferRevoked(
+            offer_id="of-1",
+            customer_id="c-1",
+            kind="birthday",
+            coupon_code="CPN-of-1",
+            reason="consent",
+            revoked_at=T0,
+        ),
+        T0,
+    )
+    await repo.apply(StoreChanges(deliveries=[revoked]))
+    assert await repo.get_deliveries(["of-1"]) == {"of-1": revoked}
+    assert await repo.open_deliveries(["c-1"]) == []
+    # The offer arriving later is kept with it; it stays final.
+    seen = replace(revoked, offer=offer("of-1"))
+    await repo.apply(StoreChanges(deliveries=[seen]))
+    assert await repo.get_deliveries(["of-1"]) == {"of-1": seen}
+    assert await repo.due_deliveries(T0 + dt.timedelta(days=1), limit=10) == []
 
 
 async def test_erasure_deletes_the_contact(repo: NotifierRepository) -> None:

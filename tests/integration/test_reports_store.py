@@ -15,6 +15,7 @@ import pytest
 
 from services.reports.domain import Campaign, Line, Purchase, Redemption
 from services.reports.store import (
+    Fact,
     ReportsRepository,
     campaign_fact,
     delivery_fact,
@@ -22,6 +23,7 @@ from services.reports.store import (
     open_repository,
     purchase_fact,
     redemption_fact,
+    revocation_fact,
 )
 from shared.settings import StoreSettings
 
@@ -162,3 +164,60 @@ async def test_an_erasure_unlinks_the_customers_purchases(repo: ReportsRepositor
     facts = await repo.load()
     assert [p.customer_id for p in facts.purchases] == [None, "c2", None, None]
     assert facts.erased == {"c1"}
+
+
+def revocation(offer_id: str, customer: str) -> Fact:
+    return revocation_fact(offer_id, customer, T0 + dt.timedelta(hours=1), "consent")
+
+
+async def test_a_redemptions_discount_comes_back_exact(repo: ReportsRepository) -> None:
+    redemption = Redemption("o1", T0, Decimal("30.10"), Decimal("3.015"))
+    await repo.add([redemption_fact(redemption, "c1")])
+    assert (await repo.load()).redemptions == {"o1": redemption}
+
+
+async def test_a_revocation_holds_until_the_offer_is_issued_again(repo: ReportsRepository) -> None:
+    await repo.add([campaign_fact(campaign("o1", "c1")), campaign_fact(campaign("o2", "c2"))])
+    await repo.add([revocation("o1", "c1"), revocation("o2", "c2")])
+    assert (await repo.load()).revoked == {"o1", "o2"}
+    await repo.add([revocation("o1", "c1")])  # redelivered: the same
+    assert (await repo.load()).revoked == {"o1", "o2"}
+    # o2 is issued again by a later correction (same id): no longer revoked.
+    await repo.add([campaign_fact(campaign("o2", "c2"))])
+    facts = await repo.load()
+    assert facts.revoked == {"o1"}
+    assert [c.offer_id for c in facts.campaigns] == ["o1", "o2"]
+
+
+async def test_a_revocation_before_its_offer_is_kept_when_the_offer_arrives(
+    repo: ReportsRepository,
+) -> None:
+    # From another partition, the revocation overtook the offer it withdraws.
+    await repo.add([revocation("o1", "c1")])
+    await repo.add([campaign_fact(campaign("o1", "c1"))])
+    assert (await repo.load()).revoked == {"o1"}
+    # Once the offer is known, issuing it again is a re-issue.
+    await repo.add([campaign_fact(campaign("o1", "c1"))])
+    assert (await repo.load()).revoked == set()
+
+
+async def test_revocations_and_reissues_in_one_batch_apply_in_order(
+    repo: ReportsRepository,
+) -> None:
+    await repo.add(
+        [
+            # o1: issued, revoked, issued again; o2: issued, revoked; o3: revoked, then issued
+            campaign_fact(campaign("o1", "c1")),
+            campaign_fact(campaign("o2", "c2")),
+            revocation("o1", "c1"),
+            revocation("o3", "c3"),
+            revocation("o2", "c2"),
+            campaign_fact(campaign("o1", "c1")),
+            campaign_fact(campaign("o3", "c3")),
+            purchase_fact(purchase("p1", "c1")),
+        ]
+    )
+    facts = await repo.load()
+    assert facts.revoked == {"o2", "o3"}
+    assert [c.offer_id for c in facts.campaigns] == ["o1", "o2", "o3"]
+    assert [p.event_id for p in facts.purchases] == ["p1"]

@@ -18,7 +18,7 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from services.notifier.app import create_app
-from services.notifier.domain import new_delivery
+from services.notifier.domain import Contact, new_delivery
 from services.notifier.service import NotifierService
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import StoreChanges
@@ -99,7 +99,10 @@ def contact_payload(
     }
 
 
-async def harness_for(tmp_path: Path, *, quiet: str, now: dt.datetime) -> AsyncIterator[Harness]:
+async def harness_for(
+    tmp_path: Path, *, quiet: str, now: dt.datetime, grace_s: float
+) -> AsyncIterator[Harness]:
+    """The app on a memory store with a clock the test moves; `grace_s` is the send grace."""
     settings = Settings(
         kafka=KafkaSettings(kafka_bootstrap="test:9092"),
         store=StoreSettings(store_url="memory://"),
@@ -108,7 +111,13 @@ async def harness_for(tmp_path: Path, *, quiet: str, now: dt.datetime) -> AsyncI
     )
     repo = await SqliteNotifierRepository.open(StoreLocation.parse("memory://"))
     clock = Clock(now)
-    app = create_app(settings, repository=repo, clock=clock, poll=False)
+    app = create_app(
+        settings,
+        repository=repo,
+        clock=clock,
+        notifier_settings=NotifierSettings(send_grace_s=grace_s),
+        poll=False,
+    )
     broker = app.broker
     h = Harness(app=app, broker=broker, repo=repo, outbox=tmp_path / "outbox", clock=clock)
 
@@ -132,13 +141,14 @@ async def harness_for(tmp_path: Path, *, quiet: str, now: dt.datetime) -> AsyncI
 
 @pytest.fixture
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    async for harness in harness_for(tmp_path, quiet="off", now=DAY):
+    # No send grace: these tests see an e-mail sent in the batch that brought its offer.
+    async for harness in harness_for(tmp_path, quiet="off", now=DAY, grace_s=0):
         yield harness
 
 
 @pytest.fixture
 async def quiet_h(tmp_path: Path) -> AsyncIterator[Harness]:
-    async for harness in harness_for(tmp_path, quiet="21:00-08:00", now=NIGHT):
+    async for harness in harness_for(tmp_path, quiet="21:00-08:00", now=NIGHT, grace_s=0):
         yield harness
 
 
@@ -285,3 +295,177 @@ async def test_app_opens_its_store_and_its_poller_sends_held_back_emails(tmp_pat
     assert service.stats["emails_written"] == 1
     with pytest.raises(RuntimeError, match="not open"):
         _ = app.service
+
+
+# ---------------------------------------------------------------- the send grace, revocations
+
+GRACE = dt.timedelta(seconds=30)
+
+
+@pytest.fixture
+async def graced(tmp_path: Path) -> AsyncIterator[Harness]:
+    async for harness in harness_for(tmp_path, quiet="off", now=DAY, grace_s=30):
+        yield harness
+
+
+def revoked_payload(offer_id: str = "of-1", customer_id: str = "c-1") -> dict[str, Any]:
+    return {
+        "type": "offer_revoked",
+        "offer_id": offer_id,
+        "customer_id": customer_id,
+        "kind": "frequent_item",
+        "coupon_code": f"CPN-{offer_id.upper()}",
+        "reason": "consent",
+        "revoked_at": "2026-03-02T10:30:00+00:00",
+    }
+
+
+async def due(h: Harness, at: dt.datetime) -> None:
+    """The poller's turn at `at`: what it sends is published like the app does."""
+    h.clock.now = at
+    await h.app.publish(await h.app.service.run_due())
+
+
+def outcomes(h: Harness) -> list[tuple[str, str, str | None]]:
+    return [(d.offer_id, d.state, d.reason) for d in h.deliveries]
+
+
+async def test_a_new_email_waits_the_grace_then_the_poller_sends_it(graced: Harness) -> None:
+    h = graced
+    await h.publish(CONTACTS, contact_payload(), key="c-1")
+    await h.publish(OFFERS, offer_payload(), key="c-1")
+    held = (await h.repo.get_deliveries(["of-1"]))["of-1"]
+    assert (held.state, held.not_before) == ("pending", DAY + GRACE)
+    assert h.emails() == []
+    assert h.deliveries == []
+
+    await due(h, DAY + GRACE - dt.timedelta(seconds=1))
+    assert h.emails() == []
+    await due(h, DAY + GRACE)
+    assert [f.name for f in h.emails()] == ["of-1.eml"]
+    assert outcomes(h) == [("of-1", "written", None)]
+    assert (h.app.stats["deferred_grace"], h.app.stats["emails_written"]) == (1, 1)
+
+
+async def test_a_contact_arriving_within_the_grace_does_not_cut_it_short(graced: Harness) -> None:
+    h = graced
+    await h.publish(OFFERS, offer_payload(), key="c-1")
+    h.clock.now = DAY + dt.timedelta(seconds=5)
+    await h.publish(CONTACTS, contact_payload(), key="c-1")
+    held = (await h.repo.get_deliveries(["of-1"]))["of-1"]
+    assert (held.state, held.not_before) == ("pending", DAY + GRACE)
+    assert h.emails() == []
+    await due(h, DAY + GRACE)
+    assert [f.name for f in h.emails()] == ["of-1.eml"]
+
+
+async def test_an_offer_revoked_within_the_grace_is_never_emailed(graced: Harness) -> None:
+    h = graced
+    await h.publish(CONTACTS, contact_payload(), key="c-1")
+    await h.publish(OFFERS, offer_payload(), key="c-1")
+    h.clock.now = DAY + dt.timedelta(seconds=10)
+    await h.publish(OFFERS, revoked_payload(), key="c-1")
+
+    assert outcomes(h) == [("of-1", "suppressed", "offer_revoked")]
+    assert h.delivery_keys == [b"c-1"]
+    stored = (await h.repo.get_deliveries(["of-1"]))["of-1"]
+    assert (stored.state, stored.last_error, stored.attempts) == ("suppressed", "offer_revoked", 0)
+    await due(h, DAY + dt.timedelta(hours=1))
+    assert h.emails() == []
+    stats = h.app.stats
+    assert (stats["revocations_received"], stats["revoked_before_send"]) == (1, 1)
+    assert stats["suppressed_offer_revoked"] == 1
+
+
+async def test_a_revocation_arriving_before_its_offer_keeps_the_offer_from_being_sent(
+    graced: Harness,
+) -> None:
+    h = graced
+    await h.publish(CONTACTS, contact_payload(), key="c-1")
+    # From another partition, the revocation overtook the offer it withdraws.
+    await h.publish(OFFERS, revoked_payload(), key="c-0")
+    assert outcomes(h) == [("of-1", "suppressed", "offer_revoked")]
+    await h.publish(OFFERS, offer_payload(), key="c-1")
+    await due(h, DAY + dt.timedelta(hours=1))
+
+    assert h.emails() == []
+    assert set(outcomes(h)) == {("of-1", "suppressed", "offer_revoked")}
+    stored = (await h.repo.get_deliveries(["of-1"]))["of-1"]
+    assert (stored.state, stored.last_error) == ("suppressed", "offer_revoked")
+    assert stored.offer is not None  # seen now: a later issue of this id is a re-issue
+    assert h.app.stats["revoked_before_offer"] == 1
+
+
+async def test_a_revocation_after_sending_is_counted_and_changes_nothing(
+    graced: Harness,
+) -> None:
+    h = graced
+    await h.publish(CONTACTS, contact_payload(), key="c-1")
+    await h.publish(OFFERS, offer_payload(), key="c-1")
+    await due(h, DAY + GRACE)
+    assert outcomes(h) == [("of-1", "written", None)]
+
+    await h.publish(OFFERS, revoked_payload(), key="c-1")
+    assert outcomes(h) == [("of-1", "written", None)]
+    assert (await h.repo.get_deliveries(["of-1"]))["of-1"].state == "written"
+    assert h.app.stats["revoked_after_send"] == 1
+    assert len(h.emails()) == 1
+
+
+async def test_an_offer_reissued_after_its_revocation_is_sent_once(graced: Harness) -> None:
+    h = graced
+    await h.publish(CONTACTS, contact_payload(), key="c-1")
+    await h.publish(OFFERS, offer_payload(), key="c-1")
+    await h.publish(OFFERS, revoked_payload(), key="c-1")
+    reissued_at = DAY + dt.timedelta(minutes=5)
+    h.clock.now = reissued_at
+    await h.publish(OFFERS, offer_payload(), key="c-1")  # a later correction: same id
+    held = (await h.repo.get_deliveries(["of-1"]))["of-1"]
+    assert (held.state, held.not_before) == ("pending", reissued_at + GRACE)
+    assert h.emails() == []
+
+    await due(h, reissued_at + GRACE)
+    await h.publish(OFFERS, offer_payload(), key="c-1")  # redelivered: not sent again
+    await due(h, reissued_at + 2 * GRACE)
+    assert [f.name for f in h.emails()] == ["of-1.eml"]
+    assert outcomes(h)[:2] == [("of-1", "suppressed", "offer_revoked"), ("of-1", "written", None)]
+    assert set(outcomes(h)[2:]) <= {("of-1", "written", None)}
+    assert (h.app.stats["reissued"], h.app.stats["emails_written"]) == (1, 1)
+
+
+async def test_a_garbled_revocation_is_dead_lettered(h: Harness) -> None:
+    await h.publish(OFFERS, {"type": "offer_revoked", "offer_id": "of-1"}, key="c-1")
+    assert [d.reason for d in h.dead] == ["invalid_offer"]
+    assert h.deliveries == []
+
+
+async def test_the_poller_goes_on_at_once_while_full_polls_are_due(tmp_path: Path) -> None:
+    settings = Settings(
+        kafka=KafkaSettings(kafka_bootstrap="test:9092"),
+        store=StoreSettings(store_url="memory://"),
+        smtp=SmtpSettings(smtp_host=None, outbox_dir=tmp_path / "outbox"),
+        calendar=CalendarSettings(timezone="UTC", quiet_hours="off"),
+    )
+    # One delivery per poll and a long interval: only going on after a full poll sends all
+    # three within the test's time.
+    tuning = NotifierSettings(send_grace_s=30, due_poll_interval_s=60, due_batch_size=1)
+    repo = await SqliteNotifierRepository.open(StoreLocation.parse("memory://"))
+    held = [
+        replace(
+            new_delivery(OfferIssued.model_validate(offer_payload(f"of-{n}")), DAY),
+            state="pending",
+            not_before=DAY - dt.timedelta(seconds=n),
+        )
+        for n in range(1, 4)
+    ]
+    contact = Contact("c-1", "ana@example.com", "Ana", True, "S001", changed_at=DAY)
+    await repo.apply(StoreChanges(contacts=[contact], deliveries=held))
+    app = create_app(settings, repository=repo, notifier_settings=tuning, clock=Clock(DAY))
+    outbox = tmp_path / "outbox"
+    async with TestKafkaBroker(app.broker), TestApp(app.faststream):
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(list(outbox.glob("*.eml")) if outbox.exists() else []) < 3:
+            assert asyncio.get_running_loop().time() < deadline, "poller waited between polls"
+            await asyncio.sleep(0.01)
+    assert app.stats["emails_written"] == 3
+    await repo.close()

@@ -26,6 +26,7 @@ from shared.events import (
     OfferHeldOut,
     OfferIssued,
     OfferRedeemed,
+    OfferRevoked,
     PurchaseLine,
     PurchaseRecorded,
 )
@@ -155,6 +156,68 @@ async def test_events_offers_and_deliveries_become_report_figures_once() -> None
     assert "c1" in facts.erased
     assert all(p.customer_id != "c1" for p in facts.purchases)
     assert next(r for r in campaigns_report(facts, DAY).rows if r.week == "all").issued == 1
+
+
+def redeemed(n: int, customer: str, basket: str, discount: str) -> OfferRedeemed:
+    return OfferRedeemed(
+        offer_id=f"o{n}",
+        customer_id=customer,
+        kind="birthday",
+        coupon_code=f"CODE-{n}",
+        redeemed_at=AT + dt.timedelta(hours=3),
+        checkout_event_id=f"p{n}",
+        store_id="S001",
+        basket_total=Decimal(basket),
+        discount=Decimal(discount),
+    )
+
+
+def revoked(n: int, customer: str) -> OfferRevoked:
+    return OfferRevoked(
+        offer_id=f"o{n}",
+        customer_id=customer,
+        kind="birthday",
+        coupon_code=f"CODE-{n}",
+        reason="consent",
+        revoked_at=AT + dt.timedelta(hours=1),
+    )
+
+
+async def test_revocations_reissues_and_discounts_reach_the_campaigns_report() -> None:
+    repository = await SqliteReportsRepository.open(StoreLocation.parse("memory://"))
+    settings = Settings(
+        kafka=KafkaSettings(kafka_bootstrap="localhost:9092"),
+        store=StoreSettings(store_url="memory://"),
+    )
+    app = create_app(settings, repository=repository)
+    messages = [
+        # o1 redeemed; o2 revoked after it was redeemed; o3 revoked, then issued again by a
+        # later correction; o4's revocation overtook its offer (another partition).
+        (OFFERS, offer(1, "c1"), b"c1"),
+        (OFFERS, offer(2, "c2"), b"c2"),
+        (OFFERS, offer(3, "c3"), b"c3"),
+        (OFFERS, redeemed(1, "c1", "30.10", "4.515"), b"c1"),
+        (OFFERS, redeemed(2, "c2", "20", "3"), b"c2"),
+        (OFFERS, revoked(2, "c2"), b"c2"),
+        (OFFERS, revoked(3, "c3"), b"c3"),
+        (OFFERS, revoked(4, "c4"), b"c4-old"),
+        (OFFERS, offer(3, "c3"), b"c3"),
+        (OFFERS, offer(4, "c4"), b"c4"),
+    ]
+    async with TestKafkaBroker(app.broker) as broker:
+        for topic, event, key in messages:
+            await broker.publish(dump(event), topic, key=key)
+        # The partitions of c1, c2 and c3 redelivered, each in its order: nothing changes.
+        for topic, event, key in messages:
+            if key in (b"c1", b"c2", b"c3"):
+                await broker.publish(dump(event), topic, key=key)
+    facts = await repository.load()
+    assert facts.revoked == {"o2", "o4"}
+    row = next(r for r in campaigns_report(facts, DAY).rows if r.week == "all")
+    assert (row.eligible, row.issued, row.revoked, row.redeemed) == (2, 2, 2, 1)
+    assert (row.revenue, row.discount) == (Decimal("30.10"), Decimal("4.515"))
+    assert app.service.stats["facts_revocation"] == 5
+    await repository.close()
 
 
 async def test_the_static_campaigns_report_and_the_cli_read_the_read_model(tmp_path: Path) -> None:

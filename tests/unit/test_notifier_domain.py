@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+from dataclasses import replace
 from email.message import EmailMessage
 from zoneinfo import ZoneInfo
 
@@ -19,9 +20,11 @@ from services.notifier.domain import (
     NO_CONSENT,
     NO_EMAIL,
     OFFER_EXPIRED,
+    OFFER_REVOKED,
     Contact,
     Defer,
     Delivery,
+    Plan,
     QuietPolicy,
     Renderer,
     SendNow,
@@ -43,7 +46,7 @@ from services.notifier.domain import (
     unsubscribe_token,
     verify_unsubscribe_token,
 )
-from shared.events import ContactChanged, OfferIssued
+from shared.events import ContactChanged, OfferIssued, OfferRevoked
 from shared.settings import CalendarSettings, QuietHours
 
 KEY = "test-coupon-key"
@@ -461,6 +464,175 @@ def test_outcome_event_has_no_address_or_name() -> None:
     assert "Ana" not in text
     with pytest.raises(ValueError, match="not final"):
         outcome_event(new_delivery(offer(), NOON))
+
+
+# ---------------------------------------------------------------- the send grace
+
+GRACE = dt.timedelta(seconds=30)
+
+
+def revocation(offer_id: str = "of-1", customer_id: str = "c-1") -> OfferRevoked:
+    return OfferRevoked(
+        offer_id=offer_id,
+        customer_id=customer_id,
+        kind="frequent_item",
+        coupon_code="CPN-7Q4X-ZZ",
+        reason="cooldown",
+        revoked_at=NOON,
+    )
+
+
+def plan(
+    *changes: OfferIssued | OfferRevoked,
+    stored: dict[str, Delivery] | None = None,
+    now: dt.datetime = NOON,
+    contacts: dict[str, Contact] | None = None,
+) -> Plan:
+    return plan_batch(
+        contact_updates=[],
+        offers=changes,
+        contacts={"c-1": contact()} if contacts is None else contacts,
+        deliveries=stored or {},
+        open_deliveries=[],
+        now=now,
+        quiet=POLICY,
+        grace=GRACE,
+    )
+
+
+def test_earliest_time_defers_and_a_grace_ending_in_quiet_hours_waits_for_the_morning() -> None:
+    assert decide(offer(), contact(), now=NOON, quiet=POLICY, not_before=NOON + GRACE) == Defer(
+        NOON + GRACE, reason="grace"
+    )
+    assert decide(offer(), contact(), now=NOON, quiet=POLICY, not_before=NOON) == SendNow()
+    evening = dt.datetime(2026, 3, 2, 20, 59, 50, tzinfo=UTC)
+    morning = dt.datetime(2026, 3, 3, 8, tzinfo=UTC)
+    assert decide(offer(), contact(), now=evening, quiet=POLICY, not_before=evening + GRACE) == (
+        Defer(morning)
+    )
+
+
+def test_a_new_delivery_is_held_for_the_grace_and_sent_when_it_is_due() -> None:
+    result = plan(offer())
+    held = result.deliveries["of-1"]
+    assert (held.state, held.not_before) == ("pending", NOON + GRACE)
+    assert result.to_send == []
+    assert result.outcomes == []
+    assert result.counts["deferred_grace"] == 1
+    early = redecide_due([held], {"c-1": contact()}, now=NOON + GRACE / 2, quiet=POLICY)
+    assert early.deliveries["of-1"].state == "pending"
+    due = redecide_due([held], {"c-1": contact()}, now=NOON + GRACE, quiet=POLICY)
+    assert due.to_send == ["of-1"]
+
+
+def test_the_grace_outlives_the_wait_for_the_contact() -> None:
+    waiting = plan(offer(), contacts={}).deliveries["of-1"]
+    assert (waiting.state, waiting.not_before) == ("waiting_contact", NOON + GRACE)
+    soon = plan_batch(
+        contact_updates=[("c-1", changed())],
+        offers=[],
+        contacts={},
+        deliveries={},
+        open_deliveries=[waiting],
+        now=NOON + dt.timedelta(seconds=5),
+        quiet=POLICY,
+        grace=GRACE,
+    )
+    assert soon.to_send == []
+    assert soon.deliveries["of-1"].not_before == NOON + GRACE
+    late = plan_batch(
+        contact_updates=[("c-1", changed())],
+        offers=[],
+        contacts={},
+        deliveries={},
+        open_deliveries=[waiting],
+        now=NOON + GRACE,
+        quiet=POLICY,
+        grace=GRACE,
+    )
+    assert late.to_send == ["of-1"]
+
+
+@pytest.mark.parametrize("state", ["waiting_contact", "pending", "sending"])
+def test_revoking_an_offer_not_sent_yet_suppresses_it(state: str) -> None:
+    open_ = replace(new_delivery(offer(), NOON), state=state)  # type: ignore[arg-type]
+    result = plan(revocation(), stored={"of-1": open_})
+    revoked = result.deliveries["of-1"]
+    assert (revoked.state, revoked.last_error, revoked.not_before) == (
+        "suppressed",
+        OFFER_REVOKED,
+        None,
+    )
+    assert result.outcomes == [revoked]
+    assert result.counts["revoked_before_send"] == 1
+
+
+def test_an_offer_issued_and_revoked_in_one_batch_is_never_sent_even_without_grace() -> None:
+    result = plan_batch(
+        contact_updates=[],
+        offers=[offer(), revocation()],
+        contacts={"c-1": contact()},
+        deliveries={},
+        open_deliveries=[],
+        now=NOON,
+        quiet=POLICY,
+    )
+    assert result.to_send == []
+    assert result.deliveries["of-1"].last_error == OFFER_REVOKED
+
+
+def test_a_revocation_before_the_offer_is_remembered_and_the_offer_stays_unsent() -> None:
+    first = plan(revocation())
+    remembered = first.deliveries["of-1"]
+    assert (remembered.state, remembered.last_error, remembered.offer) == (
+        "suppressed",
+        OFFER_REVOKED,
+        None,
+    )
+    assert first.outcomes == [remembered]
+    assert first.counts["revoked_before_offer"] == 1
+
+    arrived = plan(offer(), stored={"of-1": remembered})
+    assert arrived.deliveries == {}
+    assert arrived.to_send == []
+    kept = arrived.updated["of-1"]
+    assert (kept.state, kept.offer) == ("suppressed", offer())
+    assert arrived.replayed == [kept]  # the same outcome, reported again
+
+    reissued = plan(offer(), stored={"of-1": kept})
+    assert reissued.deliveries["of-1"].state == "pending"
+    assert reissued.counts["reissued"] == 1
+
+
+def test_an_offer_reissued_after_its_revocation_is_planned_again_with_the_grace() -> None:
+    revoked = plan(offer(), revocation()).deliveries["of-1"]
+    later = NOON + dt.timedelta(minutes=5)
+    result = plan(offer(), stored={"of-1": revoked}, now=later)
+    again = result.deliveries["of-1"]
+    assert (again.state, again.not_before, again.last_error) == ("pending", later + GRACE, None)
+    assert again.message_id == message_id_for("of-1")
+    assert result.replayed == []
+    # Issued, revoked and issued again in one batch: the last word holds.
+    assert plan(offer(), revocation(), offer()).deliveries["of-1"].state == "pending"
+
+
+def test_a_revocation_of_a_sent_offer_changes_nothing_and_is_reported() -> None:
+    sent = replace(new_delivery(offer(), NOON), state="sent", attempts=1)
+    event = revocation()
+    result = plan(event, stored={"of-1": sent})
+    assert result.deliveries == {}
+    assert result.replayed == []
+    assert result.revoked_after_send == [event]
+    assert result.counts["revoked_after_send"] == 1
+    failed = replace(sent, state="failed")
+    assert plan(event, stored={"of-1": failed}).counts["revoked_after_final"] == 1
+
+
+def test_a_revocation_seen_again_reports_its_outcome_again() -> None:
+    revoked = plan(offer(), revocation()).deliveries["of-1"]
+    result = plan(revocation(), stored={"of-1": revoked})
+    assert result.deliveries == {}
+    assert result.replayed == [revoked]
 
 
 # ---------------------------------------------------------------- retries and rate

@@ -269,3 +269,39 @@ def test_segments_show_who_moved_between_two_dates() -> None:
     moves = {(m.from_segment, m.to_segment): m.customers for m in report.moves}
     assert moves == {("loyal", "loyal"): 1, ("new", "active"): 1, ("prospect", "new"): 1}
     assert report.after == {"active": 1, "loyal": 1, "new": 1}
+
+
+def test_revoked_offers_count_as_revoked_only_and_their_redemptions_do_not_count() -> None:
+    facts = Facts()
+    for i in range(1, 6):
+        facts.campaigns.append(
+            Campaign(f"o{i}", f"c{i}", "win_back", ISSUED_AT, ISSUE_DAY, ISSUE_DAY, held_out=i == 5)
+        )
+        facts.purchases.append(purchase(i, f"c{i}", ISSUE_DAY, Decimal(10 * i)))
+    facts.revoked = {"o2", "o5"}  # a held-out customer had no offer to revoke
+    facts.redemptions = {
+        "o2": Redemption("o2", ISSUED_AT, Decimal(40), Decimal(4)),
+        "o3": Redemption("o3", ISSUED_AT, Decimal(30), Decimal("4.50")),
+    }
+    facts.deliveries = {"o1": "sent", "o2": "sent", "o3": "written"}
+    row = next(r for r in campaigns_report(facts, ISSUE_DAY).rows if r.week == ALL_WEEKS)
+    assert (row.eligible, row.held_out, row.issued, row.revoked) == (4, 1, 3, 1)
+    assert (row.delivered, row.redeemed, row.redemption_rate) == (2, 1, Decimal("0.3333"))
+    assert (row.revenue, row.discount) == (Decimal(30), Decimal("4.50"))
+    # The treated group is c1, c3 and c4: the revoked offer's customer is in neither group.
+    assert row.treated_spend == Decimal("26.67")
+    assert row.control_spend == Decimal("50.00")
+
+
+def test_discount_given_is_summed_exactly_per_week_and_per_kind() -> None:
+    week1, week2 = dt.date(2026, 3, 2), dt.date(2026, 3, 9)
+    facts = Facts()
+    for i, day in enumerate([week1, week1, week2]):
+        at = dt.datetime.combine(day, dt.time(9), tzinfo=UTC)
+        facts.campaigns.append(Campaign(f"o{i}", f"c{i}", "birthday", at, day, day))
+        facts.redemptions[f"o{i}"] = Redemption(f"o{i}", at, Decimal("1.10"), Decimal("0.10"))
+    rows = {r.week: r for r in campaigns_report(facts, week2).rows}
+    assert rows["2026-W10"].discount == Decimal("0.20")
+    assert rows["2026-W11"].discount == Decimal("0.10")
+    assert str(rows[ALL_WEEKS].discount) == "0.30"  # exact: no float's 0.30000000000000004
+    assert rows[ALL_WEEKS].revoked == 0

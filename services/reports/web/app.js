@@ -54,7 +54,7 @@ async function loadCampaigns() {
   const target = document.getElementById("campaigns-table");
   try {
     const data = await report("campaigns");
-    const cols = ["kind", "week", "eligible", "held_out", "issued", "delivered", "redeemed", "redemption_rate", "revenue", "lift", "lift_low", "lift_high"];
+    const cols = ["kind", "week", "eligible", "held_out", "issued", "revoked", "delivered", "redeemed", "redemption_rate", "revenue", "discount", "lift", "lift_low", "lift_high"];
     target.replaceChildren(table(cols, data.rows, `Campaigns as of ${data.as_of}`));
     await Promise.all([chart("issued", "chart-issued"), chart("lift", "chart-lift")]);
   } catch (error) { target.textContent = error.message; }
