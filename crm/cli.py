@@ -251,12 +251,19 @@ def bench(
     latency_checkouts: Annotated[
         int | None, typer.Option(help="Checkouts of the latency phase (default 10,000).")
     ] = None,
+    till_rate: Annotated[
+        float, typer.Option(help="Paced load of the till phase, coupon API requests/s.")
+    ] = 200.0,
+    till_requests: Annotated[
+        int | None, typer.Option(help="Requests of the till phase (default 6,000; quick 1,000).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the generated traffic.")] = 11,
     data_dir: Annotated[
         Path | None, typer.Option(help="Keep stores and logs here (default: a temp folder).")
     ] = None,
 ) -> None:
-    """Benchmark: transport baseline, ingest, pipeline, latency, growth; checks its result."""
+    """Benchmark: transport baseline, ingest, pipeline, latency, growth, the till's coupon
+    API; checks its result."""
     from crm.bench import BenchOptions, bench_main
 
     configure_logging("bench")
@@ -265,6 +272,8 @@ def bench(
         populations=customers,
         latency_rate=rate,
         latency_checkouts=latency_checkouts,
+        till_rate=till_rate,
+        till_requests=till_requests,
         seed=seed,
         keep_dir=data_dir,
     )
@@ -323,6 +332,74 @@ def export_customer(
     except InvalidCardNumber:
         raise _fail("the card file does not hold a card number") from None
     typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+@cli.command()
+def replay(
+    service: Annotated[str, typer.Argument(help="profiles, offers or reports")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Skip the check that the service is stopped (for a broker that keeps stopped "
+            "consumers listed, such as the embedded one): make sure yourself it is.",
+        ),
+    ] = False,
+) -> None:
+    """Rebuild a service's store from the retained topics (the service must be stopped).
+
+    Empties the service's store, moves its consumer group back to the first retained records,
+    runs the service until it has read them all, and stops. Safe to run again.
+    """
+    from crm.registry import BY_NAME
+    from crm.replay import ReplayError, replay_main
+    from shared.runtime import ConfigurationError, check_configuration
+
+    if service not in ("profiles", "offers", "reports"):
+        raise _fail(f"crm replay rebuilds profiles, offers or reports, not {service!r}")
+    settings = Settings()
+    configure_logging(f"replay-{service}", settings.log)
+    try:
+        check_configuration(settings)
+        report = replay_main(BY_NAME[service], settings, force=force)
+    except (ConfigurationError, ReplayError) as exc:
+        raise _fail(str(exc)) from None
+    Console().print(
+        f"{service} rebuilt from {report.records} retained records on {report.partitions} "
+        f"partitions in {report.seconds:.1f}s; start it as usual"
+    )
+
+
+@cli.command()
+def trace(
+    card_file: Annotated[
+        Path,
+        typer.Option(
+            "--card-file", help="File holding the card number (kept off the command line)."
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The chain from a customer's swipes to their e-mails: each swipe, its normalized event,
+    the profile change, every offer decision (and why one was not made), the offer's fate and
+    the e-mail's outcome."""
+    from crm.trace import lines
+    from crm.trace import trace as follow
+    from shared.privacy import InvalidCardNumber
+
+    settings = Settings()
+    configure_logging("trace", settings.log)
+    if not settings.kafka.kafka_bootstrap or not settings.store.store_url:
+        raise _fail("CRM_KAFKA_BOOTSTRAP and CRM_STORE_URL must be set")
+    try:
+        found = asyncio.run(follow(settings, card_file.read_text().strip()))
+    except InvalidCardNumber:
+        raise _fail("the card file does not hold a card number") from None
+    if as_json:
+        typer.echo(json.dumps(found.as_json(), indent=2))
+    else:
+        for line in lines(found):
+            typer.echo(line)
 
 
 @cli.command("rotate-card-key")

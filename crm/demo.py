@@ -18,14 +18,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -148,7 +147,8 @@ class CouponRedeemer:
         self._rng = random.Random(seed)  # noqa: S311 - simulated shoppers, not secrets
         self._share = share
         self._key = PrivacySettings().card_key.get_secret_value().encode()
-        self._open: dict[str, dict[str, dt.date]] = {}
+        self._open: dict[str, dict[str, tuple[dt.date, str | None]]] = {}
+        """customer -> open code -> (last valid day, the SKU a product coupon is for)."""
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -168,9 +168,18 @@ class CouponRedeemer:
             await self._consumer.stop()
 
     async def catch_up(self) -> None:
-        """Read the offer events published so far."""
-        assert self._consumer is not None
-        while batch := await self._consumer.getmany(timeout_ms=200):
+        """Read every offer event published so far: up to each partition's end (an empty
+        fetch may come back before records that are there)."""
+        consumer = self._consumer
+        assert consumer is not None
+        partitions = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+        ends = await consumer.end_offsets(partitions)
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in partitions])
+
+        while await behind():
+            batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
                 for record in records:
                     self._note(orjson.loads(record.value))
@@ -178,8 +187,12 @@ class CouponRedeemer:
     def _note(self, event: dict[str, Any]) -> None:
         codes = self._open.setdefault(event["customer_id"], {})
         if event["type"] == "offer_issued":
-            codes[event["coupon_code"]] = dt.date.fromisoformat(event["valid_until"])
-        elif event["type"] in ("offer_redeemed", "offer_expired"):
+            until = dt.date.fromisoformat(event["valid_until"])
+            codes[event["coupon_code"]] = (
+                until,
+                event["sku"] if event.get("scope") == "sku" else None,
+            )
+        elif event["type"] in ("offer_redeemed", "offer_expired", "offer_revoked"):
             codes.pop(event["coupon_code"], None)
 
     def redeem(self, day: dt.date, batch: list[RawMessage]) -> list[RawMessage]:
@@ -197,7 +210,16 @@ class CouponRedeemer:
                 out.append(message)
                 continue
             customer = customer_id_for_card(card_id(card, self._key))
-            usable = [c for c, until in self._open.get(customer, {}).items() if until >= day]
+            # A shopper brings a coupon that fits the basket: a basket coupon, or a product
+            # coupon for something in it. Sorted: which codes are open is what matters, not
+            # the order they were read in.
+            basket = {str(line.get("sku", "")).strip().upper() for line in doc.get("lines", [])}
+            open_codes = self._open.get(customer, {})
+            usable = sorted(
+                code
+                for code, (until, sku) in open_codes.items()
+                if until >= day and (sku is None or sku in basket)
+            )
             if self._rng.random() < 0.03:
                 usable = ["ZZZZ-ZZZZ-ZZZZ"]  # a mistyped code: rejected as unknown
             if not usable:
@@ -253,6 +275,10 @@ async def _run(
             "CRM_LOG_FORMAT": "json",
             # The demo replays weeks in seconds: wall-clock quiet hours would hold every e-mail.
             "CRM_QUIET_HOURS": "off",
+            # A simulated day takes a second or two: the grace outlasts its corrections, so
+            # a coupon a late event withdraws is never e-mailed (the same summary every run).
+            "CRM_SEND_GRACE_S": "10",
+            "CRM_DUE_POLL_INTERVAL_S": "1",
             "CRM_HTTP_PORT": "0",
         }
         env.pop("CRM_SMTP_HOST", None)
@@ -283,8 +309,10 @@ async def _run(
                 task = progress.add_task("simulated days", total=len(days))
                 for day, batch in days:
                     services.check_alive()
-                    await tick(producer, day)
+                    # The shoppers know the coupons of the days before (the pipeline is
+                    # drained); what the day's tick issues reaches them the next day.
                     await redeemer.catch_up()
+                    await tick(producer, day)
                     await publish(producer, redeemer.redeem(day, batch))
                     await _drain(watch, services, options.drain_timeout, day.isoformat())
                     progress.update(task, advance=1, description=f"simulated {day.isoformat()}")
@@ -292,8 +320,11 @@ async def _run(
             last = days[-1][0] + dt.timedelta(days=1)
             await tick(producer, last)
             await _drain(watch, services, options.drain_timeout, "the last tick")
-            summary = await _summary(kafka, store_url, outbox, len(messages))
-            _add_suppressions(summary, services.ports.get("offers"))
+            deadline = time.monotonic() + options.drain_timeout
+            while not await _all_delivered(kafka) and time.monotonic() < deadline:
+                services.check_alive()
+                await asyncio.sleep(1.0)
+            summary, corrections = await _summary(kafka, store_url, outbox, len(messages))
             report = await asyncio.to_thread(
                 write_static_report, store_url, data / "campaigns-report.html"
             )
@@ -302,6 +333,10 @@ async def _run(
             await producer.stop()
             services.stop()
         console.print(summary)
+        console.print(
+            f"Corrections on the way: {corrections} offers issued and then revoked when a late "
+            "event showed they should not have been (none was e-mailed: the notifier waits)."
+        )
         console.print(f"E-mails are in [bold]{outbox}[/bold] (one .eml file per offer).")
         console.print(f"Campaigns report (HTML, charts inline): [bold]{report}[/bold]")
         console.print(f"Service logs: {data / 'logs'}")
@@ -310,13 +345,45 @@ async def _run(
     return 0
 
 
-async def _summary(kafka: KafkaSettings, store_url: str, outbox: Path, published: int) -> Table:
+def final_states(records: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Each offer's last event (the topic keeps a customer's events in order), and each
+    rejected redemption's last reason: what the events say in the end, however many
+    corrections they went through."""
+    offers: dict[str, dict[str, Any]] = {}
+    rejections: dict[str, str] = {}
+    for record in records:
+        if not record.value:
+            continue
+        event = orjson.loads(record.value)
+        kind = event.get("type")
+        if kind == "redemption_rejected":
+            rejections[event["rejection_id"]] = event["reason"]
+        elif kind == "held_out":
+            offers.setdefault(event["offer_id"], event)
+        elif kind in ("offer_issued", "offer_revoked", "offer_redeemed", "offer_expired"):
+            first = offers.get(event["offer_id"], {})
+            offers[event["offer_id"]] = {**event, "kind": first.get("kind", event.get("kind"))}
+    return offers, rejections
+
+
+async def _summary(
+    kafka: KafkaSettings, store_url: str, outbox: Path, published: int
+) -> tuple[Table, int]:
+    """The summary table (what the events come to: the same for the same seed) and the number
+    of offers revoked on the way (corrections: they depend on how events happened to arrive)."""
     # Count by reading the topics: Tansu's end offsets undercount multi-record batches.
     raw = sum([len(await read_topic(kafka, topic)) for topic in RAW_TOPICS])
     normalized = len(await read_topic(kafka, EVENTS))
     letters = count_types(await read_topic(kafka, DEADLETTER))
-    offers = count_types(await read_topic(kafka, OFFERS))
-    deliveries = count_types(await read_topic(kafka, DELIVERIES))
+    offers, rejections = final_states(await read_topic(kafka, OFFERS))
+    deliveries: dict[str, str] = {}
+    for record in await read_topic(kafka, DELIVERIES):
+        event = orjson.loads(record.value)
+        deliveries[event["offer_id"]] = event["state"] + (
+            f":{event['reason']}" if event["state"] == "suppressed" else ""
+        )
+    states = Counter(event["type"] for event in offers.values())
+    live = {k: e for k, e in offers.items() if e["type"] not in ("offer_revoked", "held_out")}
     table = Table(title="crm demo summary")
     table.add_column("what")
     table.add_column("count", justify="right")
@@ -327,47 +394,50 @@ async def _summary(kafka: KafkaSettings, store_url: str, outbox: Path, published
         table.add_row(f"  reason {key.split(':', 1)[1]}", str(letters[key]))
     table.add_row("duplicates dropped", str(max(0, raw - normalized - letters["dead_letter"])))
     table.add_row("customer profiles", str(await _profiles_count(store_url)))
-    table.add_row("offers issued", str(offers["offer_issued"]))
-    for key in sorted(k for k in offers if k.startswith("offer_issued:")):
-        table.add_row(f"  {key.split(':', 1)[1]}", str(offers[key]))
-    redeemed = offers["offer_redeemed"]
-    rate = f" ({redeemed / offers['offer_issued']:.1%})" if offers["offer_issued"] else ""
+    table.add_row("offers issued", str(len(live)))
+    for kind, count in sorted(Counter(e["kind"] for e in live.values()).items()):
+        table.add_row(f"  {kind}", str(count))
+    table.add_row("held out (control group)", str(states["held_out"]))
+    delivered = [k for k in live if deliveries.get(k) in ("sent", "written")]
+    redeemed = states["offer_redeemed"]
+    used = sum(1 for k in delivered if live[k]["type"] == "offer_redeemed")
+    rate = f" ({used / len(delivered):.1%} of those e-mailed)" if delivered else ""
     table.add_row("coupons redeemed", f"{redeemed}{rate}")
-    table.add_row("held out (control group)", str(offers["held_out"]))
-    table.add_row("redemptions rejected", str(offers["redemption_rejected"]))
-    for key in sorted(k for k in offers if k.startswith("redemption_rejected:")):
-        table.add_row(f"  {key.split(':', 1)[1]}", str(offers[key]))
-    table.add_row("coupons expired", str(offers["offer_expired"]))
-    for state in ("written", "sent", "suppressed", "bounced", "failed"):
-        if deliveries[f"delivery_recorded:{state}"] or state in ("written", "suppressed"):
-            table.add_row(f"e-mails {state}", str(deliveries[f"delivery_recorded:{state}"]))
-    for key in sorted(
-        k for k in deliveries if k.startswith("delivery_recorded:") and k.count(":") == 1
-    ):
-        reason = key.split(":", 1)[1]
-        if reason not in ("written", "sent", "suppressed", "bounced", "failed"):
-            table.add_row(f"  suppressed: {reason}", str(deliveries[key]))
+    table.add_row("redemptions rejected", str(len(rejections)))
+    for reason, count in sorted(Counter(rejections.values()).items()):
+        table.add_row(f"  {reason}", str(count))
+    table.add_row("coupons expired", str(states["offer_expired"]))
+    outcomes = Counter(deliveries.values())
+    for state in ("written", "sent", "bounced", "failed"):
+        if outcomes[state] or state == "written":
+            table.add_row(f"e-mails {state}", str(outcomes[state]))
+    for key in sorted(k for k in outcomes if k.startswith("suppressed:")):
+        table.add_row(f"e-mails not sent: {key.split(':', 1)[1]}", str(outcomes[key]))
     table.add_row(".eml files in the outbox", str(_count_files(outbox, "*.eml")))
-    return table
+    for (outcome, reason), count in sorted((await _decisions(store_url)).items()):
+        if outcome == "suppressed":
+            table.add_row(f"offers not made: {reason}", str(count))
+    return table, states["offer_revoked"]
 
 
-def _add_suppressions(table: Table, port: int | None) -> None:
-    """Offers not issued, per reason, from the offers service's own counters (/metrics)."""
-    if port is None:
-        return
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return
-    for family in text_string_to_metric_families(text):
-        if family.name != "crm_offers_suppressed":
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_total") and sample.value:
-                table.add_row(
-                    f"offers suppressed: {sample.labels['reason']}", f"{sample.value:.0f}"
-                )
+async def _decisions(store_url: str) -> Counter[tuple[str, str]]:
+    """(outcome, reason) of every decision offers keeps, from its store."""
+    from services.offers.store import open_repository
+    from shared.settings import StoreSettings
+
+    async with open_repository(StoreSettings(store_url=store_url)) as repository:
+        counts = await repository.decision_counts()
+    return Counter({(outcome, reason or ""): n for (_, outcome, reason), n in counts.items()})
+
+
+async def _all_delivered(kafka: KafkaSettings) -> bool:
+    """Whether every offer that stands has its e-mail's outcome (the notifier waits a grace
+    before sending, so the last ones come a little after the pipeline is drained)."""
+    offers, _ = final_states(await read_topic(kafka, OFFERS))
+    waiting = {k for k, e in offers.items() if e["type"] not in ("offer_revoked", "held_out")}
+    for record in await read_topic(kafka, DELIVERIES):
+        waiting.discard(orjson.loads(record.value)["offer_id"])
+    return not waiting
 
 
 def _serve(env: dict[str, str], data: Path, port: int, console: Console) -> None:

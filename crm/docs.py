@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from pydantic_settings import BaseSettings
 
+from services.ingest.settings import IngestSettings
+from services.notifier.settings import NotifierSettings
+from services.offers.settings import OffersSettings
+from services.profiles.settings import ProfilesSettings
+from services.reports.settings import ReportsSettings
 from shared.settings import SETTINGS_CLASSES
 
-SERVICE_SETTINGS = (
-    ("services.ingest.settings", "IngestSettings"),
-    ("services.profiles.settings", "ProfilesSettings"),
-    ("services.offers.settings", "OffersSettings"),
-    ("services.notifier.settings", "NotifierSettings"),
-    ("services.reports.settings", "ReportsSettings"),
+SERVICE_SETTINGS: tuple[type[BaseSettings], ...] = (
+    IngestSettings,
+    ProfilesSettings,
+    OffersSettings,
+    NotifierSettings,
+    ReportsSettings,
 )
-
-
-def _service_classes() -> list[type[BaseSettings]]:
-    classes: list[type[BaseSettings]] = []
-    for module_name, class_name in SERVICE_SETTINGS:
-        module = importlib.import_module(module_name)
-        cls = getattr(module, class_name, None)
-        if isinstance(cls, type) and issubclass(cls, BaseSettings):
-            classes.append(cls)
-    return classes
 
 
 def _default(value: Any) -> str:
@@ -43,7 +37,7 @@ def settings_table() -> str:
     """Markdown table of every `CRM_` variable with its description and default."""
     rows = ["| variable | meaning | default |", "| --- | --- | --- |"]
     seen: set[str] = set()
-    for cls in (*SETTINGS_CLASSES, *_service_classes()):
+    for cls in (*SETTINGS_CLASSES, *SERVICE_SETTINGS):
         prefix = str(cls.model_config.get("env_prefix", "")).upper()
         for name, info in cls.model_fields.items():
             if (

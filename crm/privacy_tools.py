@@ -58,7 +58,7 @@ async def export_customer(store: StoreSettings, customer_id: str) -> dict[str, A
         profile = await profiles.export(customer_id)
     async with open_offers(store) as offers_repo:
         offers = await offers_repo.offers_of(customer_id)
-        rejections = await offers_repo.rejections(customer_id)
+        ledger = (await offers_repo.ledgers([customer_id])).get(customer_id)
     async with open_notifier(store) as notifier:
         contacts = await notifier.get_contacts([customer_id])
         deliveries = await notifier.get_deliveries([o.offer_id for o in offers])
@@ -66,7 +66,15 @@ async def export_customer(store: StoreSettings, customer_id: str) -> dict[str, A
         "customer_id": customer_id,
         "ingest": {"linked_card_ids": sorted(cards)},
         "profiles": _plain(profile),
-        "offers": {"offers": _plain(offers), "redemptions_rejected": _plain(rejections)},
+        "offers": {
+            "offers": _plain(offers),
+            "decisions": _plain(sorted(ledger.decisions.values(), key=lambda d: (d.at, d.key)))
+            if ledger
+            else [],
+            "redemptions": _plain(sorted(ledger.redemptions.values(), key=lambda r: (r.at, r.key)))
+            if ledger
+            else [],
+        },
         "notifier": {
             "contact": _plain(contacts.get(customer_id)),
             "deliveries": _plain(sorted(deliveries.values(), key=lambda d: d.offer_id)),

@@ -70,6 +70,16 @@ S = TypeVar("S", bound=BatchService)
 
 
 @dataclass(frozen=True, slots=True)
+class AfterReplay(Generic[S]):
+    """A rebuilt store reconciled with the service's own output topic: `keep(service,
+    payloads)` answers what to publish and save so that nothing it published before is lost
+    (an offer revoked on the way, which the rebuild did not issue again)."""
+
+    topic: str
+    keep: Callable[[S, Sequence[bytes]], Awaitable[Handled]]
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceSpec(Generic[R, S]):
     """What a service is. The five declarations are the architecture, one screen each."""
 
@@ -89,6 +99,8 @@ class ServiceSpec(Generic[R, S]):
     """Refuses to start (raises) when the environment is unusable (a refused SMTP login)."""
     background: Callable[[ServiceApp[S]], AbstractAsyncContextManager[None]] | None = None
     """A task that runs while the service is up (after the broker started)."""
+    after_replay: AfterReplay[S] | None = None
+    """What `crm replay` does once the store is rebuilt, with what the service published."""
 
     @property
     def topics(self) -> tuple[str, ...]:

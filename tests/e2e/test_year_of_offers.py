@@ -1,6 +1,10 @@
 """A year of traffic for a small population, the clock ticking every day: the offers issued
 and the e-mails received are exactly those the rules call for (computed here from the input,
-independently of the services), none twice, none to customers who did not consent."""
+independently of the services), none twice, none to customers who did not consent.
+
+The rules as the contract states them, on the state as of the start of each day (event time):
+the ticks come after a fortnight of events each, so what a customer did later in the
+fortnight must not change that day's decision."""
 
 from __future__ import annotations
 
@@ -96,18 +100,21 @@ def one_year_on(first: dt.date) -> dt.date:
 
 @dataclass
 class Customer:
-    email: bool = False
+    email_since: dt.datetime | None = None
     consent: list[tuple[dt.datetime, bool]] = field(default_factory=list)
     erased_at: dt.datetime | None = None
     birth: dt.date | None = None
     visits: list[dt.datetime] = field(default_factory=list)
 
-    def eligible(self, seen_until: dt.datetime) -> bool:
-        if not self.email or (self.erased_at is not None and self.erased_at <= seen_until):
+    def eligible(self, moment: dt.datetime) -> bool:
+        """Consent in force, an address, not erased: at `moment` (event time)."""
+        if self.email_since is None or self.email_since > moment:
+            return False
+        if self.erased_at is not None and self.erased_at <= moment:
             return False
         state = False
         for at, value in sorted(self.consent):
-            if at <= seen_until:
+            if at <= moment:
                 state = value
         return state
 
@@ -121,11 +128,10 @@ def customers_of(messages: list[RawMessage]) -> dict[str, Customer]:
         if message.topic == CHECKOUTS_RAW:
             person.visits.append(message.at)
         elif doc["type"] == "signup":
-            person.email = bool(doc.get("email"))
+            # What a sign-up says holds from its time on.
+            person.email_since = message.at if doc.get("email") else None
             person.birth = dt.date.fromisoformat(doc["birth_date"])
-            person.consent.append(
-                (dt.datetime.min.replace(tzinfo=dt.UTC), doc["marketing_consent"])
-            )
+            person.consent.append((message.at, doc["marketing_consent"]))
         elif doc["type"] == "consent":
             person.consent.append((message.at, doc["marketing_consent"]))
         elif doc["type"] == "erase":
@@ -136,25 +142,24 @@ def customers_of(messages: list[RawMessage]) -> dict[str, Customer]:
 def expected_offers(
     people: dict[str, Customer], chunks: list[list[dt.date]]
 ) -> set[tuple[str, str, dt.date]]:
-    """(customer, kind, day) by the documented rules; a tick is processed after its chunk's events."""
+    """(customer, kind, day) by the documented rules, each day on the state at its start."""
     expected: set[tuple[str, str, dt.date]] = set()
     last_win_back: dict[str, dt.date] = {}
-    for chunk in chunks:
-        seen_until = dt.datetime.combine(chunk[-1], dt.time.max, dt.UTC)
-        for day in chunk:
-            for customer, person in sorted(people.items()):
-                if not person.eligible(seen_until):
-                    continue
-                if person.birth and same_day(person.birth, day):
-                    expected.add((customer, "birthday", day))
-                visits = sorted(v.date() for v in person.visits if v <= seen_until)
-                if visits and one_year_on(visits[0]) == day:
-                    expected.add((customer, "anniversary", day))
-                if len(visits) >= 5 and visits[-1] <= day - dt.timedelta(days=61):
-                    previous = last_win_back.get(customer)
-                    if previous is None or (day - previous).days >= 90:
-                        expected.add((customer, "win_back", day))
-                        last_win_back[customer] = day
+    for day in (day for chunk in chunks for day in chunk):
+        start = dt.datetime.combine(day, dt.time(0), dt.UTC)
+        for customer, person in sorted(people.items()):
+            if not person.eligible(start):
+                continue
+            if person.birth and same_day(person.birth, day):
+                expected.add((customer, "birthday", day))
+            visits = sorted(v.date() for v in person.visits if v < start)
+            if visits and one_year_on(visits[0]) == day:
+                expected.add((customer, "anniversary", day))
+            if len(visits) >= 5 and visits[-1] <= day - dt.timedelta(days=61):
+                previous = last_win_back.get(customer)
+                if previous is None or (day - previous).days >= 90:
+                    expected.add((customer, "win_back", day))
+                    last_win_back[customer] = day
     return expected
 
 

@@ -47,6 +47,8 @@ def cluster(
                 "CRM_MONGO_DATABASE": store.mongo_database,
                 "CRM_OUTBOX_DIR": str(tmp_path / "outbox"),
                 "CRM_QUIET_HOURS": "off",
+                # E-mails go at once: these tests count each e-mail; the grace has its own tests.
+                "CRM_SEND_GRACE_S": "0",
                 "CRM_LOG_FORMAT": "json",
                 "CRM_LOG_LEVEL": "INFO",
                 "CRM_CARD_KEY": CARD_KEY,

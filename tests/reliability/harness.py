@@ -290,8 +290,7 @@ async def outcome(bootstrap: str, mailbox: Mailbox) -> Outcome:
 async def stored_offer_ids(store: StoreSettings, customer_ids: Sequence[str]) -> set[str]:
     """The offers the offers service stored for these customers (through its repository)."""
     async with open_offers(store) as repo:
-        snapshot = await repo.load(customer_ids, ())
-    return set(snapshot.offers)
+        return set(await repo.offers_of_customers(customer_ids))
 
 
 def run(coro: Any) -> Any:

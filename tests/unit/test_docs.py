@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from crm.docs import settings_table
 from shared.asyncapi import rendered
-from shared.docs import settings_table
 from shared.topics import TOPIC_SPECS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,7 +16,7 @@ def test_readme_configuration_table_matches_the_settings_classes() -> None:
     start = README.index("<!-- settings-table:start -->") + len("<!-- settings-table:start -->")
     end = README.index("<!-- settings-table:end -->")
     assert README[start:end].strip() == settings_table().strip(), (
-        "README's configuration table is stale: paste the output of `python -m shared.docs`"
+        "README's configuration table is stale: paste the output of `python -m crm.docs`"
     )
 
 
