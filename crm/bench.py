@@ -8,7 +8,10 @@ in a temporary folder, the services as `crm run` processes (`ServiceProcesses` o
 - ingest: the ingest service alone, raw checkouts -> normalized events;
 - pipeline: ingest, profiles and offers (the notifier runs too) from raw checkouts until every
   profile is updated and every offer issued, at two population sizes (growth);
-- latency: checkouts published at a fixed pace, publish -> profile change and -> offer.
+- latency: checkouts published at a fixed pace, publish -> profile change and -> offer;
+- till: the offers service's coupon API at a fixed pace (validations, some with a lane's
+  reservation, and card swipes asking for the applicable coupons) against the offers the
+  pipeline issued: latency per request, and every answer checked.
 
 Every rate is "messages / (last output seen - first message sent)": the consumer under test
 is running and has joined its group before the burst is published. The result is checked
@@ -21,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import os
 import platform
 import random
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -64,6 +69,8 @@ BENCH_SOURCE = "crm.bench.raw"
 BENCH_SINK = "crm.bench.copy"
 """Output of the transport baseline."""
 BENCH_GROUP = "crm-bench-passthrough"
+TILL_TOKEN = secrets.token_urlsafe(24)
+"""The till's bearer token of this run (the services get its SHA-256)."""
 PIPELINE_SERVICES = tuple(spec.name for spec in PIPELINE)
 """The services a pipeline run starts (others, such as reports, are not part of it)."""
 RULES = "[holdout]\npercent = 0\n"
@@ -79,6 +86,7 @@ TARGETS = {
     "pipeline_rate": 10_000.0,
     "p99_ms": 250.0,
     "growth_ratio": 0.8,
+    "till_p99_ms": 50.0,
 }
 """The issue's targets on a 2-core machine: ratios and rates at least, latency at most."""
 
@@ -95,6 +103,8 @@ class BenchOptions:
     populations: tuple[int, int] = (10_000, 200_000)
     latency_rate: float = 2_000.0
     latency_checkouts: int = 10_000
+    till_rate: float = 200.0
+    till_requests: int = 6_000
     days: int = 28
     seed: int = 11
     consent_share: float = 0.75
@@ -109,6 +119,8 @@ class BenchOptions:
         populations: tuple[int, int] | None = None,
         latency_rate: float | None = None,
         latency_checkouts: int | None = None,
+        till_rate: float | None = None,
+        till_requests: int | None = None,
         seed: int | None = None,
         keep_dir: Path | None = None,
     ) -> BenchOptions:
@@ -121,6 +133,8 @@ class BenchOptions:
             latency_checkouts=(
                 self.latency_checkouts if latency_checkouts is None else latency_checkouts
             ),
+            till_rate=self.till_rate if till_rate is None else till_rate,
+            till_requests=self.till_requests if till_requests is None else till_requests,
             seed=self.seed if seed is None else seed,
             keep_dir=self.keep_dir if keep_dir is None else keep_dir,
         )
@@ -132,6 +146,7 @@ class BenchOptions:
             "checkouts": 4_000,
             "populations": (1_000, 4_000),
             "latency_checkouts": 2_000,
+            "till_requests": 1_000,
             "timeout": 120.0,
         }
         values.update(overrides)
@@ -418,6 +433,7 @@ def _service_env(kafka: KafkaSettings, folder: Path) -> dict[str, str]:
         "CRM_HTTP_PORT": "0",
         "CRM_TIMEZONE": "UTC",
         "CRM_RULES_FILE": str(rules),
+        "CRM_API_TOKENS": f"till:{hashlib.sha256(TILL_TOKEN.encode()).hexdigest()}",
     }
     for name in ("CRM_SMTP_HOST", "CRM_STORE_TIMEZONES"):
         env.pop(name, None)
@@ -543,6 +559,16 @@ class PipelineRun:
     offer_latency_ms: list[float] = field(default_factory=list)
     rss_mb: dict[str, float | None] = field(default_factory=dict)
     offers: int = 0
+    till: TillRun | None = None
+
+
+@dataclass(slots=True)
+class TillRun:
+    """What the till phase measured: latency per request and the answers by reason."""
+
+    latency_ms: list[float] = field(default_factory=list)
+    answers: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    rate: float = 0.0
 
 
 async def _pipeline(
@@ -605,14 +631,98 @@ async def _pipeline(
                         run.offer_latency_ms.append((arrived - sent[event_id]) * 1000)
             if not await drain.drained(options.timeout):
                 raise RuntimeError(f"pipeline not drained: {await drain.lag()}")
-            for name, process in services.processes.items():
-                run.rss_mb[name] = peak_rss_mb(process.pid)
             run.mismatches += await _check(kafka, here, work, customer_ids)
             run.offers = len(work.offers)
+            if latency and options.till_requests:
+                cards = {cid: card_number(1 + i) for i, cid in enumerate(customer_ids)}
+                run.till = await _till(options, kafka, services.ports["offers"], cards)
+                run.mismatches += [
+                    f"till answered {reason} {count} times"
+                    for reason, count in run.till.answers.items()
+                    if reason not in TILL_EXPECTED
+                ]
+                console.print(f"till: {run.till.rate:,.0f} requests/s answered")
+            for name, process in services.processes.items():
+                run.rss_mb[name] = peak_rss_mb(process.pid)
         finally:
             await watch.stop()
             await drain.stop()
             services.stop()
+    return run
+
+
+TILL_EXPECTED = frozenset({"valid", "expired", "already_redeemed", "applicable"})
+"""Answers the till phase may get: its codes are real, its cards their owners', its baskets
+hold the product; a coupon may have run out, or be held by another lane's reservation."""
+
+
+async def _till(
+    options: BenchOptions, kafka: KafkaSettings, port: int, cards: dict[str, str]
+) -> TillRun:
+    """The till API at `options.till_rate` requests/s, open loop (each request goes at its
+    time, whether the last one was answered or not): per request, its latency."""
+    import httpx
+
+    issued = [
+        doc
+        for record in await read_topic(kafka, OFFERS, within=60.0)
+        if (doc := orjson.loads(record.value or b"{}")).get("type") == "offer_issued"
+        and doc.get("customer_id") in cards
+    ]
+    run = TillRun()
+    if not issued:
+        return run
+    rng = random.Random(f"{options.seed}-till")  # noqa: S311 - simulated traffic
+    catalog = {sku: (name, category, price) for sku, name, category, price, _ in CATALOG}
+
+    def line(sku: str) -> dict[str, Any]:
+        name, category, price = catalog.get(sku, ("Item", "misc", "1.00"))
+        return {"sku": sku, "name": name, "category": category, "quantity": 1, "unit_price": price}
+
+    def request(serial: int) -> tuple[str, dict[str, Any]]:
+        offer = issued[rng.randrange(len(issued))]
+        lines = [line(sku) for sku, *_ in rng.sample(CATALOG, 4)]
+        if offer.get("sku"):
+            lines.append(line(offer["sku"]))
+        body: dict[str, Any] = {
+            "card_number": cards[offer["customer_id"]],
+            "store_id": "S001",
+            "lines": lines,
+        }
+        if serial % 2:
+            return "/api/coupons/applicable", body
+        body |= {"code": offer["coupon_code"], "lane": f"lane-{serial % 8}"}
+        body["reserve"] = serial % 10 == 0
+        return "/api/coupons/validate", body
+
+    async def one(client: httpx.AsyncClient, at: float, path: str, body: dict[str, Any]) -> None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        sent = time.monotonic()
+        response = await client.post(path, json=body)
+        run.latency_ms.append((time.monotonic() - sent) * 1000)
+        if response.status_code != 200:
+            run.answers[f"http_{response.status_code}"] += 1
+        elif path.endswith("applicable"):
+            run.answers["applicable"] += 1
+        else:
+            run.answers[response.json()["reason"] or "valid"] += 1
+
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    headers = {"Authorization": f"Bearer {TILL_TOKEN}"}
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits) as client:
+        for n in range(20):  # warm-up: connections open, store pages in the cache
+            path, body = request(n)
+            await client.post(path, json=body)
+        started = time.monotonic()
+        plan = [request(n) for n in range(options.till_requests)]
+        await asyncio.gather(
+            *(
+                one(client, started + n / options.till_rate, path, body)
+                for n, (path, body) in enumerate(plan)
+            )
+        )
+        run.rate = _rate(options.till_requests, started, time.monotonic())
     return run
 
 
@@ -759,6 +869,12 @@ async def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
     for name, values in (("", small.offer_latency_ms), ("profile_", small.profile_latency_ms)):
         for label, share in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
             result[f"{name}{label}_ms"] = round(_percentile(values, share), 1)
+    till = small.till or TillRun()
+    for label, share in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+        result[f"till_{label}_ms"] = round(_percentile(till.latency_ms, share), 1)
+    result["till_rate"] = options.till_rate
+    result["till_answered_rate"] = till.rate
+    result["till_answers"] = dict(sorted(till.answers.items()))
     result["latency_samples"] = {
         "profiles": len(small.profile_latency_ms),
         "offers": len(small.offer_latency_ms),
@@ -779,6 +895,7 @@ async def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
         "pipeline_rate": result["pipeline_rate"] >= TARGETS["pipeline_rate"],
         "p99_ms": result["p99_ms"] <= TARGETS["p99_ms"],
         "growth_ratio": result["growth_ratio"] >= TARGETS["growth_ratio"],
+        "till_p99_ms": result["till_p99_ms"] <= TARGETS["till_p99_ms"],
     }
     result["duration_s"] = round(time.monotonic() - began, 1)
     return result
@@ -824,6 +941,12 @@ def result_table(result: dict[str, Any]) -> Table:
         f"checkout -> offer p50/p95/p99 at {rate:,.0f}/s (ms)",
         f"{result['p50_ms']:.0f} / {result['p95_ms']:.0f} / {result['p99_ms']:.0f}",
         f"p99 <= 250 {mark('p99_ms')}",
+    )
+    rate = result["till_rate"]
+    table.add_row(
+        f"till coupon API p50/p95/p99 at {rate:,.0f} req/s (ms)",
+        f"{result['till_p50_ms']:.0f} / {result['till_p95_ms']:.0f} / {result['till_p99_ms']:.0f}",
+        f"p99 <= 50 {mark('till_p99_ms')}",
     )
     for name, mb in result["rss_mb"].items():
         table.add_row(f"peak RSS {name} (MB)", f"{mb or 0:.0f}", "")

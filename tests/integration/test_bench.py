@@ -28,8 +28,13 @@ KEYS = (
     "p99_ms",
     "growth_ratio",
     "rss_mb",
+    "till_p50_ms",
+    "till_p99_ms",
 )
-TINY = ("--checkouts", "600", "--customers", "100", "300", "--latency-checkouts", "300")
+TINY = (
+    *("--checkouts", "600", "--customers", "100", "300", "--latency-checkouts", "300"),
+    *("--till-requests", "200"),
+)
 """A tiny workload: the smoke test checks correctness, not speed."""
 
 
@@ -53,6 +58,10 @@ def test_quick_bench_reports_every_figure_and_passes_its_self_check() -> None:
     assert result["latency_samples"]["profiles"] == 300
     assert result["baseline_rate"] > 0
     assert result["pipeline_rate"] > 0
+    # Every till request answered 200, with an answer its real code, card and basket allow.
+    assert sum(result["till_answers"].values()) == 200
+    assert result["till_answers"]["valid"] > 0
+    assert result["till_answers"]["applicable"] == 100
 
 
 def test_reference_expects_an_offer_for_the_third_checkout_of_a_sku_in_thirty_days() -> None:
