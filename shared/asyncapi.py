@@ -18,8 +18,9 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, TypeAdapter
 
-from shared import events, raw
+from shared import campaigns, events, raw
 from shared.topics import (
+    CAMPAIGNS,
     CHECKOUTS_RAW,
     CLOCK,
     CONTACTS,
@@ -30,6 +31,8 @@ from shared.topics import (
     INTERACTIONS_RAW,
     OFFERS,
     PROFILES_CHANGED,
+    SEGMENT_DEFINITIONS,
+    SEGMENTS,
 )
 
 TITLE = "crm-stream"
@@ -52,10 +55,30 @@ CHANNELS: tuple[tuple[str, Any, str, bool], ...] = (
     (
         OFFERS,
         events.OfferEvent,
-        "Offer lifecycle for marketing: issued, redeemed, redemption rejected, expired. Keyed by customer id.",
+        "Offer lifecycle for marketing: issued, revoked, redeemed, redemption rejected, expired, "
+        "held out. Keyed by customer id.",
         False,
     ),
     (DELIVERIES, events.DeliveryRecorded, "E-mail delivery outcomes per offer.", False),
+    (
+        CAMPAIGNS,
+        campaigns.CampaignChanged,
+        "Compacted, keyed by campaign id: each campaign's whole state (every version and its "
+        "history) after a change made through the campaigns API.",
+        False,
+    ),
+    (
+        SEGMENT_DEFINITIONS,
+        campaigns.SegmentDefined,
+        "Internal, compacted, keyed by segment name: each segment's rule.",
+        False,
+    ),
+    (
+        SEGMENTS,
+        campaigns.SegmentMembershipChanged,
+        "Customers entering and leaving segments, keyed by customer id.",
+        False,
+    ),
     (
         DEADLETTER,
         events.DeadLetter,
@@ -75,6 +98,11 @@ SCHEMAS: dict[str, Any] = {
     "offer-expired": events.OfferExpired,
     "dead-letter": events.DeadLetter,
     "clock": events.ClockTicked,
+    "offer-revoked": events.OfferRevoked,
+    "campaign": campaigns.CampaignSpec,
+    "campaign-changed": campaigns.CampaignChanged,
+    "segment-definition": campaigns.SegmentDefinition,
+    "segment-membership-changed": campaigns.SegmentMembershipChanged,
 }
 
 

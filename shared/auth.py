@@ -133,8 +133,13 @@ class AuditEntry(BaseModel):
     role: Role = Field(description="Role of the caller.")
     token_id: str = Field(description="First 12 hex digits of the caller's token hash.")
     customer_id: str | None = Field(description="Customer looked up; null when none was found.")
-    action: str = Field(description="`lookup_by_card` or `get_by_id`.")
-    found: bool = Field(description="Whether a profile was returned.")
+    action: str = Field(
+        description="`lookup_by_card`, `get_by_id`, or a change such as `campaign_created`."
+    )
+    found: bool = Field(description="Whether a profile was returned (or the change made).")
+    subject: str | None = Field(
+        default=None, description="What a change was about: a campaign id, a segment name."
+    )
 
 
 class AuditLog(Protocol):

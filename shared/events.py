@@ -212,20 +212,25 @@ class ContactChanged(Event):
 
 # ---------------------------------------------------------------- crm.offers
 
-OfferKind = Literal["frequent_item", "birthday", "anniversary", "win_back"]
+OfferKind = Literal["frequent_item", "birthday", "anniversary", "win_back", "segment_entered"]
+"""The trigger behind an offer: a purchase (`frequent_item`), a birthday, an anniversary,
+inactivity (`win_back`) or entering a segment; `campaign_id` says which campaign."""
 OfferScope = Literal["sku", "category", "basket"]
 
 
 class OfferTrigger(Event):
     """What made an offer: the checkouts (a purchase rule) or the calendar day (a day rule)."""
 
-    type: Literal["purchase", "clock"] = Field(description="A purchase rule or a calendar rule.")
+    type: Literal["purchase", "clock", "segment"] = Field(
+        description="A purchase rule, a calendar rule or a segment entry."
+    )
     event_ids: tuple[str, ...] = Field(
         default=(),
         description="The checkouts that earned it (for a frequent item: the distinct checkouts "
         "with the SKU inside the window, the triggering one last).",
     )
     day: dt.date | None = Field(default=None, description="The clock day of a calendar rule.")
+    segment: str | None = Field(default=None, description="The segment entered.")
 
 
 class OfferIssued(Event):
@@ -256,6 +261,7 @@ class OfferIssued(Event):
     campaign_id: str | None = Field(
         default=None, description="The campaign it came from, when there is one."
     )
+    variant: str | None = Field(default=None, description="The campaign's A/B arm, if any.")
 
 
 class OfferRedeemed(Event):
@@ -277,7 +283,13 @@ class OfferRedeemed(Event):
 
 
 RejectionReason = Literal[
-    "unknown_code", "foreign_code", "already_redeemed", "expired", "revoked", "not_in_basket"
+    "unknown_code",
+    "foreign_code",
+    "already_redeemed",
+    "expired",
+    "revoked",
+    "not_in_basket",
+    "budget_spent",
 ]
 
 
@@ -342,6 +354,13 @@ class OfferHeldOut(Event):
     valid_from: dt.date = Field(description="First day the coupon would have been valid.")
     valid_until: dt.date = Field(description="Last day the coupon would have been valid.")
     decided_at: AwareDatetime = Field(description="Time of the trigger.")
+    campaign_id: str | None = Field(default=None, description="The campaign held out of.")
+    variant: str | None = Field(default=None, description="The arm it would have had.")
+    control: Literal["campaign", "global"] = Field(
+        default="campaign",
+        description="`campaign`: the campaign's own hold-out; `global`: the programme's "
+        "control group, which gets no campaign at all.",
+    )
 
 
 OfferEvent = Annotated[

@@ -22,6 +22,12 @@ CONTACTS: Final = "crm.contacts"
 """Compacted: the latest contact details per customer, from profiles to notifier; tombstone on erase."""
 DELIVERIES: Final = "crm.deliveries"
 """E-mail delivery outcomes from the notifier, for reports."""
+CAMPAIGNS: Final = "crm.campaigns"
+"""Compacted, keyed by campaign id: each campaign's whole state (versions and history)."""
+SEGMENT_DEFINITIONS: Final = "crm.segment-definitions"
+"""Compacted, keyed by segment name: each segment's rule, from the segments API to profiles."""
+SEGMENTS: Final = "crm.segments"
+"""Segment entries and exits, keyed by customer id, from profiles to offers."""
 
 RAW_TOPICS: Final = (CHECKOUTS_RAW, CUSTOMERS_RAW, INTERACTIONS_RAW)
 
@@ -60,6 +66,11 @@ TOPIC_SPECS: Final = (
     TopicSpec(OFFERS, DEFAULT_PARTITIONS, None),
     TopicSpec(DELIVERIES, DEFAULT_PARTITIONS, None),
     TopicSpec(DEADLETTER, DEFAULT_PARTITIONS, 30),
+    # Marketing's definitions: every instance reads the whole topic (a global table).
+    TopicSpec(CAMPAIGNS, 1, None, compacted=True),
+    TopicSpec(SEGMENT_DEFINITIONS, 1, None, compacted=True),
+    # `crm replay offers` rebuilds segment-entered triggers from it, as far back as the rules look.
+    TopicSpec(SEGMENTS, DEFAULT_PARTITIONS, LOOKBACK_DAYS),
 )
 
 # Consumer groups, one per service.

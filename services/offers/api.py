@@ -96,7 +96,9 @@ class DecisionView(BaseModel):
     kind: OfferKind = Field(description="Rule.")
     at: AwareDatetime = Field(description="Event time of the trigger.")
     outcome: str = Field(description="issued, held_out or suppressed.")
-    reason: str | None = Field(description="Why it was suppressed.")
+    reason: str | None = Field(description="Why it was suppressed (or held out).")
+    campaign_id: str | None = Field(default=None, description="The campaign deciding.")
+    variant: str | None = Field(default=None, description="Its A/B arm, if any.")
     trigger: OfferTrigger = Field(description="The checkouts or the calendar day.")
     offer_id: str = Field(description="The offer (it exists when issued).")
     coupon_code: str | None = Field(description="Its code, when issued.")
@@ -147,6 +149,15 @@ class TillApi:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
         return await self.repository().customer_of_card(card)
 
+    def spent(self, offer: OfferRecord | None) -> bool:
+        """Whether the offer's campaign has used up its budget (its coupons redeem no more)."""
+        if offer is None or offer.issued.campaign_id is None or self._app is None:
+            return False
+        try:
+            return offer.issued.campaign_id in self._app.service.book.spent
+        except NotStarted:
+            return False
+
     def day(self, store_id: str) -> dt.date:
         return (
             self.now().astimezone(self.settings.calendar.zone_of(store_id.strip().upper())).date()
@@ -179,6 +190,8 @@ def build_router(api: TillApi, tokens: TokenTable) -> APIRouter:
             day=api.day(body.store_id),
             lines=_lines(body),
         )
+        if reason is None and api.spent(offer):
+            reason, discount = "budget_spent", Decimal(0)
         held_until = None
         if reason is None and offer is not None and body.reserve:
             now = api.now()
@@ -217,7 +230,7 @@ def build_router(api: TillApi, tokens: TokenTable) -> APIRouter:
             reason, discount = check_code(
                 offer, customer_id=customer, owners={customer}, day=day, lines=lines
             )
-            if reason is None:
+            if reason is None and not api.spent(offer):
                 found.append(
                     ApplicableCoupon(
                         code=offer.coupon_code,
@@ -249,6 +262,8 @@ def build_router(api: TillApi, tokens: TokenTable) -> APIRouter:
                     outcome=d.outcome,
                     reason=d.reason,
                     trigger=d.trigger,
+                    campaign_id=d.campaign_id,
+                    variant=d.variant,
                     offer_id=d.offer_id,
                     coupon_code=offer.coupon_code if offer is not None else None,
                     state=offer.state if offer is not None else None,

@@ -73,8 +73,10 @@ def normalize_code(code: str) -> str:
     return compact[:MAX_CODE_LENGTH]
 
 
-def is_held_out(customer_id: str, kind: OfferKind, period: str, percent: Decimal) -> bool:
-    """Whether a customer is in the hold-out group of a kind for a period.
+def is_held_out(customer_id: str, kind: str, period: str, percent: Decimal) -> bool:
+    """Whether a customer is in the hold-out group of a campaign for a period (`kind`: the
+    offer kind of a built-in campaign, which keeps the draws of the fixed rules; else the
+    campaign id).
 
     A uniform draw from SHA-256 of customer, kind and period: the same on every run and every
     replica, independent between periods (a customer is not held out of every campaign).

@@ -15,12 +15,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from services.offers.campaigns import (
+    BUILTIN_KIND,
+    KIND_OF_TRIGGER,
+    CampaignBook,
+    in_global_control,
+    seeds,
+    variant_for,
+)
 from services.offers.domain import (
     OfferRecord,
     birthday_month_days,
@@ -33,8 +41,9 @@ from services.offers.domain import (
     rejection_id_for,
     would_exceed_cap,
 )
-from services.offers.ledger import Decision, Ledger, PurchaseFact, Redemption
+from services.offers.ledger import Decision, Ledger, PurchaseFact, Redemption, SegmentPoint
 from services.offers.settings import OfferRules
+from shared.campaigns import ALL, CampaignChanged, CampaignSpec, CampaignTrigger
 from shared.events import (
     OfferExpired,
     OfferHeldOut,
@@ -42,6 +51,7 @@ from shared.events import (
     OfferKind,
     OfferRedeemed,
     OfferRevoked,
+    OfferScope,
     OfferTrigger,
     RedemptionRejected,
 )
@@ -102,8 +112,17 @@ class _Candidate:
     validity_days: int
     discount_percent: Decimal
     template: str
+    campaign_id: str
+    variant: str | None = None
+    scope: OfferScope = "basket"
     sku: str | None = None
+    category: str | None = None
     product_name: str | None = None
+    series: str = ""
+    """What a cooldown spaces apart within the campaign (the SKU or category bought)."""
+    cooldown_days: int = 0
+    audience: str = ALL
+    holdout_percent: Decimal = Decimal(0)
     keep_suppression: bool = True
 
 
@@ -126,8 +145,16 @@ class OfferDecider:
         coupon_key: bytes,
         calendar: CalendarSettings,
         lateness: dt.timedelta,
+        book: CampaignBook | None = None,
+        global_control_percent: Decimal = Decimal(0),
     ) -> None:
         self.rules = rules
+        if book is None:  # the built-in campaigns, as the rules describe them
+            book = CampaignBook()
+            for record in seeds({}, rules, dt.datetime.now(dt.UTC)):
+                book.apply(record)
+        self.book = book
+        self.global_control_percent = global_control_percent
         self._coupon_key = coupon_key
         self._calendar = calendar
         self._zone = ZoneInfo(calendar.timezone)
@@ -152,35 +179,48 @@ class OfferDecider:
         first = ledger.first_purchase_at
         return one_year_after(self.day_of(first)) if first is not None else None
 
+    def _inactive_campaigns(self) -> list[tuple[str, CampaignTrigger]]:
+        """The inactivity triggers of the campaigns not paused now (any version in force)."""
+        found = []
+        for campaign in self.book.ordered():
+            for spec in campaign.versions:
+                if spec.trigger.type == "inactive":
+                    found.append((campaign.campaign_id, spec.trigger))
+        return found
+
     def win_back_due(self, ledger: Ledger, days: Days) -> dt.date | None:
-        """The first day not yet completed on which the customer may be due a win-back: away
-        long enough as of its start (with enough visits before), and past the cooldown of the
-        last one; None when no such day can come. A visit after that day (arrived before
-        its tick) does not hide it: the days between two visits far enough apart count."""
-        rule = self.rules.win_back
-        if not rule.enabled or ledger.is_alias() or not ledger.visits:
+        """The first day not yet completed on which the customer may be due an inactivity
+        offer of any campaign: away long enough as of its start (with enough visits before),
+        and past that campaign's cooldown; None when no such day can come. A visit after that
+        day (arrived before its tick) does not hide it: the days between two visits far enough
+        apart count."""
+        if ledger.is_alias() or not ledger.visits:
             return None
         after = days.last + _DAY if days.last is not None else None
-        cooldown_end = max(
-            (
-                d.valid_from + rule.cooldown_days * _DAY
-                for d in ledger.decisions.values()
-                if d.kind == "win_back" and d.outcome == "issued"
-            ),
-            default=None,
-        )
         visits = [self.day_of(v.at) for v in ledger.visits]
         older = max(0, ledger.total_visits - len(visits))  # counted, but not kept here
-        gap = (rule.inactive_days + 1) * _DAY
-        for index, day in enumerate(visits):
-            if older + index + 1 < rule.min_visits:
-                continue  # not a regular customer yet after this visit
-            first = day + gap  # away long enough from the start of this day on
-            last = visits[index + 1] if index + 1 < len(visits) else None  # a visit ends it
-            start = max(d for d in (first, after, cooldown_end) if d is not None)
-            if last is None or start <= last:
-                return start
-        return None
+        due: list[dt.date] = []
+        for campaign_id, trigger in self._inactive_campaigns():
+            cooldown = trigger.cooldown_days if trigger.cooldown_days is not None else 90
+            cooldown_end = max(
+                (
+                    d.valid_from + cooldown * _DAY
+                    for d in ledger.decisions.values()
+                    if d.outcome == "issued" and _campaign_of(d) == campaign_id
+                ),
+                default=None,
+            )
+            gap = ((trigger.days or 0) + 1) * _DAY
+            for index, day in enumerate(visits):
+                if older + index + 1 < trigger.min_visits:
+                    continue  # not a regular customer yet after this visit
+                first = day + gap  # away long enough from the start of this day on
+                last = visits[index + 1] if index + 1 < len(visits) else None  # a visit ends it
+                start = max(d for d in (first, after, cooldown_end) if d is not None)
+                if last is None or start <= last:
+                    due.append(start)
+                    break
+        return min(due, default=None)
 
     # ------------------------------------------------------------ the recompute
 
@@ -193,9 +233,12 @@ class OfferDecider:
         arrival: dt.datetime,
         offers: Mapping[str, OfferRecord],
         owners: Mapping[str, str],
+        refused: Collection[str] = (),
     ) -> Recomputed:
         """Take the customer's decisions again from `since` on; update `ledger` and return the
         changed offers and the events that say so.
+
+        `refused`: redemptions (`checkout event id|code`) its campaign's budget refused.
 
         `offers`: the stored offers of the customer and of its aliases; `owners`: code ->
         customer for the codes its checkouts list that are not its own (a foreign code).
@@ -203,7 +246,7 @@ class OfferDecider:
         out = Recomputed()
         if ledger.baskets_since is not None:
             # Before this the baskets are gone: those decisions cannot be taken again.
-            horizon = ledger.baskets_since + self.rules.frequent_item.window_days * _DAY
+            horizon = ledger.baskets_since + self._longest_window() * _DAY
             since = max(since, horizon)
         cutoff = arrival - self.lateness
         before = dict(ledger.decisions)
@@ -248,132 +291,273 @@ class OfferDecider:
         for other in offers.values():  # an alias's offers that stand (final) are usable too
             if other.customer_id != ledger.customer_id and other.state != "revoked":
                 live.setdefault(other.offer_id, other)
-        redeemed_by = self._redeem(ledger, since, live, offers, owners, arrival, cutoff, out)
+        redeemed_by = self._redeem(
+            ledger, since, live, offers, owners, arrival, cutoff, out, refused
+        )
         self._settle(ledger, live, redeemed_by, offers, days, out)
         return out
 
     # ------------------------------------------------------------ candidates
 
     def _candidates(self, ledger: Ledger, since: dt.datetime, days: Days) -> list[_Candidate]:
-        """Every rule's triggers from `since` on, in event-time order (a day's calendar rules
-        at its start, before that day's checkouts)."""
+        """Every campaign's triggers from `since` on, in event-time order (a day's calendar
+        triggers at its start, before that day's checkouts), each with the campaign as it stood
+        at the trigger's time."""
+        campaigns = self.book.ordered()
         triggers: list[tuple[tuple[dt.datetime, int, str], list[_Candidate]]] = []
         for day in days.since(self.day_of(since) - _DAY):
             start = self.day_start(day)
             if start >= since:
-                triggers.append(((start, 0, day.isoformat()), self._calendar_rules(ledger, day)))
+                found = self._calendar_candidates(ledger, day, campaigns)
+                triggers.append(((start, 0, day.isoformat()), found))
         for purchase in ledger.purchases_from(since):
             key = (purchase.at, 1, purchase.event_id)
-            triggers.append((key, self._frequent_items(ledger, purchase)))
+            triggers.append((key, self._purchase_candidates(ledger, purchase, campaigns)))
+        for entry in ledger.segment_entries_from(since):
+            key = (entry.at, 2, f"{entry.segment}|{entry.event_id}")
+            triggers.append((key, self._segment_candidates(ledger, entry, campaigns)))
         triggers.sort(key=lambda item: item[0])
         return [candidate for _, found in triggers for candidate in found]
 
-    def _frequent_items(self, ledger: Ledger, purchase: PurchaseFact) -> list[_Candidate]:
-        rule = self.rules.frequent_item
-        if not rule.enabled:
-            return []
+    def _in_force(
+        self, campaign: CampaignChanged, at: dt.datetime, day: dt.date
+    ) -> CampaignSpec | None:
+        """The campaign's spec at `at` if it was active then and `day` is in its schedule."""
+        found = campaign.in_force(at)
+        if found is None or not found[1]:
+            return None
+        spec = found[0]
+        if spec.starts_on is not None and day < spec.starts_on:
+            return None
+        if spec.ends_on is not None and day > spec.ends_on:
+            return None
+        return spec
+
+    def _candidate(
+        self,
+        ledger: Ledger,
+        campaign_id: str,
+        spec: CampaignSpec,
+        *,
+        at: dt.datetime,
+        day: dt.date,
+        rule_key: str,
+        trigger_id: str,
+        trigger: OfferTrigger,
+        sku: str | None = None,
+        category: str | None = None,
+        product_name: str | None = None,
+        keep_suppression: bool = True,
+    ) -> _Candidate | None:
+        """The offer a campaign's trigger would give this customer (its A/B arm's terms)."""
+        variant = variant_for(campaign_id, ledger.customer_id, spec.variants)
+        offer = variant.offer if variant is not None else spec.offer
+        builtin = BUILTIN_KIND.get(campaign_id)
+        kind = builtin or KIND_OF_TRIGGER[spec.trigger.type]
+        scope_sku = offer.sku or sku if offer.scope == "sku" else None
+        if offer.scope == "sku" and scope_sku is None:
+            return None  # a product coupon needs a product
+        scope_category = offer.category or category if offer.scope == "category" else None
+        if offer.scope == "category" and scope_category is None:
+            return None
+        trig = spec.trigger
+        if trig.cooldown_days is not None:
+            cooldown = trig.cooldown_days
+        elif trig.type == "purchase":
+            cooldown = trig.window_days
+        elif trig.type == "inactive":
+            cooldown = 90
+        else:
+            cooldown = 0
+        if builtin is not None:
+            key = f"{kind}|{rule_key}" + (f"|{trigger_id}" if kind == "frequent_item" else "")
+            id_rule = rule_key
+        else:
+            key = f"{campaign_id}|{rule_key}|{trigger_id}"
+            id_rule = f"{campaign_id}:{rule_key}"
+        return _Candidate(
+            key=key,
+            kind=kind,
+            at=at,
+            rule_key=id_rule,
+            trigger_id=trigger_id,
+            trigger=trigger,
+            valid_from=day,
+            validity_days=offer.validity_days,
+            discount_percent=offer.discount_percent,
+            template=(variant.template if variant is not None else None) or spec.template,
+            campaign_id=campaign_id,
+            variant=variant.name if variant is not None else None,
+            scope=offer.scope,
+            sku=scope_sku,
+            category=scope_category,
+            product_name=product_name if scope_sku == sku else None,
+            series=rule_key if trig.type == "purchase" else "",
+            cooldown_days=cooldown,
+            audience=spec.audience.segment,
+            holdout_percent=spec.holdout_percent,
+            keep_suppression=keep_suppression,
+        )
+
+    def _purchase_candidates(
+        self, ledger: Ledger, purchase: PurchaseFact, campaigns: list[CampaignChanged]
+    ) -> list[_Candidate]:
         zone = self._calendar.zone_of(purchase.store_id)
         day = purchase.at.astimezone(zone).date()
-        earliest = day - rule.window_days * _DAY
-        window = [
-            p
-            for p in ledger.purchases
-            if p.key <= purchase.key and p.at.astimezone(zone).date() >= earliest
-        ]
-        found = []
-        for sku in sorted(purchase.skus):
-            with_sku = [p for p in window if sku in p.skus]
-            if len(with_sku) < rule.min_checkouts:
+        found: list[_Candidate] = []
+        for campaign in campaigns:
+            spec = self._in_force(campaign, purchase.at, day)
+            if spec is None or spec.trigger.type != "purchase":
                 continue
-            found.append(
-                _Candidate(
-                    key=f"frequent_item|{sku}|{purchase.event_id}",
-                    kind="frequent_item",
+            trig = spec.trigger
+            earliest = day - trig.window_days * _DAY
+            window = [
+                p
+                for p in ledger.purchases
+                if p.key <= purchase.key and p.at.astimezone(zone).date() >= earliest
+            ]
+            if trig.category is not None:
+                wanted = trig.category
+                with_it = [p for p in window if wanted in {line.category for line in p.lines}]
+                if wanted not in {line.category for line in purchase.lines}:
+                    continue
+                if len(with_it) < trig.min_checkouts:
+                    continue
+                candidate = self._candidate(
+                    ledger,
+                    campaign.campaign_id,
+                    spec,
                     at=purchase.at,
+                    day=day,
+                    rule_key=wanted,
+                    trigger_id=purchase.event_id,
+                    trigger=OfferTrigger(
+                        type="purchase", event_ids=tuple(p.event_id for p in with_it)
+                    ),
+                    category=wanted,
+                )
+                if candidate is not None:
+                    found.append(candidate)
+                continue
+            skus = sorted(purchase.skus) if trig.any_sku else [trig.sku or ""]
+            for sku in skus:
+                if sku not in purchase.skus:
+                    continue
+                with_sku = [p for p in window if sku in p.skus]
+                if len(with_sku) < trig.min_checkouts:
+                    continue
+                candidate = self._candidate(
+                    ledger,
+                    campaign.campaign_id,
+                    spec,
+                    at=purchase.at,
+                    day=day,
                     rule_key=sku,
                     trigger_id=purchase.event_id,
                     trigger=OfferTrigger(
                         type="purchase", event_ids=tuple(p.event_id for p in with_sku)
                     ),
-                    valid_from=day,
-                    validity_days=rule.validity_days,
-                    discount_percent=rule.discount_percent,
-                    template=rule.template,
                     sku=sku,
                     product_name=purchase.products.get(sku),
                 )
-            )
+                if candidate is not None:
+                    found.append(candidate)
         return found
 
-    def _calendar_rules(self, ledger: Ledger, day: dt.date) -> list[_Candidate]:
-        """Birthday, anniversary and win-back of `day`, on the state as of its start."""
+    def _calendar_candidates(
+        self, ledger: Ledger, day: dt.date, campaigns: list[CampaignChanged]
+    ) -> list[_Candidate]:
+        """Birthday, anniversary and inactivity triggers of `day`, on the state as of its
+        start."""
         start = self.day_start(day)
         clock = OfferTrigger(type="clock", day=day)
         found: list[_Candidate] = []
-        birthday = self.rules.birthday
         born = ledger.birth_date_at(start)
-        if (
-            birthday.enabled
-            and born is not None
-            and f"{born.month:02d}-{born.day:02d}" in birthday_month_days(day)
-        ):
-            found.append(
-                _Candidate(
-                    key=f"birthday|{day.year}",
-                    kind="birthday",
-                    at=start,
-                    rule_key=str(day.year),
-                    trigger_id=str(day.year),
-                    trigger=clock,
-                    valid_from=day,
-                    validity_days=birthday.validity_days,
-                    discount_percent=birthday.discount_percent,
-                    template=birthday.template,
-                )
-            )
-        anniversary = self.rules.anniversary
         first = ledger.first_purchase_before(start)
-        if anniversary.enabled and first is not None and one_year_after(self.day_of(first)) == day:
-            found.append(
-                _Candidate(
-                    key="anniversary|once",
-                    kind="anniversary",
-                    at=start,
-                    rule_key="once",
-                    trigger_id="once",
-                    trigger=clock,
-                    valid_from=day,
-                    validity_days=anniversary.validity_days,
-                    discount_percent=anniversary.discount_percent,
-                    template=anniversary.template,
-                )
-            )
-        win_back = self.rules.win_back
         last = ledger.last_visit_before(start)
-        lapsed = day - (win_back.inactive_days + 1) * _DAY
-        if (
-            win_back.enabled
-            and last is not None
-            and self.day_of(last) <= lapsed
-            and ledger.visits_before(start) >= win_back.min_visits
-        ):
-            found.append(
-                _Candidate(
-                    key=f"win_back|{day.isoformat()}",
-                    kind="win_back",
-                    at=start,
-                    rule_key=day.isoformat(),
-                    trigger_id=day.isoformat(),
-                    trigger=clock,
-                    valid_from=day,
-                    validity_days=win_back.validity_days,
-                    discount_percent=win_back.discount_percent,
-                    template=win_back.template,
-                    # Someone away for months is a candidate every day: only the day they
-                    # became one keeps a suppression (why they got nothing), not every day.
-                    keep_suppression=self.day_of(last) == lapsed,
-                )
+        for campaign in campaigns:
+            spec = self._in_force(campaign, start, day)
+            if spec is None:
+                continue
+            trig = spec.trigger
+            candidate: _Candidate | None = None
+            if trig.type == "birthday":
+                if born is not None and f"{born.month:02d}-{born.day:02d}" in birthday_month_days(
+                    day
+                ):
+                    year = str(day.year)
+                    candidate = self._candidate(
+                        ledger,
+                        campaign.campaign_id,
+                        spec,
+                        at=start,
+                        day=day,
+                        rule_key=year,
+                        trigger_id=year,
+                        trigger=clock,
+                    )
+            elif trig.type == "anniversary":
+                if first is not None and one_year_after(self.day_of(first)) == day:
+                    candidate = self._candidate(
+                        ledger,
+                        campaign.campaign_id,
+                        spec,
+                        at=start,
+                        day=day,
+                        rule_key="once",
+                        trigger_id="once",
+                        trigger=clock,
+                    )
+            elif trig.type == "inactive":
+                lapsed = day - ((trig.days or 0) + 1) * _DAY
+                if (
+                    last is not None
+                    and self.day_of(last) <= lapsed
+                    and ledger.visits_before(start) >= trig.min_visits
+                ):
+                    candidate = self._candidate(
+                        ledger,
+                        campaign.campaign_id,
+                        spec,
+                        at=start,
+                        day=day,
+                        rule_key=day.isoformat(),
+                        trigger_id=day.isoformat(),
+                        trigger=clock,
+                        # Someone away for months is a candidate every day: only the day they
+                        # became one keeps a suppression (why they got nothing), not every day.
+                        keep_suppression=self.day_of(last) == lapsed,
+                    )
+            if candidate is not None:
+                found.append(candidate)
+        return found
+
+    def _segment_candidates(
+        self, ledger: Ledger, entry: SegmentPoint, campaigns: list[CampaignChanged]
+    ) -> list[_Candidate]:
+        """The `segment_entered` campaigns of a segment the customer entered, once per entry."""
+        day = self.day_of(entry.at)
+        found: list[_Candidate] = []
+        for campaign in campaigns:
+            spec = self._in_force(campaign, entry.at, day)
+            if spec is None or spec.trigger.type != "segment_entered":
+                continue
+            if spec.trigger.segment != entry.segment:
+                continue
+            candidate = self._candidate(
+                ledger,
+                campaign.campaign_id,
+                spec,
+                at=entry.at,
+                day=day,
+                rule_key=entry.segment,
+                trigger_id=entry.event_id,
+                trigger=OfferTrigger(
+                    type="segment", segment=entry.segment, event_ids=(entry.event_id,)
+                ),
             )
+            if candidate is not None:
+                found.append(candidate)
         return found
 
     # ------------------------------------------------------------ deciding
@@ -388,19 +572,25 @@ class OfferDecider:
     ) -> None:
         if candidate.key in decisions:
             return  # taken before `since`, or final (older than the allowed lateness)
-        reason = self._suppression(ledger, candidate, decisions)
+        old = before.get(candidate.key)
+        reason = self._suppression(ledger, candidate, decisions, new=old is None)
         outcome: Outcome
         if reason is not None:
             if not candidate.keep_suppression:
                 return
             outcome = "suppressed"
+        elif in_global_control(ledger.customer_id, self.global_control_percent):
+            outcome, reason = "held_out", "global_control"
         else:
             period = campaign_period(candidate.valid_from)
+            builtin = BUILTIN_KIND.get(candidate.campaign_id)
             held = is_held_out(
-                ledger.customer_id, candidate.kind, period, self.rules.holdout.percent
+                ledger.customer_id,
+                builtin or candidate.campaign_id,
+                period,
+                candidate.holdout_percent,
             )
             outcome = "held_out" if held else "issued"
-        old = before.get(candidate.key)
         same = old is not None and old.outcome == outcome and old.reason == reason
         decisions[candidate.key] = Decision(
             key=candidate.key,
@@ -417,16 +607,25 @@ class OfferDecider:
             valid_until=candidate.valid_from + candidate.validity_days * _DAY,
             discount_percent=candidate.discount_percent,
             template=candidate.template,
-            scope="sku" if candidate.sku is not None else "basket",
+            scope=candidate.scope,
             sku=candidate.sku,
+            category=candidate.category,
             product_name=candidate.product_name,
+            campaign_id=candidate.campaign_id,
+            variant=candidate.variant,
         )
 
     def _suppression(
-        self, ledger: Ledger, candidate: _Candidate, decisions: Mapping[str, Decision]
+        self,
+        ledger: Ledger,
+        candidate: _Candidate,
+        decisions: Mapping[str, Decision],
+        *,
+        new: bool,
     ) -> str | None:
         """Why the candidate gets no offer, on the state as of its time; None if it does.
-        Only the offers decided before it (event time, then key) count for cooldown and cap."""
+        Only the offers decided before it (event time, then key) count for cooldown and cap.
+        A campaign whose budget is spent makes no new decision (one taken stands)."""
         at = candidate.at
         if ledger.erased_at(at):
             return "erased"
@@ -434,14 +633,18 @@ class OfferDecider:
             return "consent"
         if not ledger.email_at(at):
             return "no_email"
+        if candidate.audience != ALL and not ledger.in_segment(candidate.audience, at):
+            return "audience"
+        if new and candidate.campaign_id in self.book.spent:
+            return "budget_spent"
         earlier = [
             d
             for d in decisions.values()
             if d.outcome == "issued" and (d.at, d.key) < (at, candidate.key)
         ]
-        cooldown = self._cooldown_days(candidate.kind)
-        if cooldown and any(
-            _same_series(candidate, d) and (candidate.valid_from - d.valid_from).days < cooldown
+        if candidate.cooldown_days and any(
+            _same_series(candidate, d)
+            and (candidate.valid_from - d.valid_from).days < candidate.cooldown_days
             for d in earlier
         ):
             return "cooldown"
@@ -454,14 +657,20 @@ class OfferDecider:
                 return "cap"
         return None
 
-    def _cooldown_days(self, kind: OfferKind) -> int:
-        if kind == "frequent_item":
-            return self.rules.frequent_item.cooldown_days
-        if kind == "win_back":
-            return self.rules.win_back.cooldown_days
-        return 0  # birthday and anniversary repeat by key (once a year, once ever)
-
     # ------------------------------------------------------------ events of decisions
+
+    def _longest_window(self) -> int:
+        """The longest purchase window of any campaign: how far back a checkout's decision
+        looks at the baskets before it."""
+        return max(
+            (
+                spec.trigger.window_days
+                for campaign in self.book.ordered()
+                for spec in campaign.versions
+                if spec.trigger.type == "purchase"
+            ),
+            default=0,
+        )
 
     def _issued(self, customer_id: str, decision: Decision) -> OfferIssued:
         return OfferIssued(
@@ -480,6 +689,7 @@ class OfferDecider:
             category=decision.category,
             trigger=decision.trigger,
             campaign_id=decision.campaign_id,
+            variant=decision.variant,
         )
 
     def _held_out(self, customer_id: str, decision: Decision) -> OfferHeldOut:
@@ -492,6 +702,9 @@ class OfferDecider:
             valid_from=decision.valid_from,
             valid_until=decision.valid_until,
             decided_at=decision.at,
+            campaign_id=decision.campaign_id,
+            variant=decision.variant,
+            control="global" if decision.reason == "global_control" else "campaign",
         )
 
     def _revoke(
@@ -533,6 +746,7 @@ class OfferDecider:
         arrival: dt.datetime,
         cutoff: dt.datetime,
         out: Recomputed,
+        refused: Collection[str] = (),
     ) -> dict[str, Redemption]:
         """Take the redemptions of the checkouts from `since` on again, in event-time order:
         a code redeems at the first checkout that may use it. Returns the redemption of each
@@ -563,6 +777,8 @@ class OfferDecider:
                     reason = "unknown_code"  # it did not exist when the checkout happened
                 elif record.offer_id in redeemed_by:
                     reason = "already_redeemed"
+                elif key in refused:
+                    reason = "budget_spent"
                 else:
                     fresh = record.model_copy(update={"state": "issued"})
                     reason, discount = check_code(
@@ -675,11 +891,20 @@ class OfferDecider:
                 out.offers[offer_id] = settled
 
 
+def _campaign_of(decision: Decision) -> str:
+    """The campaign of a decision (decisions taken before campaigns: the built-in one of its
+    kind)."""
+    if decision.campaign_id is not None:
+        return decision.campaign_id
+    return next((cid for cid, kind in BUILTIN_KIND.items() if kind == decision.kind), "")
+
+
 def _same_series(candidate: _Candidate, other: Decision) -> bool:
-    """Offers a cooldown spaces apart: same kind, and for frequent items the same SKU."""
-    if other.kind != candidate.kind:
+    """Offers a cooldown spaces apart: the same campaign, and for a purchase trigger the same
+    SKU or category (the second part of the decision key)."""
+    if _campaign_of(other) != candidate.campaign_id:
         return False
-    return candidate.kind != "frequent_item" or other.sku == candidate.sku
+    return not candidate.series or other.key.split("|")[1] == candidate.series
 
 
 def _pruned(decisions: dict[str, Decision]) -> dict[str, Decision]:

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from shared.campaigns import SegmentMembershipChanged
 from shared.events import BasketLine, OfferKind, OfferScope, OfferTrigger, ProfileChanged
 
 PURCHASE_DAYS = 62
@@ -101,6 +102,18 @@ class Decision(_Part):
     category: str | None = None
     product_name: str | None = None
     campaign_id: str | None = None
+    variant: str | None = None
+
+
+class SegmentPoint(Stamp):
+    """The customer entered (`value` true) or left a segment at `at`, because of `event_id`."""
+
+    segment: str
+    value: bool
+
+    @property
+    def key(self) -> tuple[dt.datetime, str]:
+        return (self.at, f"{self.segment}|{self.event_id}|{int(self.value)}")
 
 
 class Redemption(_Part):
@@ -142,6 +155,7 @@ class Ledger(BaseModel):
     visits: list[Stamp] = Field(default_factory=list)
     total_visits: int = 0
     first_purchase_at: AwareDatetime | None = None
+    segments: list[SegmentPoint] = Field(default_factory=list)
     decisions: dict[str, Decision] = Field(default_factory=dict)
     redemptions: dict[str, Redemption] = Field(default_factory=dict)
 
@@ -205,6 +219,20 @@ class Ledger(BaseModel):
 
     def is_alias(self) -> bool:
         return self.merged_into is not None
+
+    def in_segment(self, segment: str, moment: dt.datetime) -> bool:
+        """Whether the customer was in the segment at `moment`: the latest entry or exit at or
+        before it says."""
+        value = False
+        for point in self.segments:
+            if point.at > moment:
+                break
+            if point.segment == segment:
+                value = point.value
+        return value
+
+    def segment_entries_from(self, moment: dt.datetime) -> list[SegmentPoint]:
+        return [p for p in self.segments if p.value and p.at >= moment]
 
     def decision_of(self, offer_id: str) -> Decision | None:
         """The decision that gives (or would give) this offer id, if the ledger holds it."""
@@ -329,6 +357,25 @@ def fold(
         ledger.merged_at = at
         affected.append(_EPOCH)  # an alias has no decisions of its own any more
     return min(affected) if affected else None
+
+
+def fold_segment(ledger: Ledger, change: SegmentMembershipChanged) -> dt.datetime | None:
+    """Add a segment entry or exit; returns its time, or None when it was known (delivered
+    again). Entries and exits are a set, so their arrival order does not matter."""
+    point = SegmentPoint(
+        at=change.at,
+        event_id=change.cause_event_id,
+        segment=change.segment,
+        value=change.type == "segment_entered",
+    )
+    keys = [p.key for p in ledger.segments]
+    index = bisect.bisect_left(keys, point.key)
+    if index < len(keys) and keys[index] == point.key:
+        return None
+    ledger.segments.insert(index, point)
+    horizon = max(p.at for p in ledger.segments) - dt.timedelta(days=VISIT_DAYS)
+    ledger.segments = [p for p in ledger.segments if p.at >= horizon]
+    return change.at
 
 
 def merge_into(

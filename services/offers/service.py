@@ -11,15 +11,19 @@ publishes the same events again, which every consumer drops.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 
+from services.offers.campaigns import CampaignBook
 from services.offers.domain import OfferRecord, birthday_month_days
-from services.offers.engine import Days, OfferDecider, codes_listed
-from services.offers.ledger import Ledger, fold, merge_into
-from services.offers.store import Changes, LedgerRow, OffersRepository
+from services.offers.engine import Days, OfferDecider, Recomputed, codes_listed
+from services.offers.ledger import Ledger, fold, fold_segment, merge_into
+from services.offers.store import Changes, LedgerRow, OffersRepository, Spend
+from shared.campaigns import Budget, CampaignChanged, SegmentMembershipChanged
 from shared.edge import Outgoing, Received, dump
 from shared.errors import Rejected
 from shared.events import (
@@ -27,6 +31,7 @@ from shared.events import (
     ClockTicked,
     DeliveryRecorded,
     OfferIssued,
+    OfferRedeemed,
     OfferRevoked,
     ProfileChanged,
 )
@@ -65,7 +70,11 @@ class OffersService:
 
     `stats`: `profiles_applied`, `duplicates`, `clock_days`, `issued_<kind>`, `held_out_<kind>`,
     `suppressed_<reason>`, `revoked`, `redeemed`, `rejected_<reason>`, `expired`,
-    `deliveries_recorded`; the edge adds `dead_lettered_<reason>`.
+    `deliveries_recorded`, `segment_changes`, `campaign_changes`, `budget_refusals`; the edge
+    adds `dead_lettered_<reason>`.
+
+    `campaigns_ready`: set once the campaigns saved before start-up are read (the running
+    service waits for it before deciding anything; tests without the topic pass none).
     """
 
     def __init__(
@@ -75,20 +84,62 @@ class OffersService:
         repository: OffersRepository,
         page_size: int = 1000,
         clock: Callable[[], dt.datetime] = _utcnow,
+        campaigns_ready: asyncio.Event | None = None,
     ) -> None:
         self.decider = decider
         self.repository = repository
         self.page_size = page_size
         self.clock = clock
+        self.campaigns_ready = campaigns_ready
         self.stats: Counter[str] = Counter()
+        self._changed_since: dt.datetime | None = None
+        self._reindex = False
+
+    @property
+    def book(self) -> CampaignBook:
+        return self.decider.book
+
+    async def apply_campaigns(self, records: Sequence[CampaignChanged]) -> None:
+        """Take campaign records in (from `crm.campaigns`, or the API of this instance): keep
+        them, and have the next batch take again the decisions of the customers whose
+        triggers came after the change (a campaign created at 10:00 applies to a checkout of
+        10:00:01 whichever arrived first)."""
+        for record in records:
+            inactive_before = self._inactive_terms()
+            since = self.book.apply(record)
+            await self.repository.save_campaign(self.book.campaigns[record.campaign_id])
+            if since is None:
+                continue
+            self.stats["campaign_changes"] += 1
+            if since > dt.datetime(1970, 1, 1, tzinfo=dt.UTC):
+                self._changed_since = min(since, self._changed_since or since)
+            if self._inactive_terms() != inactive_before:
+                self._reindex = True
+            log.info(
+                "campaign_applied", campaign_id=record.campaign_id, changes=len(record.history)
+            )
+
+    def _inactive_terms(self) -> list[object]:
+        return [
+            (c.campaign_id, spec.trigger)
+            for c in self.book.ordered()
+            for spec in c.versions
+            if spec.trigger.type == "inactive"
+        ]
 
     async def handle(
-        self, batch: Sequence[Received[ProfileChanged | ClockTicked | DeliveryRecorded]]
+        self,
+        batch: Sequence[
+            Received[ProfileChanged | ClockTicked | DeliveryRecorded | SegmentMembershipChanged]
+        ],
     ) -> Handled:
+        if self.campaigns_ready is not None:
+            await self.campaigns_ready.wait()
         batch_state = _Batch()
         rejected: list[tuple[Received[object], Rejected]] = []
         changes = [r for r in batch if isinstance(r.event, ProfileChanged)]
         ticks = [r for r in batch if isinstance(r.event, ClockTicked)]
+        segments = [r for r in batch if isinstance(r.event, SegmentMembershipChanged)]
         deliveries = {
             r.event.offer_id: (r.event.state, r.event.message_id)
             for r in batch
@@ -123,6 +174,36 @@ class OffersService:
         for item in changes:
             self._fold(batch_state, item)
 
+        # Segment entries and exits (a segment_entered campaign's triggers, audiences).
+        await self._load(batch_state, {r.event.customer_id for r in segments})  # type: ignore[union-attr]
+        for item in segments:
+            entry = item.event
+            assert isinstance(entry, SegmentMembershipChanged)
+            target_id = self._resolve(batch_state, entry.customer_id)
+            since = fold_segment(batch_state.ledgers[target_id], entry)
+            if since is None:
+                self.stats["duplicates"] += 1
+                continue
+            batch_state.touch(target_id, since, item.source.arrived_at)
+            self.stats["segment_changes"] += 1
+
+        # A campaign changed at a time: the customers whose triggers came after it.
+        if self._changed_since is not None:
+            moment, self._changed_since = self._changed_since, None
+            arrival = max((r.source.arrived_at for r in batch), default=self.clock())
+            last: str | None = None
+            while True:
+                page = await repo.customers_since(moment, after=last, limit=self.page_size)
+                await self._load(batch_state, set(page))
+                for customer_id in page:
+                    batch_state.touch(self._resolve(batch_state, customer_id), moment, arrival)
+                if len(page) < self.page_size:
+                    break
+                last = page[-1]
+        if self._reindex:
+            self._reindex = False
+            await self._reindex_dues(days)
+
         # Customers the newly completed days concern.
         for day in added:
             arrival = max((r.source.arrived_at for r in ticks), default=self.clock())
@@ -141,6 +222,7 @@ class OffersService:
             self.stats["clock_days"] += 1
             log.info("clock_day_completed", day=day.isoformat())
 
+        await self._refresh_spent()
         outgoing, store = await self._recompute(batch_state, days)
         store.days = days if added else None
         store.released = {
@@ -191,9 +273,7 @@ class OffersService:
             ledger = batch.ledgers.get(customer_id)
         return customer_id
 
-    def _fold(
-        self, batch: _Batch, item: Received[ProfileChanged | ClockTicked | DeliveryRecorded]
-    ) -> None:
+    def _fold(self, batch: _Batch, item: Received[object]) -> None:
         change = item.event
         assert isinstance(change, ProfileChanged)
         arrival = item.source.arrived_at
@@ -239,18 +319,35 @@ class OffersService:
         owners |= await self.repository.owners(codes - set(owners))
         outgoing: list[Outgoing] = []
         store = Changes()
+        budgeted = {
+            cid
+            for cid, campaign in self.book.campaigns.items()
+            if campaign.spec.budget != _NO_BUDGET
+        }
         for customer_id in touched:
             ledger = batch.ledgers[customer_id]
             if customer_id in batch.since:
                 mine = {customer_id, *ledger.aliases}
-                result = decider.recompute(
-                    ledger,
-                    since=batch.since[customer_id],
-                    days=days,
-                    arrival=batch.arrival[customer_id],
-                    offers={k: o for k, o in offers.items() if o.customer_id in mine},
-                    owners=owners,
-                )
+                before = ledger.model_copy(deep=True) if budgeted else None
+
+                def run(on: Ledger, refused: frozenset[str] = frozenset()) -> Recomputed:
+                    return decider.recompute(
+                        on,
+                        since=batch.since[customer_id],  # noqa: B023 - used at once
+                        days=days,
+                        arrival=batch.arrival[customer_id],  # noqa: B023 - used at once
+                        offers={k: o for k, o in offers.items() if o.customer_id in mine},  # noqa: B023
+                        owners=owners,
+                        refused=refused,
+                    )
+
+                result = run(ledger)
+                refused = await self._charge(result, budgeted) if budgeted else frozenset()
+                if refused and before is not None:
+                    # The budget refused a redemption: take the decisions again without it.
+                    ledger = batch.ledgers[customer_id] = before
+                    result = run(ledger, refused)
+                    self.stats["budget_refusals"] += len(refused)
                 self.stats.update(result.stats)
                 store.offers.extend(result.offers.values())
                 for offer in result.offers.values():
@@ -268,9 +365,67 @@ class OffersService:
                     if ledger.is_alias()
                     else decider.anniversary_date(ledger),
                     win_back_due=decider.win_back_due(ledger, days),
+                    last_fact_at=_last_fact(ledger),
                 )
             )
         return outgoing, store
+
+    # ------------------------------------------------------------ campaigns and budgets
+
+    async def _refresh_spent(self) -> None:
+        """Which campaigns have used up a campaign-wide budget: they issue nothing new."""
+        limited = {
+            cid: c.spec.budget
+            for cid, c in self.book.campaigns.items()
+            if c.spec.budget.max_redemptions is not None or c.spec.budget.max_discount is not None
+        }
+        if not limited:
+            self.book.spent = set()
+            return
+        usage = await self.repository.budget_usage()
+        spent = set()
+        for cid, budget in limited.items():
+            count, money = usage.get(cid, (0, Decimal(0)))
+            if (budget.max_redemptions is not None and count >= budget.max_redemptions) or (
+                budget.max_discount is not None and money >= budget.max_discount
+            ):
+                spent.add(cid)
+        self.book.spent = spent
+
+    async def _charge(self, result: Recomputed, budgeted: set[str]) -> frozenset[str]:
+        """Charge each new redemption of a campaign with a budget; the ones it refuses."""
+        refused: set[str] = set()
+        for event in result.events:
+            if not isinstance(event, OfferRedeemed):
+                continue
+            record = result.offers.get(event.offer_id)
+            campaign_id = record.issued.campaign_id if record is not None else None
+            if campaign_id is None or campaign_id not in budgeted:
+                continue
+            spend = Spend(
+                campaign_id=campaign_id,
+                offer_id=event.offer_id,
+                customer_id=event.customer_id,
+                store_id=event.store_id,
+                day=self.decider.store_day(event.redeemed_at, event.store_id),
+                discount=event.discount,
+            )
+            budget = self.book.campaigns[campaign_id].spec.budget
+            if not await self.repository.spend(spend, budget):
+                refused.add(f"{event.checkout_event_id}|{event.coupon_code}")
+        return frozenset(refused)
+
+    async def _reindex_dues(self, days: Days) -> None:
+        """The inactivity triggers changed: when each customer may next be due one."""
+        after: str | None = None
+        while True:
+            page = await self.repository.ledger_page(after=after, limit=self.page_size)
+            await self.repository.set_win_back_due(
+                {ledger.customer_id: self.decider.win_back_due(ledger, days) for ledger in page}
+            )
+            if len(page) < self.page_size:
+                return
+            after = page[-1].customer_id
 
     # ------------------------------------------------------------ after a replay
 
@@ -330,6 +485,15 @@ class OffersService:
                 await self.repository.save(Changes(offers=kept))
 
         return Handled(outgoing=outgoing, rejected=[], save=save)
+
+
+_NO_BUDGET = Budget()
+
+
+def _last_fact(ledger: Ledger) -> dt.datetime | None:
+    """Event time of the ledger's latest checkout or segment entry."""
+    times = [p.at for p in ledger.purchases[-1:]] + [p.at for p in ledger.segments if p.value]
+    return max(times, default=None)
 
 
 def offers_by_id(records: Sequence[OfferRecord]) -> dict[str, OfferRecord]:

@@ -200,6 +200,13 @@ class OffersSettings(BaseSettings):
         description="How late (in arrival time) an event may come and still change decisions "
         "as if it had come in order: seconds, or ISO-8601 like `PT1H`.",
     )
+    global_control_percent: Decimal = Field(
+        default=Decimal(0),
+        ge=0,
+        le=50,
+        description="Share of customers in the programme's global control group, who get no "
+        "campaign at all (fixed per customer): measures the lift of the whole programme.",
+    )
     till_hold_s: float = Field(
         default=120.0,
         gt=0,

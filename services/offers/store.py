@@ -5,7 +5,8 @@
   win-back is due), guarded by a version like the profiles;
 - the offers (by id, by coupon code, by state and last valid day), and their e-mail outcome;
 - which customer each card feeds (the till finds a customer by card);
-- the calendar days completed, and the till's short reservations of coupons.
+- the calendar days completed, and the till's short reservations of coupons;
+- the campaigns (each with its history, as on `crm.campaigns`) and what their budgets spent.
 
 Two adapters hold one contract (tests/integration/test_offers_store.py): `store_sqlite.py`
 and `store_mongo.py`.
@@ -15,14 +16,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from decimal import Decimal
+from typing import Any, Protocol
 
 from services.offers.domain import OfferRecord
 from services.offers.engine import Days
 from services.offers.ledger import Ledger
+from shared.campaigns import Budget, CampaignChanged, CampaignCounts
 from shared.settings import StoreSettings
 from shared.storage import open_store
 
@@ -35,6 +38,21 @@ class LedgerRow:
     birth_md: str | None = None
     anniversary_date: dt.date | None = None
     win_back_due: dt.date | None = None
+    last_fact_at: dt.datetime | None = None
+    """Event time of its latest checkout or segment entry (a campaign changed at a time finds
+    the customers whose triggers came after it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """One redemption charged to a campaign's budget (idempotent by offer id)."""
+
+    campaign_id: str
+    offer_id: str
+    customer_id: str
+    store_id: str
+    day: dt.date
+    discount: Decimal
 
 
 @dataclass(slots=True)
@@ -108,6 +126,46 @@ class OffersRepository(Protocol):
         was issued, held out, and not made and why (the demo's summary, an ops overview)."""
         ...
 
+    async def campaigns(self) -> dict[str, CampaignChanged]:
+        """Every campaign as last saved, by id."""
+        ...
+
+    async def save_campaign(self, record: CampaignChanged) -> bool:
+        """Keep a campaign's record unless the stored one knows more history; whether it
+        was written."""
+        ...
+
+    async def spend(self, spend: Spend, budget: Budget) -> bool:
+        """Charge a redemption to its campaign's budget: True when it fits every limit (or
+        was charged before), False when it would overspend one. Atomic: however many lanes
+        redeem at once, no limit is ever exceeded."""
+        ...
+
+    async def budget_usage(self) -> dict[str, tuple[int, Decimal]]:
+        """Campaign id -> (redemptions, discount money) charged so far."""
+        ...
+
+    async def customers_since(
+        self, moment: dt.datetime, *, after: str | None, limit: int
+    ) -> list[str]:
+        """A page (by customer id) of the customers with a checkout or segment entry at or
+        after `moment`. Aliases never."""
+        ...
+
+    async def ledger_page(self, *, after: str | None, limit: int) -> list[Ledger]:
+        """A page of every ledger, by customer id."""
+        ...
+
+    async def set_win_back_due(self, dues: Mapping[str, dt.date | None]) -> None:
+        """Update when each customer may next be due an inactivity offer (after the
+        campaigns changed)."""
+        ...
+
+    async def campaign_counts(self) -> dict[tuple[str, str | None], CampaignCounts]:
+        """(campaign id, variant) -> what it did: offers by state, discount given, held out.
+        Offers from before campaigns count for the built-in campaign of their kind."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -138,3 +196,45 @@ def text(value: object, what: str) -> str:
 
 def sorted_offers(offers: Collection[OfferRecord]) -> list[OfferRecord]:
     return sorted(offers, key=lambda o: (o.valid_from, o.offer_id))
+
+
+_BUILTIN_OF_KIND = {
+    "frequent_item": "frequent-item",
+    "birthday": "birthday",
+    "anniversary": "anniversary",
+    "win_back": "win-back",
+}
+
+
+def campaign_of(campaign_id: str | None, kind: str) -> str:
+    """An offer's or decision's campaign: its own, or (from before campaigns) the built-in
+    campaign of its kind."""
+    return campaign_id or _BUILTIN_OF_KIND.get(kind, kind)
+
+
+def tally(
+    offers: Iterable[tuple[str | None, str, str | None, str, str | None]],
+    held_out: Iterable[tuple[str | None, str, str | None]],
+) -> dict[tuple[str, str | None], CampaignCounts]:
+    """Campaign counts from (campaign id, kind, variant, state, discount given) per offer and
+    (campaign id, kind, variant) per held-out decision, as both adapters read them."""
+    counts: dict[tuple[str, str | None], dict[str, Any]] = {}
+
+    def slot(campaign_id: str | None, kind: str, variant: str | None) -> dict[str, Any]:
+        key = (campaign_of(campaign_id, kind), variant)
+        return counts.setdefault(key, {"discount_given": Decimal(0)})
+
+    for campaign_id, kind, variant, state, discount in offers:
+        entry = slot(campaign_id, kind, variant)
+        if state == "revoked":
+            entry["revoked"] = entry.get("revoked", 0) + 1
+            continue
+        entry["issued"] = entry.get("issued", 0) + 1
+        if state in ("redeemed", "expired"):
+            entry[state] = entry.get(state, 0) + 1
+        if discount:
+            entry["discount_given"] += Decimal(discount)
+    for campaign_id, kind, variant in held_out:
+        entry = slot(campaign_id, kind, variant)
+        entry["held_out"] = entry.get("held_out", 0) + 1
+    return {key: CampaignCounts(**values) for key, values in sorted(counts.items(), key=str)}

@@ -9,8 +9,10 @@ stays data.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from pymongo import ASCENDING, IndexModel, ReplaceOne, UpdateOne
@@ -19,7 +21,8 @@ from pymongo.errors import DuplicateKeyError
 from services.offers.domain import OfferRecord
 from services.offers.engine import Days
 from services.offers.ledger import Ledger
-from services.offers.store import Changes, date_of, iso, sorted_offers, text
+from services.offers.store import Changes, Spend, date_of, iso, sorted_offers, tally, text
+from shared.campaigns import Budget, CampaignChanged, CampaignCounts
 from shared.storage import Indexes, MongoStore
 
 LEDGERS = "offers_ledgers"
@@ -27,6 +30,8 @@ OFFERS = "offers"
 CARDS = "offers_cards"
 DAYS = "offers_days"
 RESERVATIONS = "offers_reservations"
+CAMPAIGNS = "offers_campaigns"
+BUDGETS = "offers_budgets"
 
 
 def _offer_doc(o: OfferRecord) -> dict[str, Any]:
@@ -36,6 +41,10 @@ def _offer_doc(o: OfferRecord) -> dict[str, Any]:
         "coupon_code": o.coupon_code,
         "state": o.state,
         "valid_until": o.valid_until.isoformat(),
+        "campaign_id": o.issued.campaign_id,
+        "kind": o.kind,
+        "variant": o.issued.variant,
+        "discount": str(o.redemption.discount) if o.redemption is not None else None,
         # The record as JSON text: Decimal stays exact, dates stay ISO.
         "doc": o.model_dump_json(),
     }
@@ -50,6 +59,7 @@ class MongoOffersRepository(MongoStore):
             IndexModel([("birth_md", ASCENDING)]),
             IndexModel([("anniversary_date", ASCENDING)]),
             IndexModel([("win_back_due", ASCENDING)]),
+            IndexModel([("last_fact_at", ASCENDING)]),
         ),
         OFFERS: (
             IndexModel([("coupon_code", ASCENDING)], unique=True),
@@ -135,6 +145,7 @@ class MongoOffersRepository(MongoStore):
                             "birth_md": row.birth_md,
                             "anniversary_date": iso(row.anniversary_date),
                             "win_back_due": iso(row.win_back_due),
+                            "last_fact_at": row.last_fact_at,
                             "doc": row.ledger.model_dump_json(),
                         },
                         upsert=True,
@@ -219,3 +230,130 @@ class MongoOffersRepository(MongoStore):
             for decision in Ledger.model_validate_json(doc["doc"]).decisions.values():
                 counts[(decision.kind, decision.outcome, decision.reason)] += 1
         return counts
+
+    # ---------------------------------------------------------------- campaigns and budgets
+
+    async def campaigns(self) -> dict[str, CampaignChanged]:
+        found: dict[str, CampaignChanged] = {}
+        async for doc in self.database[CAMPAIGNS].find({}).sort("_id", ASCENDING):
+            record = CampaignChanged.model_validate_json(doc["doc"])
+            found[record.campaign_id] = record
+        return found
+
+    async def save_campaign(self, record: CampaignChanged) -> bool:
+        changes = len(record.history)
+        try:
+            result = await self.database[CAMPAIGNS].update_one(
+                {"_id": text(record.campaign_id, "campaign_id"), "changes": {"$lt": changes}},
+                {"$set": {"changes": changes, "doc": record.model_dump_json()}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # the stored record knows as much history or more
+        return bool(result.modified_count or result.upserted_id is not None)
+
+    async def spend(self, spend: Spend, budget: Budget) -> bool:
+        """One document per campaign holds its counters; a single conditional update charges a
+        redemption only if every limit still holds, so concurrent lanes cannot overspend."""
+        cid = text(spend.campaign_id, "campaign_id")
+        budgets = self.database[BUDGETS]
+        await budgets.update_one(
+            {"_id": cid},
+            {
+                "$setOnInsert": {
+                    "redemptions": 0,
+                    "discount_cents": 0,
+                    "customers": {},
+                    "store_days": {},
+                    "offers": [],
+                }
+            },
+            upsert=True,
+        )
+        if await budgets.find_one({"_id": cid, "offers": spend.offer_id}, {"_id": 1}):
+            return True  # charged before (the batch is processed again)
+        cents = int((spend.discount * 100).to_integral_value())
+        customer = _field_key(spend.customer_id)
+        store_day = _field_key(f"{spend.store_id}|{spend.day.isoformat()}")
+        condition: dict[str, Any] = {"_id": cid, "offers": {"$ne": spend.offer_id}}
+        if budget.max_redemptions is not None:
+            condition["redemptions"] = {"$lt": budget.max_redemptions}
+        if budget.max_discount is not None:
+            limit = int((budget.max_discount * 100).to_integral_value())
+            condition["discount_cents"] = {"$lte": limit - cents}
+        if budget.max_per_customer is not None:
+            condition[f"customers.{customer}"] = {"$not": {"$gte": budget.max_per_customer}}
+        if budget.max_per_store_day is not None:
+            condition[f"store_days.{store_day}"] = {"$not": {"$gte": budget.max_per_store_day}}
+        result = await budgets.update_one(
+            condition,
+            {
+                "$inc": {
+                    "redemptions": 1,
+                    "discount_cents": cents,
+                    f"customers.{customer}": 1,
+                    f"store_days.{store_day}": 1,
+                },
+                "$push": {"offers": spend.offer_id},
+            },
+        )
+        if result.modified_count == 1:
+            return True
+        # Refused: unless another instance charged this very offer meanwhile.
+        return bool(await budgets.find_one({"_id": cid, "offers": spend.offer_id}, {"_id": 1}))
+
+    async def budget_usage(self) -> dict[str, tuple[int, Decimal]]:
+        usage: dict[str, tuple[int, Decimal]] = {}
+        async for doc in self.database[BUDGETS].find({}, {"redemptions": 1, "discount_cents": 1}):
+            usage[doc["_id"]] = (int(doc["redemptions"]), Decimal(doc["discount_cents"]) / 100)
+        return usage
+
+    async def customers_since(
+        self, moment: dt.datetime, *, after: str | None, limit: int
+    ) -> list[str]:
+        query: dict[str, Any] = {"last_fact_at": {"$gte": moment}, "merged_into": None}
+        if after is not None:
+            query["_id"] = {"$gt": after}
+        cursor = self.database[LEDGERS].find(query, {"_id": 1}).sort("_id", ASCENDING).limit(limit)
+        return [doc["_id"] async for doc in cursor]
+
+    async def ledger_page(self, *, after: str | None, limit: int) -> list[Ledger]:
+        query: dict[str, Any] = {"_id": {"$gt": after}} if after is not None else {}
+        cursor = self.database[LEDGERS].find(query, {"doc": 1}).sort("_id", ASCENDING).limit(limit)
+        return [Ledger.model_validate_json(doc["doc"]) async for doc in cursor]
+
+    async def set_win_back_due(self, dues: Mapping[str, dt.date | None]) -> None:
+        if dues:
+            await self.database[LEDGERS].bulk_write(
+                [
+                    UpdateOne({"_id": customer_id}, {"$set": {"win_back_due": iso(due)}})
+                    for customer_id, due in dues.items()
+                ],
+                ordered=False,
+            )
+
+    async def campaign_counts(self) -> dict[tuple[str, str | None], CampaignCounts]:
+        offers = [
+            (
+                doc.get("campaign_id"),
+                doc.get("kind", ""),
+                doc.get("variant"),
+                doc["state"],
+                doc.get("discount"),
+            )
+            async for doc in self.database[OFFERS].find(
+                {}, {"campaign_id": 1, "kind": 1, "variant": 1, "state": 1, "discount": 1}
+            )
+        ]
+        held: list[tuple[str | None, str, str | None]] = []
+        async for doc in self.database[LEDGERS].find({}, {"doc": 1}):
+            for d in Ledger.model_validate_json(doc["doc"]).decisions.values():
+                if d.outcome == "held_out":
+                    held.append((d.campaign_id, d.kind, d.variant))
+        return tally(offers, held)
+
+
+def _field_key(value: str) -> str:
+    """A value as a field name of the budget document: hashed, so `.` or `$` in a store id is
+    never a path or an operator."""
+    return hashlib.sha256(value.encode()).hexdigest()[:24]

@@ -7,11 +7,14 @@ import datetime as dt
 import sqlite3
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
+from decimal import Decimal
+from typing import ClassVar
 
 from services.offers.domain import OfferRecord
 from services.offers.engine import Days
 from services.offers.ledger import Ledger
-from services.offers.store import Changes, date_of, iso, sorted_offers, text
+from services.offers.store import Changes, Spend, date_of, iso, sorted_offers, tally, text
+from shared.campaigns import Budget, CampaignChanged, CampaignCounts
 from shared.errors import Conflict
 from shared.storage import IN_LIST, SqliteStore, in_list
 
@@ -22,7 +25,8 @@ def _ts(moment: dt.datetime) -> str:
 
 
 class SqliteOffersRepository(SqliteStore):
-    """Tables `ledgers`, `offers`, `cards`, `days` and `reservations`."""
+    """Tables `ledgers`, `offers`, `cards`, `days`, `reservations`, `campaigns` and
+    `budget_spends`."""
 
     SERVICE = "offers"
     SCHEMA = """
@@ -63,7 +67,23 @@ class SqliteOffersRepository(SqliteStore):
         lane TEXT NOT NULL,
         until TEXT NOT NULL
     ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS campaigns (
+        campaign_id TEXT PRIMARY KEY NOT NULL,
+        changes INTEGER NOT NULL,
+        doc TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS budget_spends (
+        offer_id TEXT PRIMARY KEY NOT NULL,
+        campaign_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        store_day TEXT NOT NULL,
+        discount TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS budget_by_customer ON budget_spends (campaign_id, customer_id);
+    CREATE INDEX IF NOT EXISTS budget_by_store_day ON budget_spends (campaign_id, store_day);
     """
+    ADDED_COLUMNS: ClassVar[Mapping[str, Mapping[str, str]]] = {"ledgers": {"last_fact_at": "TEXT"}}
+    LATE_SCHEMA = "CREATE INDEX IF NOT EXISTS ledgers_last_fact ON ledgers (last_fact_at);"
 
     async def ledgers(self, customer_ids: Collection[str]) -> dict[str, Ledger]:
         ids = in_list(text(i, "customer_id") for i in customer_ids)
@@ -137,6 +157,7 @@ class SqliteOffersRepository(SqliteStore):
                 row.birth_md,
                 iso(row.anniversary_date),
                 iso(row.win_back_due),
+                _ts(row.last_fact_at) if row.last_fact_at is not None else None,
                 row.ledger.model_dump_json(),
             )
             for row in changes.ledgers
@@ -164,11 +185,13 @@ class SqliteOffersRepository(SqliteStore):
             before = db.total_changes
             db.executemany(
                 "INSERT INTO ledgers (customer_id, version, merged_into, birth_md,"
-                " anniversary_date, win_back_due, doc) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " anniversary_date, win_back_due, last_fact_at, doc)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version,"
                 " merged_into = excluded.merged_into, birth_md = excluded.birth_md,"
                 " anniversary_date = excluded.anniversary_date,"
-                " win_back_due = excluded.win_back_due, doc = excluded.doc"
+                " win_back_due = excluded.win_back_due, last_fact_at = excluded.last_fact_at,"
+                " doc = excluded.doc"
                 " WHERE ledgers.version = excluded.version - 1",
                 ledgers,
             )
@@ -256,5 +279,129 @@ class SqliteOffersRepository(SqliteStore):
                 " FROM ledgers, json_each(ledgers.doc, '$.decisions') AS d GROUP BY 1, 2, 3"
             )
             return Counter({(kind, outcome, reason): n for kind, outcome, reason, n in rows})
+
+        return await self.read(work)
+
+    # ---------------------------------------------------------------- campaigns and budgets
+
+    async def campaigns(self) -> dict[str, CampaignChanged]:
+        def work(db: sqlite3.Connection) -> dict[str, CampaignChanged]:
+            rows = db.execute("SELECT doc FROM campaigns ORDER BY campaign_id")
+            found = (CampaignChanged.model_validate_json(doc) for (doc,) in rows)
+            return {c.campaign_id: c for c in found}
+
+        return await self.read(work)
+
+    async def save_campaign(self, record: CampaignChanged) -> bool:
+        row = (record.campaign_id, len(record.history), record.model_dump_json())
+
+        def work(db: sqlite3.Connection) -> bool:
+            before = db.total_changes
+            db.execute(
+                "INSERT INTO campaigns (campaign_id, changes, doc) VALUES (?, ?, ?)"
+                " ON CONFLICT (campaign_id) DO UPDATE SET changes = excluded.changes,"
+                " doc = excluded.doc WHERE campaigns.changes < excluded.changes",
+                row,
+            )
+            return db.total_changes > before
+
+        return await self.write(work)
+
+    async def spend(self, spend: Spend, budget: Budget) -> bool:
+        store_day = f"{spend.store_id}|{spend.day.isoformat()}"
+        cid = text(spend.campaign_id, "campaign_id")
+
+        def work(db: sqlite3.Connection) -> bool:
+            if db.execute(
+                "SELECT 1 FROM budget_spends WHERE offer_id = ?", (spend.offer_id,)
+            ).fetchone():
+                return True  # charged before (the batch is processed again)
+            rows = db.execute(
+                "SELECT discount FROM budget_spends WHERE campaign_id = ?", (cid,)
+            ).fetchall()
+            if budget.max_redemptions is not None and len(rows) >= budget.max_redemptions:
+                return False
+            spent = sum((Decimal(d) for (d,) in rows), Decimal(0))
+            if budget.max_discount is not None and spent + spend.discount > budget.max_discount:
+                return False
+            if budget.max_per_customer is not None:
+                (n,) = db.execute(
+                    "SELECT count(*) FROM budget_spends WHERE campaign_id = ? AND customer_id = ?",
+                    (cid, spend.customer_id),
+                ).fetchone()
+                if n >= budget.max_per_customer:
+                    return False
+            if budget.max_per_store_day is not None:
+                (n,) = db.execute(
+                    "SELECT count(*) FROM budget_spends WHERE campaign_id = ? AND store_day = ?",
+                    (cid, store_day),
+                ).fetchone()
+                if n >= budget.max_per_store_day:
+                    return False
+            db.execute(
+                "INSERT INTO budget_spends (offer_id, campaign_id, customer_id, store_day,"
+                " discount) VALUES (?, ?, ?, ?, ?)",
+                (spend.offer_id, cid, spend.customer_id, store_day, str(spend.discount)),
+            )
+            return True
+
+        return await self.write(work)
+
+    async def budget_usage(self) -> dict[str, tuple[int, Decimal]]:
+        def work(db: sqlite3.Connection) -> dict[str, tuple[int, Decimal]]:
+            usage: dict[str, tuple[int, Decimal]] = {}
+            for cid, discount in db.execute("SELECT campaign_id, discount FROM budget_spends"):
+                n, total = usage.get(cid, (0, Decimal(0)))
+                usage[cid] = (n + 1, total + Decimal(discount))
+            return usage
+
+        return await self.read(work)
+
+    async def customers_since(
+        self, moment: dt.datetime, *, after: str | None, limit: int
+    ) -> list[str]:
+        def work(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT customer_id FROM ledgers WHERE last_fact_at >= ? AND merged_into IS NULL"
+                " AND +customer_id > ? ORDER BY customer_id LIMIT ?",
+                (_ts(moment), after or "", limit),
+            )
+            return [row[0] for row in rows]
+
+        return await self.read(work)
+
+    async def ledger_page(self, *, after: str | None, limit: int) -> list[Ledger]:
+        def work(db: sqlite3.Connection) -> list[Ledger]:
+            rows = db.execute(
+                "SELECT doc FROM ledgers WHERE customer_id > ? ORDER BY customer_id LIMIT ?",
+                (after or "", limit),
+            )
+            return [Ledger.model_validate_json(doc) for (doc,) in rows]
+
+        return await self.read(work)
+
+    async def set_win_back_due(self, dues: Mapping[str, dt.date | None]) -> None:
+        rows = [(iso(due), customer_id) for customer_id, due in dues.items()]
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE ledgers SET win_back_due = ? WHERE customer_id = ?", rows)
+
+        if rows:
+            await self.write(work)
+
+    async def campaign_counts(self) -> dict[tuple[str, str | None], CampaignCounts]:
+        def work(db: sqlite3.Connection) -> dict[tuple[str, str | None], CampaignCounts]:
+            offers = db.execute(
+                "SELECT json_extract(doc, '$.issued.campaign_id'), json_extract(doc,"
+                " '$.issued.kind'), json_extract(doc, '$.issued.variant'), state,"
+                " json_extract(doc, '$.redemption.discount') FROM offers"
+            ).fetchall()
+            held = db.execute(
+                "SELECT json_extract(d.value, '$.campaign_id'), json_extract(d.value, '$.kind'),"
+                " json_extract(d.value, '$.variant')"
+                " FROM ledgers, json_each(ledgers.doc, '$.decisions') AS d"
+                " WHERE json_extract(d.value, '$.outcome') = 'held_out'"
+            ).fetchall()
+            return tally(offers, held)
 
         return await self.read(work)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import ClassVar, Self, TypeVar
 
 import orjson
@@ -86,12 +86,24 @@ class SqliteStore:
 
     SERVICE: ClassVar[str]
     SCHEMA: ClassVar[str]
+    ADDED_COLUMNS: ClassVar[Mapping[str, Mapping[str, str]]] = {}
+    """Columns added to a table after its first release (table -> column -> type): a file
+    written by an older version gets them at open, empty."""
+    LATE_SCHEMA: ClassVar[str] = ""
+    """Statements that need the added columns (their indexes), run after they are there."""
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
         self._lock = asyncio.Lock()
         with translate_sqlite_errors():
             connection.executescript(self.SCHEMA)
+            for table, columns in self.ADDED_COLUMNS.items():
+                have = {row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')}
+                for column, kind in columns.items():
+                    if column not in have:
+                        connection.execute(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {kind}')
+            if self.LATE_SCHEMA:
+                connection.executescript(self.LATE_SCHEMA)
 
     @classmethod
     async def open(cls, location: StoreLocation) -> Self:

@@ -99,6 +99,9 @@ EXPECTED_TOPICS = {
     "crm.offers": (6, -1, None),
     "crm.deliveries": (6, -1, None),
     "crm.deadletter": (6, 30 * DAY_MS, None),
+    "crm.campaigns": (1, None, "compact"),
+    "crm.segment-definitions": (1, None, "compact"),
+    "crm.segments": (6, 400 * DAY_MS, None),
 }
 
 Resource = dict[str, Any]

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from services.offers.campaigns import changed, created
 from services.offers.domain import OfferRecord, coupon_code_for, offer_id_for
 from services.offers.engine import Days
 from services.offers.ledger import ConsentPoint, Ledger
-from services.offers.store import Changes, LedgerRow, OffersRepository, open_repository
+from services.offers.store import Changes, LedgerRow, OffersRepository, Spend, open_repository
 from services.offers.store_sqlite import SqliteOffersRepository
+from shared.campaigns import Budget, CampaignChanged, CampaignSpec
 from shared.errors import Conflict
 from shared.events import OfferIssued
 from shared.settings import StoreSettings
@@ -78,7 +80,9 @@ def ledger(customer_id: str = "c-1", *, version: int = 1, **fields: object) -> L
 
 def row(customer_id: str = "c-1", **fields: object) -> LedgerRow:
     columns = {
-        k: fields.pop(k) for k in ("birth_md", "anniversary_date", "win_back_due") if k in fields
+        k: fields.pop(k)
+        for k in ("birth_md", "anniversary_date", "win_back_due", "last_fact_at")
+        if k in fields
     }
     return LedgerRow(ledger=ledger(customer_id, **fields), **columns)  # type: ignore[arg-type]
 
@@ -310,3 +314,120 @@ async def test_decisions_are_counted_over_all_customers(repo: OffersRepository) 
         ("frequent_item", "issued", None): 1,
         ("frequent_item", "suppressed", "consent"): 2,
     }
+
+
+# ---------------------------------------------------------------- campaigns and budgets
+
+
+def _campaign(campaign_id: str = "coffee-lovers") -> CampaignChanged:
+    spec = CampaignSpec.model_validate(
+        {
+            "name": "Coffee lovers",
+            "trigger": {"type": "purchase", "sku": "COFFEE", "min_checkouts": 2},
+            "offer": {"discount_percent": "15", "scope": "sku", "sku": "COFFEE"},
+        }
+    )
+    return created(campaign_id, spec, at=NOW, by="token")
+
+
+def _spend(n: int, *, customer: str | None = None, store: str = "S001") -> Spend:
+    return Spend(
+        campaign_id="coffee-lovers",
+        offer_id=f"offer-{n}",
+        customer_id=customer or f"c-{n}",
+        store_id=store,
+        day=dt.date(2026, 3, 1),
+        discount=Decimal("1.50"),
+    )
+
+
+async def test_a_campaign_record_is_kept_unless_the_stored_one_knows_more(
+    repo: OffersRepository,
+) -> None:
+    first = _campaign()
+    assert await repo.save_campaign(first)
+    paused = changed(first, status="paused", at=NOW, by="token", action="paused")
+    assert await repo.save_campaign(paused)
+    assert not await repo.save_campaign(first)  # older: the paused record stays
+    assert await repo.campaigns() == {"coffee-lovers": paused}
+
+
+async def test_a_budget_charges_each_offer_once_and_refuses_what_would_overspend(
+    repo: OffersRepository,
+) -> None:
+    budget = Budget(max_redemptions=3, max_discount=Decimal("4.00"))
+    assert await repo.spend(_spend(1), budget)
+    assert await repo.spend(_spend(1), budget)  # the same redemption again: charged once
+    assert await repo.spend(_spend(2), budget)
+    assert not await repo.spend(_spend(3), budget)  # 4.50 would pass 4.00
+    assert await repo.budget_usage() == {"coffee-lovers": (2, Decimal("3.00"))}
+    per_customer = Budget(max_per_customer=1)
+    assert not await repo.spend(_spend(4, customer="c-1"), per_customer)
+    per_store_day = Budget(max_per_store_day=2)
+    assert not await repo.spend(_spend(5, store="S001"), per_store_day)
+    assert await repo.spend(_spend(6, store="S.$2"), per_store_day)
+
+
+@pytest.mark.parametrize("kind", ["sqlite-file", pytest.param("mongo", marks=pytest.mark.mongo)])
+async def test_lanes_redeeming_at_once_through_two_instances_never_overspend(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    store = (
+        StoreSettings(store_url=f"sqlite://{tmp_path}")
+        if kind == "sqlite-file"
+        else request.getfixturevalue("mongo_store")
+    )
+    budget = Budget(max_redemptions=7, max_per_customer=2)
+    async with open_repository(store) as one, open_repository(store) as two:
+        results = await asyncio.gather(
+            *(
+                (one if n % 2 else two).spend(_spend(n, customer=f"c-{n % 5}"), budget)
+                for n in range(40)
+            )
+        )
+        assert sum(results) == 7
+        count, _ = (await one.budget_usage())["coffee-lovers"]
+        assert count == 7
+
+
+async def test_customers_with_triggers_since_a_time_are_found_in_pages(
+    repo: OffersRepository,
+) -> None:
+    rows = [
+        LedgerRow(ledger(f"c-{n}"), last_fact_at=NOW + dt.timedelta(minutes=n)) for n in range(5)
+    ]
+    rows.append(LedgerRow(ledger("c-alias", merged_into="c-0"), last_fact_at=NOW))
+    await repo.save(Changes(ledgers=rows))
+    since = NOW + dt.timedelta(minutes=2)
+    assert await repo.customers_since(since, after=None, limit=2) == ["c-2", "c-3"]
+    assert await repo.customers_since(since, after="c-3", limit=2) == ["c-4"]
+    page = await repo.ledger_page(after="c-3", limit=10)
+    assert [lg.customer_id for lg in page] == ["c-4", "c-alias"]
+    await repo.set_win_back_due({"c-4": dt.date(2026, 3, 1)})
+    assert await repo.candidates(dt.date(2026, 3, 2), [], after=None, limit=10) == ["c-4"]
+
+
+async def test_campaign_counts_sum_offers_by_state_and_held_out_decisions(
+    repo: OffersRepository,
+) -> None:
+    def of_campaign(
+        record: OfferRecord, campaign_id: str | None, variant: str | None
+    ) -> OfferRecord:
+        issued = record.issued.model_copy(update={"campaign_id": campaign_id, "variant": variant})
+        return record.model_copy(update={"issued": issued})
+
+    await repo.save(
+        Changes(
+            offers=[
+                of_campaign(offer("c-1"), "coffee-lovers", "a"),
+                of_campaign(offer("c-2", state="expired"), "coffee-lovers", "a"),
+                of_campaign(offer("c-3", state="revoked"), "coffee-lovers", "b"),
+                of_campaign(offer("c-4"), None, None),  # from before campaigns
+            ]
+        )
+    )
+    counts = await repo.campaign_counts()
+    assert counts[("coffee-lovers", "a")].issued == 2
+    assert counts[("coffee-lovers", "a")].expired == 1
+    assert counts[("coffee-lovers", "b")].revoked == 1
+    assert counts[("frequent-item", None)].issued == 1
