@@ -1,8 +1,9 @@
 """`crm demo`: the whole pipeline on the embedded default, with generated store traffic.
 
-Embedded Tansu broker, SQLite store in a data folder, the four services as separate `crm run`
+Embedded Tansu broker, SQLite store in a data folder, the five services as separate `crm run`
 processes, a few weeks of traffic published day by day (the clock ticks at each day's start),
-then a summary read back from the topics, the stores and the outbox.
+then marketing creates a campaign through the API while everything runs, and shoppers swipe
+today; then a summary read back from the topics, the stores and the outbox.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from crm.embedded import (
     secantus_available,
 )
 from crm.registry import SERVICES
-from crm.simulation import RawMessage, SimulationConfig, by_day, generate
+from crm.simulation import RawMessage, SimulationConfig, by_day, card_number, generate
 from crm.traffic import (
     PipelineWatch,
     count_types,
@@ -280,6 +281,8 @@ async def _run(
             "CRM_SEND_GRACE_S": "10",
             "CRM_DUE_POLL_INTERVAL_S": "1",
             "CRM_HTTP_PORT": "0",
+            # Marketing's token for the campaign the demo creates while it runs.
+            "CRM_API_TOKENS": f"marketing:{hashlib.sha256(MARKETING_TOKEN.encode()).hexdigest()}",
         }
         env.pop("CRM_SMTP_HOST", None)
         services = ServiceProcesses(env, data / "logs")
@@ -320,6 +323,12 @@ async def _run(
             last = days[-1][0] + dt.timedelta(days=1)
             await tick(producer, last)
             await _drain(watch, services, options.drain_timeout, "the last tick")
+            # Today: marketing launches a campaign through the API, with no restart, and the
+            # shoppers who come in afterwards meet it.
+            campaign = await _launch_campaign(services.ports["offers"])
+            console.print(f"campaign created through the API: {campaign}")
+            await publish(producer, live_checkouts(options.simulation))
+            await _drain(watch, services, options.drain_timeout, "today's shoppers")
             deadline = time.monotonic() + options.drain_timeout
             while not await _all_delivered(kafka) and time.monotonic() < deadline:
                 services.check_alive()
@@ -343,6 +352,11 @@ async def _run(
         if options.serve:
             _serve(env, data, options.port, console)
     return 0
+
+
+def _campaign(event: dict[str, Any]) -> str:
+    """The campaign of an offer event (events from before campaigns: by kind)."""
+    return str(event.get("campaign_id") or event.get("kind", "").replace("_", "-"))
 
 
 def final_states(records: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
@@ -395,9 +409,12 @@ async def _summary(
     table.add_row("duplicates dropped", str(max(0, raw - normalized - letters["dead_letter"])))
     table.add_row("customer profiles", str(await _profiles_count(store_url)))
     table.add_row("offers issued", str(len(live)))
-    for kind, count in sorted(Counter(e["kind"] for e in live.values()).items()):
-        table.add_row(f"  {kind}", str(count))
+    for campaign, count in sorted(Counter(_campaign(e) for e in live.values()).items()):
+        table.add_row(f"  campaign {campaign}", str(count))
     table.add_row("held out (control group)", str(states["held_out"]))
+    held = Counter(_campaign(e) for e in offers.values() if e["type"] == "held_out")
+    for campaign, count in sorted(held.items()):
+        table.add_row(f"  campaign {campaign}", str(count))
     delivered = [k for k in live if deliveries.get(k) in ("sent", "written")]
     redeemed = states["offer_redeemed"]
     used = sum(1 for k in delivered if live[k]["type"] == "offer_redeemed")
@@ -418,6 +435,64 @@ async def _summary(
         if outcome == "suppressed":
             table.add_row(f"offers not made: {reason}", str(count))
     return table, states["offer_revoked"]
+
+
+MARKETING_TOKEN = secrets.token_urlsafe(24)
+"""Marketing's bearer token in this run (the services get its SHA-256)."""
+LAUNCH = {
+    "name": "Espresso launch",
+    "trigger": {"type": "purchase", "sku": "ESPRESSO-500", "min_checkouts": 2, "window_days": 30},
+    "audience": {"segment": "all"},
+    "offer": {"discount_percent": "20", "scope": "sku", "sku": "ESPRESSO-500", "validity_days": 14},
+    "template": "campaign",
+    "holdout_percent": "10",
+}
+"""The campaign the demo creates while it runs: a new product, twice bought, 20 % off it."""
+ESPRESSO = {
+    "sku": "ESPRESSO-500",
+    "name": "Espresso beans 500 g",
+    "category": "pantry",
+    "quantity": 1,
+    "unit_price": "8.90",
+}
+
+
+async def _launch_campaign(port: int) -> str:
+    """Create the demo's campaign through the offers service's API, as marketing would."""
+    import httpx
+
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {MARKETING_TOKEN}"},
+        timeout=30,
+    ) as client:
+        response = await client.post("/api/campaigns", json=LAUNCH)
+        response.raise_for_status()
+        return str(response.json()["campaign_id"])
+
+
+def live_checkouts(config: SimulationConfig) -> list[RawMessage]:
+    """Today's shoppers after the launch: a seeded fifth of the customers buy the new espresso
+    twice (every simulated day lies before today, so what they earn is the same on every run,
+    whatever the time of day)."""
+    rng = random.Random(f"{config.seed}-live")  # noqa: S311 - simulated traffic
+    chosen = sorted(rng.sample(range(1, config.customers + 1), k=max(1, config.customers // 5)))
+    now = dt.datetime.now(dt.UTC)
+    messages = []
+    for serial, index in enumerate(chosen):
+        card = card_number(index)
+        for visit in range(2):
+            at = now + dt.timedelta(milliseconds=2 * serial + visit)
+            doc = {
+                "event_id": f"live-{config.seed}-{index}-{visit}",
+                "store_id": "S001",
+                "occurred_at": at.isoformat(),
+                "card_number": card,
+                "currency": "EUR",
+                "lines": [ESPRESSO],
+            }
+            messages.append(RawMessage(CHECKOUTS_RAW, card.encode(), orjson.dumps(doc), at))
+    return messages
 
 
 async def _decisions(store_url: str) -> Counter[tuple[str, str]]:
