@@ -424,7 +424,9 @@ async def _summary(
     for reason, count in sorted(Counter(rejections.values()).items()):
         table.add_row(f"  {reason}", str(count))
     table.add_row("coupons expired", str(states["offer_expired"]))
-    outcomes = Counter(deliveries.values())
+    # The e-mails of the offers that stand: one issued and revoked on the way (a correction)
+    # has an outcome too, but whether there was one depends on how the events arrived.
+    outcomes = Counter(state for offer_id, state in deliveries.items() if offer_id in live)
     for state in ("written", "sent", "bounced", "failed"):
         if outcomes[state] or state == "written":
             table.add_row(f"e-mails {state}", str(outcomes[state]))
@@ -502,7 +504,10 @@ async def _decisions(store_url: str) -> Counter[tuple[str, str]]:
 
     async with open_repository(StoreSettings(store_url=store_url)) as repository:
         counts = await repository.decision_counts()
-    return Counter({(outcome, reason or ""): n for (_, outcome, reason), n in counts.items()})
+    summed: Counter[tuple[str, str]] = Counter()
+    for (_, outcome, reason), n in counts.items():
+        summed[(outcome, reason or "")] += n
+    return summed
 
 
 async def _all_delivered(kafka: KafkaSettings) -> bool:
