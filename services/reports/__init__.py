@@ -1,4 +1,4 @@
-"""reports: events, offers and deliveries in, campaign, product, store and segment reports out."""
+"""reports: events, offers, deliveries and campaigns in; the reports, charts and page out."""
 
 from services.reports.app import SPEC, create_app
 

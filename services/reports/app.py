@@ -1,5 +1,6 @@
-"""The reports service, declared: it keeps facts of `crm.events`, `crm.offers` and
-`crm.deliveries` (topics other services own) and serves the reports, the charts and the page.
+"""The reports service, declared: it keeps facts of `crm.events`, `crm.offers`,
+`crm.deliveries` and `crm.campaigns` (topics other services own) and serves the reports, the
+charts and the page.
 
 It publishes nothing. The HTTP side lives in `api.py`; its names are also importable from here,
 where the command line and the tests have always found them.
@@ -17,11 +18,12 @@ from services.reports.api import (
 )
 from services.reports.service import ReportsService
 from services.reports.store import ReportsRepository, open_repository
+from shared.campaigns import CampaignChanged
 from shared.edge import foreign, json_decoder
 from shared.events import NORMALIZED_EVENT, OFFER_EVENT, DeliveryRecorded
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
-from shared.topics import DELIVERIES, EVENTS, GROUP_REPORTS, OFFERS
+from shared.topics import CAMPAIGNS, DELIVERIES, EVENTS, GROUP_REPORTS, OFFERS
 
 __all__ = [
     "SPEC",
@@ -45,6 +47,8 @@ SPEC: ServiceSpec[ReportsRepository, ReportsService] = ServiceSpec(
         EVENTS: foreign(json_decoder(NORMALIZED_EVENT)),
         OFFERS: foreign(json_decoder(OFFER_EVENT)),
         DELIVERIES: foreign(json_decoder(DeliveryRecorded)),
+        # Offers owns it: each campaign's name, schedule and arms, for the per-campaign rows.
+        CAMPAIGNS: foreign(json_decoder(CampaignChanged)),
     },
     open_store=lambda settings: open_repository(settings.store),
     build=build,

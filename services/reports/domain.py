@@ -13,13 +13,21 @@ Lift: for each offer kind and campaign week, the spend per customer of treated c
 issued) minus that of held-out customers (eligible, no offer), each counted over the offer's
 validity: checkouts after the trigger up to the last valid day. The 95 % confidence interval is
 Welch's: difference +- 1.96 * sqrt(s_t^2/n_t + s_c^2/n_c) (needs two customers in each group).
+
+The campaigns report also has a row per campaign (and per A/B arm of one): its own hold-out is
+its control group, and every arm is measured against the campaign's whole hold-out (arms are
+assigned independently of the hold-out, so it is a fair control for each). Customers of the
+programme's global control group are counted apart and left out of a campaign's lift: they get
+no campaign at all, so against them a campaign would also be credited with the others' effect.
+Offers from before campaigns existed carry no campaign id and count for the built-in campaign
+of their kind.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -27,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from services.reports.settings import StoreGoal
+from shared.campaigns import DEFAULT_CAMPAIGNS
 from shared.events import OfferKind
 from shared.marketing import Segment, campaign_period, rfm_segment
 
@@ -65,9 +74,16 @@ class Purchase:
     lines: tuple[Line, ...] = ()
 
 
+BUILTIN_CAMPAIGN_OF_KIND: Mapping[str, str] = dict(
+    zip(("frequent_item", "birthday", "anniversary", "win_back"), DEFAULT_CAMPAIGNS, strict=True)
+)
+"""The built-in campaign each rule became: where offers issued before campaigns existed count."""
+
+
 @dataclass(frozen=True, slots=True)
 class Campaign:
-    """An offer issued, or the offer a held-out customer would have had."""
+    """An offer issued, or the offer a held-out customer would have had (one per offer id; the
+    name is the read model's, which predates campaigns as data)."""
 
     offer_id: str
     customer_id: str
@@ -76,10 +92,59 @@ class Campaign:
     valid_from: dt.date
     valid_until: dt.date
     held_out: bool = False
+    campaign_id: str | None = None
+    """The campaign it came from; None on offers from before campaigns existed."""
+    variant: str | None = None
+    """The campaign's A/B arm, if it has arms."""
+    global_control: bool = False
+    """Held out as a member of the programme's global control group (no campaign at all)."""
 
     @property
     def week(self) -> str:
         return campaign_period(self.valid_from)
+
+    @property
+    def campaign(self) -> str:
+        """The campaign it counts for: its own, or the built-in one of its kind."""
+        if self.campaign_id is not None:
+            return self.campaign_id
+        return BUILTIN_CAMPAIGN_OF_KIND.get(self.kind, self.kind.replace("_", "-"))
+
+
+CampaignStatus = Literal["scheduled", "active", "paused", "ended"]
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignDefinition:
+    """What the reports keep of a campaign (from `crm.campaigns`): its name, schedule, arms and
+    when it was paused or resumed."""
+
+    campaign_id: str
+    name: str
+    changes: int
+    """Entries in its history: of two records of one campaign, the one with more is newer."""
+    trigger: str
+    starts_on: dt.date | None
+    ends_on: dt.date | None
+    variants: tuple[str, ...]
+    """The arms of its latest version, in their order."""
+    history: tuple[tuple[dt.datetime, Literal["active", "paused"]], ...]
+    """From each time on, active or paused; oldest first."""
+
+    def status_on(self, day: dt.date) -> CampaignStatus:
+        """Where it stood at the end of `day`. (Whether its budget is spent only the offers
+        service knows.)"""
+        current = self.history[0][1] if self.history else "active"
+        for at, status in self.history:
+            if at.date() <= day:
+                current = status
+        if current == "paused":
+            return "paused"
+        if self.ends_on is not None and day > self.ends_on:
+            return "ended"
+        if self.starts_on is not None and day < self.starts_on:
+            return "scheduled"
+        return "active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +168,8 @@ class Facts:
     erased: set[str] = field(default_factory=set)
     revoked: set[str] = field(default_factory=set)
     """Offer ids revoked (and not issued again since)."""
+    definitions: dict[str, CampaignDefinition] = field(default_factory=dict)
+    """Campaign id -> its latest definition read."""
 
     def latest_day(self) -> dt.date | None:
         return max((p.day for p in self.purchases), default=None)
@@ -171,10 +238,53 @@ class CampaignRow(BaseModel):
     lift_high: Decimal | None = Field(description="Upper end of the 95 % interval.")
 
 
+class CampaignResultRow(BaseModel):
+    campaign_id: str = Field(
+        description="Campaign id; offers from before campaigns existed count for the built-in "
+        "campaign of their kind (`frequent-item`, `birthday`, `anniversary`, `win-back`)."
+    )
+    name: str | None = Field(
+        description="The campaign's name (null until its definition has been read)."
+    )
+    status: CampaignStatus | None = Field(
+        description="Scheduled, active, paused or ended on the report's last day (null until "
+        "its definition has been read)."
+    )
+    variant: str | None = Field(
+        description="The A/B arm; null on the row of the whole campaign (every arm)."
+    )
+    eligible: int = Field(
+        description="Customers eligible: issued, held out, or in the global control group."
+    )
+    held_out: int = Field(description="Eligible customers in the campaign's own hold-out.")
+    global_control: int = Field(
+        description="Eligible customers in the programme's global control group (no offer; "
+        "not in the lift)."
+    )
+    issued: int = Field(description="Offers issued (revoked ones not included).")
+    revoked: int = Field(description="Offers revoked after they were issued.")
+    delivered: int = Field(description="E-mails sent or written.")
+    redeemed: int = Field(description="Offers redeemed.")
+    redemption_rate: Decimal = Field(description="redeemed / issued.")
+    revenue: Decimal = Field(description="Total of the baskets that redeemed.")
+    discount: Decimal = Field(description="Money the redeemed coupons took off those baskets.")
+    treated_spend: Decimal | None = Field(description="Spend per treated customer in validity.")
+    control_spend: Decimal | None = Field(
+        description="Spend per customer of the campaign's hold-out (every arm) in validity."
+    )
+    lift: Decimal | None = Field(description="treated_spend - control_spend.")
+    lift_low: Decimal | None = Field(description="Lower end of the 95 % interval.")
+    lift_high: Decimal | None = Field(description="Upper end of the 95 % interval.")
+
+
 class CampaignsReport(BaseModel):
     name: Literal["campaigns"] = "campaigns"
     as_of: dt.date = Field(description="Latest day of data.")
     rows: list[CampaignRow] = Field(description="Per kind and week, then per kind (`all`).")
+    campaigns: list[CampaignResultRow] = Field(
+        default_factory=list,
+        description="Per campaign (by id) over every week, each followed by its A/B arms.",
+    )
 
 
 class _SpendIndex:
@@ -196,42 +306,105 @@ class _SpendIndex:
             _ZERO,
         )
 
+    def of(self, campaigns: Iterable[Campaign]) -> list[Decimal]:
+        """Each one's customer's spend over its validity, after its trigger."""
+        return [self.spend(c.customer_id, c.at, c.valid_until) for c in campaigns]
+
+
+def _figures(
+    offered: Sequence[Campaign], control: Sequence[Campaign], facts: Facts, spend: _SpendIndex
+) -> dict[str, Any]:
+    """The figures both kinds of rows share: counts of the offers made, what they brought, and
+    their lift against `control`."""
+    issued = [c for c in offered if c.offer_id not in facts.revoked]
+    redeemed = [facts.redemptions[c.offer_id] for c in issued if c.offer_id in facts.redemptions]
+    lift = lift_of(spend.of(issued), spend.of(control))
+    return {
+        "issued": len(issued),
+        "revoked": len(offered) - len(issued),
+        "delivered": sum(1 for c in issued if facts.deliveries.get(c.offer_id) in DELIVERED_STATES),
+        "redeemed": len(redeemed),
+        "redemption_rate": (Decimal(len(redeemed)) / len(issued)).quantize(_RATE)
+        if issued
+        else _ZERO,
+        "revenue": sum((r.basket_total for r in redeemed), _ZERO),
+        "discount": sum((r.discount for r in redeemed), _ZERO),
+        "treated_spend": lift.treated_spend,
+        "control_spend": lift.control_spend,
+        "lift": lift.lift,
+        "lift_low": lift.low,
+        "lift_high": lift.high,
+    }
+
 
 def _campaign_row(
     kind: OfferKind, week: str, group: list[Campaign], facts: Facts, spend: _SpendIndex
 ) -> CampaignRow:
     offered = [c for c in group if not c.held_out]
-    issued = [c for c in offered if c.offer_id not in facts.revoked]
     held = [c for c in group if c.held_out]
-    redeemed = [facts.redemptions[c.offer_id] for c in issued if c.offer_id in facts.redemptions]
-    delivered = sum(1 for c in issued if facts.deliveries.get(c.offer_id) in DELIVERED_STATES)
-    lift = lift_of(
-        [spend.spend(c.customer_id, c.at, c.valid_until) for c in issued],
-        [spend.spend(c.customer_id, c.at, c.valid_until) for c in held],
-    )
+    figures = _figures(offered, held, facts, spend)
     return CampaignRow(
         kind=kind,
         week=week,
-        eligible=len(issued) + len(held),
+        eligible=figures["issued"] + len(held),
         held_out=len(held),
-        issued=len(issued),
-        revoked=len(offered) - len(issued),
-        delivered=delivered,
-        redeemed=len(redeemed),
-        redemption_rate=(Decimal(len(redeemed)) / len(issued)).quantize(_RATE) if issued else _ZERO,
-        revenue=sum((r.basket_total for r in redeemed), _ZERO),
-        discount=sum((r.discount for r in redeemed), _ZERO),
-        treated_spend=lift.treated_spend,
-        control_spend=lift.control_spend,
-        lift=lift.lift,
-        lift_low=lift.low,
-        lift_high=lift.high,
+        **figures,
     )
 
 
+def _result_row(
+    campaign_id: str,
+    variant: str | None,
+    group: Sequence[Campaign],
+    control: Sequence[Campaign],
+    definition: CampaignDefinition | None,
+    as_of: dt.date,
+    facts: Facts,
+    spend: _SpendIndex,
+) -> CampaignResultRow:
+    offered = [c for c in group if not c.held_out]
+    held = sum(1 for c in group if c.held_out and not c.global_control)
+    global_control = sum(1 for c in group if c.global_control)
+    figures = _figures(offered, control, facts, spend)
+    return CampaignResultRow(
+        campaign_id=campaign_id,
+        name=definition.name if definition is not None else None,
+        status=definition.status_on(as_of) if definition is not None else None,
+        variant=variant,
+        eligible=figures["issued"] + held + global_control,
+        held_out=held,
+        global_control=global_control,
+        **figures,
+    )
+
+
+def _result_rows(
+    campaigns: Sequence[Campaign], facts: Facts, as_of: dt.date, spend: _SpendIndex
+) -> list[CampaignResultRow]:
+    """A row per campaign (every campaign defined, and every one offers name), each followed
+    by a row per A/B arm when it has arms."""
+    by_campaign: dict[str, list[Campaign]] = defaultdict(list)
+    for c in campaigns:
+        by_campaign[c.campaign].append(c)
+    rows = []
+    for campaign_id in sorted(set(by_campaign) | set(facts.definitions)):
+        group = by_campaign.get(campaign_id, [])
+        definition = facts.definitions.get(campaign_id)
+        control = [c for c in group if c.held_out and not c.global_control]
+        rows.append(_result_row(campaign_id, None, group, control, definition, as_of, facts, spend))
+        arms = list(definition.variants) if definition is not None else []
+        arms += sorted({c.variant for c in group if c.variant is not None} - set(arms))
+        for arm in arms:
+            in_arm = [c for c in group if c.variant == arm]
+            rows.append(
+                _result_row(campaign_id, arm, in_arm, control, definition, as_of, facts, spend)
+            )
+    return rows
+
+
 def campaigns_report(facts: Facts, as_of: dt.date | None = None) -> CampaignsReport:
-    """Per kind and week, then per kind over all weeks. Erased customers are left out; revoked
-    offers are counted as revoked only."""
+    """Per kind and week, then per kind over all weeks; and per campaign and arm. Erased
+    customers are left out; revoked offers are counted as revoked only."""
     as_of = as_of or facts.latest_day() or dt.datetime.now(dt.UTC).date()
     campaigns = [
         c for c in facts.campaigns if c.customer_id not in facts.erased and c.valid_from <= as_of
@@ -244,7 +417,9 @@ def campaigns_report(facts: Facts, as_of: dt.date | None = None) -> CampaignsRep
         per_kind[c.kind].append(c)
     rows = [_campaign_row(k, w, weekly[(k, w)], facts, spend) for k, w in sorted(weekly)]
     rows += [_campaign_row(k, ALL_WEEKS, per_kind[k], facts, spend) for k in sorted(per_kind)]
-    return CampaignsReport(as_of=as_of, rows=rows)
+    return CampaignsReport(
+        as_of=as_of, rows=rows, campaigns=_result_rows(campaigns, facts, as_of, spend)
+    )
 
 
 # ---------------------------------------------------------------- products
@@ -486,7 +661,14 @@ def tables_of(report: AnyReport) -> list[Table]:
     """A report as flat tables, for CSV and the terminal."""
     if isinstance(report, CampaignsReport):
         return [
-            _table(f"campaigns (as of {report.as_of})", report.rows, list(CampaignRow.model_fields))
+            _table(
+                f"campaigns (as of {report.as_of})", report.rows, list(CampaignRow.model_fields)
+            ),
+            _table(
+                f"per campaign and variant (as of {report.as_of})",
+                report.campaigns,
+                list(CampaignResultRow.model_fields),
+            ),
         ]
     if isinstance(report, ProductsReport):
         cols = list(ProductRow.model_fields)

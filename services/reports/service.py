@@ -1,7 +1,8 @@
-"""The reports service layer: a batch of events, offers and deliveries in, its facts saved.
+"""The reports service layer: a batch of events, offers, deliveries and campaigns in, its facts
+saved.
 
 Only what the reports need is kept (no personal data: pseudonymous ids, amounts, dates). The
-edge decodes the three topics, none of which the reports own: what does not decode there was
+edge decodes the four topics, none of which the reports own: what does not decode there was
 already dead-lettered by its owner and is only counted (`skipped_invalid`).
 """
 
@@ -16,12 +17,14 @@ from services.reports.store import (
     Fact,
     ReportsRepository,
     campaign_fact,
+    definition_fact,
     delivery_fact,
     erased_fact,
     purchase_fact,
     redemption_fact,
     revocation_fact,
 )
+from shared.campaigns import CampaignChanged
 from shared.edge import Received
 from shared.events import (
     CustomerErased,
@@ -77,6 +80,8 @@ class ReportsService:
                     at=event.issued_at,
                     valid_from=event.valid_from,
                     valid_until=event.valid_until,
+                    campaign_id=event.campaign_id,
+                    variant=event.variant,
                 )
             )
         if isinstance(event, OfferHeldOut):
@@ -89,8 +94,13 @@ class ReportsService:
                     valid_from=event.valid_from,
                     valid_until=event.valid_until,
                     held_out=True,
+                    campaign_id=event.campaign_id,
+                    variant=event.variant,
+                    global_control=event.control == "global",
                 )
             )
+        if isinstance(event, CampaignChanged):
+            return definition_fact(event)
         if isinstance(event, OfferRedeemed):
             return redemption_fact(
                 Redemption(event.offer_id, event.redeemed_at, event.basket_total, event.discount),

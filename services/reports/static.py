@@ -8,7 +8,13 @@ from pathlib import Path
 from jinja2 import Environment, select_autoescape
 
 from services.reports import charts
-from services.reports.domain import CampaignRow, CampaignsReport, Facts, campaigns_report
+from services.reports.domain import (
+    CampaignResultRow,
+    CampaignRow,
+    CampaignsReport,
+    Facts,
+    campaigns_report,
+)
 from services.reports.store import open_repository
 from shared.settings import StoreSettings
 
@@ -24,6 +30,7 @@ body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1100px; pa
 table { border-collapse: collapse; width: 100%; font-size: .9rem; }
 th, td { border-bottom: 1px solid #dde; padding: .3rem .5rem; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
+caption { text-align: left; padding: .5rem 0; }
 th { background: #f1f3f5; }
 </style></head>
 <body>
@@ -35,6 +42,11 @@ th { background: #f1f3f5; }
 <thead><tr>{% for c in columns %}<th scope="col">{{ c }}</th>{% endfor %}</tr></thead>
 <tbody>{% for row in report.rows %}<tr>{% for c in columns %}<td>{{ row[c] if row[c] is not none else "" }}</td>{% endfor %}</tr>{% endfor %}</tbody>
 </table></div>
+<div class="wrap"><table>
+<caption>Per campaign, each followed by its A/B arms; lift against the campaign's own hold-out</caption>
+<thead><tr>{% for c in campaign_columns %}<th scope="col">{{ c }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in report.campaigns %}<tr>{% for c in campaign_columns %}<td>{{ row[c] if row[c] is not none else "" }}</td>{% endfor %}</tr>{% endfor %}</tbody>
+</table></div>
 </body></html>
 """
 
@@ -43,10 +55,15 @@ def render_static_report(report: CampaignsReport) -> str:
     """The campaigns report as a self-contained HTML page (no script, no external asset)."""
     env = Environment(autoescape=select_autoescape(default=True))
     return env.from_string(_TEMPLATE).render(
-        report={"as_of": report.as_of, "rows": [row.model_dump() for row in report.rows]},
+        report={
+            "as_of": report.as_of,
+            "rows": [row.model_dump() for row in report.rows],
+            "campaigns": [row.model_dump() for row in report.campaigns],
+        },
         issued_svg=charts.issued_redeemed_chart(report),
         lift_svg=charts.lift_chart(report),
         columns=list(CampaignRow.model_fields),
+        campaign_columns=list(CampaignResultRow.model_fields),
     )
 
 

@@ -1,9 +1,11 @@
 """The reports' read model: the port the service and the reports use, the facts' codec, and how
 the store opens.
 
-One table (collection) of facts keyed by kind and id: purchases, campaigns (issued or held
-out), redemptions, deliveries, revocations, erasures. A fact is written once (a redelivered
-event changes nothing); a delivery's latest state wins, and so does a revocation's. Erasing a
+One table (collection) of facts keyed by kind and id: purchases, campaigns (offers issued or
+held out), redemptions, deliveries, revocations, erasures, and campaign definitions (one fact
+per change of a campaign, keyed by its id and the length of its history, so the newest is the
+one with the longest history whatever order they arrive in). A fact is written once (a
+redelivered event changes nothing); a delivery's latest state wins, and so does a revocation's. Erasing a
 customer unlinks their purchases (they still count for stores and products, no longer for a
 person). Two adapters hold one contract (tests/integration/test_reports_store.py):
 `store_sqlite.py` and `store_mongo.py`.
@@ -23,11 +25,21 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
-from services.reports.domain import Campaign, Facts, Line, Purchase, Redemption
+from services.reports.domain import (
+    Campaign,
+    CampaignDefinition,
+    Facts,
+    Line,
+    Purchase,
+    Redemption,
+)
+from shared.campaigns import CampaignChanged
 from shared.settings import StoreSettings
 from shared.storage import open_store
 
-FactKind = Literal["purchase", "campaign", "redemption", "delivery", "revocation", "erased"]
+FactKind = Literal[
+    "purchase", "campaign", "redemption", "delivery", "revocation", "erased", "definition"
+]
 LATEST_KINDS: frozenset[str] = frozenset({"delivery", "revocation"})
 """Kinds whose latest write wins; every other fact is written once."""
 
@@ -106,7 +118,30 @@ def campaign_fact(c: Campaign) -> Fact:
         "vu": c.valid_until.isoformat(),
         "h": c.held_out,
     }
+    # Written only when set: facts from before campaigns existed have none of them.
+    if c.campaign_id is not None:
+        doc["cid"] = c.campaign_id
+    if c.variant is not None:
+        doc["v"] = c.variant
+    if c.global_control:
+        doc["g"] = True
     return Fact("campaign", c.offer_id, c.customer_id, doc)
+
+
+def definition_fact(record: CampaignChanged) -> Fact:
+    """What the reports keep of a campaign's record on `crm.campaigns`."""
+    spec = record.spec
+    doc = {
+        "cid": record.campaign_id,
+        "n": len(record.history),
+        "name": spec.name,
+        "t": spec.trigger.type,
+        "s": spec.starts_on.isoformat() if spec.starts_on else None,
+        "e": spec.ends_on.isoformat() if spec.ends_on else None,
+        "v": [v.name for v in spec.variants],
+        "h": [[c.at.isoformat(), c.status] for c in record.history],
+    }
+    return Fact("definition", f"{record.campaign_id}@{len(record.history)}", None, doc)
 
 
 def redemption_fact(r: Redemption, customer_id: str) -> Fact:
@@ -152,6 +187,9 @@ def facts_of(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> Facts:
                     valid_from=dt.date.fromisoformat(d["vf"]),
                     valid_until=dt.date.fromisoformat(d["vu"]),
                     held_out=bool(d["h"]),
+                    campaign_id=d.get("cid"),
+                    variant=d.get("v"),
+                    global_control=bool(d.get("g", False)),
                 )
             )
         elif kind == "redemption":
@@ -168,6 +206,24 @@ def facts_of(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> Facts:
             facts.revoked.add(fact_id)
         elif kind == "erased":
             facts.erased.add(fact_id)
+        elif kind == "definition":
+            definition = _definition(d)
+            known = facts.definitions.get(definition.campaign_id)
+            if known is None or definition.changes > known.changes:
+                facts.definitions[definition.campaign_id] = definition
     facts.purchases.sort(key=lambda p: (p.at, p.event_id))
     facts.campaigns.sort(key=lambda c: (c.at, c.offer_id))
     return facts
+
+
+def _definition(d: dict[str, Any]) -> CampaignDefinition:
+    return CampaignDefinition(
+        campaign_id=d["cid"],
+        name=d["name"],
+        changes=d["n"],
+        trigger=d["t"],
+        starts_on=dt.date.fromisoformat(d["s"]) if d["s"] else None,
+        ends_on=dt.date.fromisoformat(d["e"]) if d["e"] else None,
+        variants=tuple(d["v"]),
+        history=tuple((dt.datetime.fromisoformat(at), status) for at, status in d["h"]),
+    )

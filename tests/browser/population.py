@@ -1,10 +1,11 @@
-"""A small known population behind the API and the web page: one customer, coupons, campaigns."""
+"""A small known population behind the API and the web page: one customer, coupons, campaigns
+(and stand-ins for the campaigns and segments APIs)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from fastapi import FastAPI
@@ -28,6 +29,7 @@ from shared.events import OfferIssued, OfferRedeemed
 from shared.privacy import card_id, customer_id_for_card
 from shared.settings import HttpSettings, PrivacySettings, Settings
 from shared.storage import StoreLocation
+from tests.browser.marketing_api import MarketingApi
 
 CARD = "6035 1234 5678 9012"
 OTHER_CARD = "6035-0000-0000-0001"
@@ -61,6 +63,8 @@ class World:
     customer_id: str
     open_code: str
     used_code: str
+    marketing: MarketingApi = field(default_factory=MarketingApi.seeded)
+    """The campaigns and segments APIs (the offers' and the profiles'), stood in for."""
 
     def api(self) -> FastAPI:
         app = FastAPI(title="crm-stream test")
@@ -74,6 +78,7 @@ class World:
         )
         add_web_routes(router)
         app.include_router(router)
+        app.include_router(self.marketing.router(tokens))
         return app
 
 

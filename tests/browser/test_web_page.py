@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import uvicorn
 
-from crm.embedded import free_port
 from tests.browser.population import CARD, TOKENS, World, build_world
-
-CHROMIUM = shutil.which("chromium") or (
-    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-)
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "test-output" / "screenshots"
-DOCS = ROOT / "docs" / "images"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.browser.support import CHROMIUM, run_async, serve, shoot, sign_in
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,50 +17,17 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[tuple[str, World]]:
-    world = asyncio.run(build_world())
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            world.api(), host="127.0.0.1", port=port, log_level="warning", access_log=False
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "web server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}", world
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    world = run_async(build_world())
+    with serve(world.api()) as base:
+        yield base, world
 
 
 def _shoot(page: object, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    DOCS.mkdir(parents=True, exist_ok=True)
-    target = SHOTS / f"{name}.png"
-    page.screenshot(path=str(target), full_page=True)  # type: ignore[attr-defined]
-    shutil.copyfile(target, DOCS / f"{name}.png")
+    shoot(page, name)
 
 
 def _sign_in(page: object, base: str, role: str) -> None:
-    page.goto(f"{base}/ui/")  # type: ignore[attr-defined]
-    page.fill("#token", TOKENS[role])  # type: ignore[attr-defined]
-    page.keyboard.press("Enter")  # type: ignore[attr-defined]
+    sign_in(page, base, TOKENS[role])
 
 
 def test_agent_signs_in_searches_a_card_and_sees_the_coupons(

@@ -18,12 +18,21 @@ from services.reports.store import (
     Fact,
     ReportsRepository,
     campaign_fact,
+    definition_fact,
     delivery_fact,
     erased_fact,
     open_repository,
     purchase_fact,
     redemption_fact,
     revocation_fact,
+)
+from shared.campaigns import (
+    CampaignChange,
+    CampaignChanged,
+    CampaignOffer,
+    CampaignSpec,
+    CampaignTrigger,
+    Variant,
 )
 from shared.settings import StoreSettings
 
@@ -221,3 +230,66 @@ async def test_revocations_and_reissues_in_one_batch_apply_in_order(
     assert facts.revoked == {"o2", "o3"}
     assert [c.offer_id for c in facts.campaigns] == ["o1", "o2", "o3"]
     assert [p.event_id for p in facts.purchases] == ["p1"]
+
+
+async def test_an_offers_campaign_variant_and_control_group_come_back(
+    repo: ReportsRepository,
+) -> None:
+    from dataclasses import replace
+
+    arm = replace(campaign("o1", "c1"), campaign_id="coffee", variant="b")
+    control = replace(
+        campaign("o2", "c2", held_out=True), campaign_id="coffee", global_control=True
+    )
+    old = campaign("o3", "c3")  # from before campaigns: no campaign id
+    await repo.add([campaign_fact(arm), campaign_fact(control), campaign_fact(old)])
+    facts = await repo.load()
+    assert facts.campaigns == [arm, control, old]
+    assert [c.campaign for c in facts.campaigns] == ["coffee", "coffee", "birthday"]
+
+
+def coffee(*changes: tuple[int, str]) -> CampaignChanged:
+    """The campaign's record after `changes` (hours after T0, status), each a new version."""
+    spec = CampaignSpec(
+        name="Coffee lovers",
+        trigger=CampaignTrigger(type="purchase", sku="COFFEE-1KG", min_checkouts=2),
+        offer=CampaignOffer(discount_percent=Decimal(15), scope="sku"),
+        variants=(
+            Variant(name="a", offer=CampaignOffer(discount_percent=Decimal(10))),
+            Variant(name="b", offer=CampaignOffer(discount_percent=Decimal(20))),
+        ),
+        ends_on=DAY + dt.timedelta(days=30),
+    )
+    history = tuple(
+        CampaignChange(
+            at=T0 + dt.timedelta(hours=h),
+            version=1,
+            status=status,
+            by="t",
+            action="created" if n == 0 else "paused" if status == "paused" else "resumed",
+        )
+        for n, (h, status) in enumerate(changes)
+    )
+    return CampaignChanged(campaign_id="coffee", versions=(spec,), history=history)
+
+
+async def test_the_newest_definition_of_a_campaign_wins_whatever_order_it_comes_in(
+    repo: ReportsRepository,
+) -> None:
+    created = coffee((0, "active"))
+    paused = coffee((0, "active"), (2, "paused"))
+    resumed = coffee((0, "active"), (2, "paused"), (4, "active"))
+    await repo.add([definition_fact(paused)])
+    await repo.add([definition_fact(resumed), definition_fact(created)])
+    await repo.add([definition_fact(paused)])  # redelivered, late
+    definition = (await repo.load()).definitions["coffee"]
+    assert (definition.name, definition.changes, definition.trigger) == (
+        "Coffee lovers",
+        3,
+        "purchase",
+    )
+    assert definition.variants == ("a", "b")
+    assert (definition.starts_on, definition.ends_on) == (None, DAY + dt.timedelta(days=30))
+    assert [status for _, status in definition.history] == ["active", "paused", "active"]
+    assert definition.history[1][0] == T0 + dt.timedelta(hours=2)
+    assert definition.status_on(DAY) == "active"

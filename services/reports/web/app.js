@@ -24,6 +24,7 @@ function table(columns, rows, caption) {
 
 function show(page) {
   document.getElementById("login").hidden = Boolean(token);
+  document.getElementById("sign-out").hidden = !token;
   for (const p of pages) {
     document.getElementById(p).hidden = !token || p !== page;
     const button = document.querySelector(`nav button[data-page="${p}"]`);
@@ -32,7 +33,10 @@ function show(page) {
   }
   if (!token) return;
   location.hash = page;
-  if (page === "campaigns") loadCampaigns();
+  if (page === "campaigns") {
+    loadCampaigns();
+    if (window.crmCampaigns) window.crmCampaigns.open();
+  }
   if (page === "products") loadProducts();
   if (page === "stores") loadStores();
 }
@@ -128,4 +132,14 @@ for (const button of document.querySelectorAll("nav button")) {
   button.addEventListener("click", () => show(button.dataset.page));
 }
 
-show(pages.includes(location.hash.slice(1)) ? location.hash.slice(1) : "customer");
+document.getElementById("sign-out").addEventListener("click", () => {
+  token = "";
+  sessionStorage.removeItem("crm-token");
+  document.getElementById("token").value = "";
+  show("customer");
+});
+
+// After every script of the page has run (campaigns.js adds the campaigns view).
+window.addEventListener("DOMContentLoaded", () => {
+  show(pages.includes(location.hash.slice(1)) ? location.hash.slice(1) : "customer");
+});
