@@ -140,6 +140,7 @@ class AuditEntry(BaseModel):
     subject: str | None = Field(
         default=None, description="What a change was about: a campaign id, a segment name."
     )
+    rows: int | None = Field(default=None, description="Rows an export gave.")
 
 
 class AuditLog(Protocol):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -46,7 +46,14 @@ class Bought(_Model):
     category: str | None = Field(
         default=None, max_length=100, description="A category (lower case)."
     )
-    within_days: int = Field(default=30, ge=1, le=400, description="Days counted back.")
+    within_days: int = Field(
+        default=30,
+        ge=1,
+        le=400,
+        description="Calendar days counted back, today included: 1 is today only, 30 is "
+        "today and the 29 days before (a campaign trigger's `window_days` counts the days "
+        "before today: 0 is today only).",
+    )
     min_checkouts: int = Field(default=1, ge=1, le=1000, description="Distinct checkouts.")
 
     @model_validator(mode="after")
@@ -61,15 +68,27 @@ class SegmentRule(_Model):
     predicate given holds (those left out do not constrain). Days count in the calendar's
     time zone, up to the day being evaluated."""
 
-    min_spend: Decimal | None = Field(default=None, ge=0, description="Total spend at least.")
-    max_spend: Decimal | None = Field(default=None, ge=0, description="Total spend at most.")
+    min_spend: Decimal | None = Field(
+        default=None, ge=0, max_digits=14, decimal_places=2, description="Total spend at least."
+    )
+    max_spend: Decimal | None = Field(
+        default=None, ge=0, max_digits=14, decimal_places=2, description="Total spend at most."
+    )
     min_visits: int | None = Field(default=None, ge=0, description="Distinct checkouts at least.")
     max_visits: int | None = Field(default=None, ge=0, description="Distinct checkouts at most.")
     min_average_basket: Decimal | None = Field(
-        default=None, ge=0, description="Spend per checkout at least."
+        default=None,
+        ge=0,
+        max_digits=14,
+        decimal_places=2,
+        description="Spend per checkout at least.",
     )
     max_average_basket: Decimal | None = Field(
-        default=None, ge=0, description="Spend per checkout at most."
+        default=None,
+        ge=0,
+        max_digits=14,
+        decimal_places=2,
+        description="Spend per checkout at most.",
     )
     min_days_since_last_visit: int | None = Field(
         default=None, ge=0, description="Days since the latest checkout at least."
@@ -83,7 +102,7 @@ class SegmentRule(_Model):
     rfm_segment: tuple[RfmSegment, ...] = Field(
         default=(), description="In one of these RFM segments."
     )
-    home_store: tuple[str, ...] = Field(
+    home_store: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(
         default=(), max_length=100, description="Home store (most visits) one of these."
     )
     consent: bool | None = Field(default=None, description="Marketing consent as given.")

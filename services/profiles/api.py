@@ -36,7 +36,7 @@ from shared.events import OfferKind
 from shared.logging import get_logger
 from shared.marketing import Segment
 from shared.privacy import InvalidCardNumber, card_id
-from shared.settings import Settings
+from shared.settings import Settings, StoreSettings
 from shared.skeleton import NotStarted, ServiceApp
 
 log = get_logger(__name__)
@@ -212,9 +212,23 @@ def customer_view(
     )
 
 
+class AuditSource:
+    """The audit log of the profiles' APIs (look-up and segments), opened when first used:
+    one for both, so `GET /api/audit` lists what either wrote, in-memory stores included."""
+
+    def __init__(self, store: StoreSettings, audit: AuditLog | None = None) -> None:
+        self._store = store
+        self._audit = audit
+
+    async def get(self) -> AuditLog:
+        if self._audit is None:
+            self._audit = await open_audit_log(self._store)
+        return self._audit
+
+
 class LookupApi:
     """The look-up's dependencies: the profiles repository (of the running service, or one
-    given) and the audit log (opened when first used)."""
+    given) and the audit log (given, or opened when first used)."""
 
     def __init__(
         self,
@@ -222,12 +236,14 @@ class LookupApi:
         profiles: ProfilesRepository | None = None,
         *,
         app: ServiceApp[ProfilesService] | None = None,
-        audit: AuditLog | None = None,
+        audit: AuditLog | AuditSource | None = None,
     ) -> None:
         self._settings = settings
         self._profiles = profiles
         self._app = app
-        self._audit = audit
+        self._audit = (
+            audit if isinstance(audit, AuditSource) else AuditSource(settings.store, audit)
+        )
 
     def profiles(self) -> ProfilesRepository:
         if self._profiles is not None:
@@ -240,9 +256,7 @@ class LookupApi:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "not started") from exc
 
     async def audit(self) -> AuditLog:
-        if self._audit is None:
-            self._audit = await open_audit_log(self._settings.store)
-        return self._audit
+        return await self._audit.get()
 
     async def live(self, customer_id: str) -> CustomerProfile | None:
         """The live profile of an id, following aliases left by card links."""
@@ -329,7 +343,7 @@ def build_router(api: LookupApi, tokens: TokenTable) -> APIRouter:
     return router
 
 
-def lookup_routes(app: ServiceApp[ProfilesService]) -> APIRouter:
+def lookup_routes(app: ServiceApp[ProfilesService], audit: AuditSource | None = None) -> APIRouter:
     """The look-up API of a running profiles service (served by `crm run`)."""
     settings = app.settings
     tokens = TokenTable.parse(
@@ -337,4 +351,4 @@ def lookup_routes(app: ServiceApp[ProfilesService]) -> APIRouter:
     )
     if not len(tokens):
         log.warning("api_tokens_unset", detail="CRM_API_TOKENS is empty: the API refuses everyone")
-    return build_router(LookupApi(settings, app=app), tokens)
+    return build_router(LookupApi(settings, app=app, audit=audit), tokens)

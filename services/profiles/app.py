@@ -1,32 +1,95 @@
 """The profiles service, declared: it folds `crm.events` into profiles and `crm.offers` into
-each customer's coupons, publishes profile changes and contacts, then saves; it serves the
-call-centre look-up."""
+each customer's coupons, evaluates segments on every profile change and on each `crm.clock`
+day (their definitions read whole from `crm.segment-definitions` by every instance), publishes
+profile changes, contacts and segment entries and exits, then saves; it serves the
+call-centre look-up and marketing's segments API."""
 
 from __future__ import annotations
 
-from services.profiles.api import lookup_routes
-from services.profiles.service import ProfilesService
+import contextlib
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Sequence
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter
+from pydantic import ValidationError
+
+from services.profiles.api import AuditSource, lookup_routes
+from services.profiles.segments_api import segment_routes
+from services.profiles.service import PAGE_SIZE, ProfilesService
 from services.profiles.settings import ProfilesSettings
 from services.profiles.store import ProfilesRepository, open_repository
+from shared.campaigns import SegmentDefined
 from shared.edge import foreign, json_decoder
-from shared.events import NORMALIZED_EVENT, OFFER_EVENT
+from shared.events import NORMALIZED_EVENT, OFFER_EVENT, ClockTicked
+from shared.global_table import GlobalTable
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
-from shared.topics import EVENTS, GROUP_PROFILES, OFFERS
+from shared.topics import CLOCK, EVENTS, GROUP_PROFILES, OFFERS, SEGMENT_DEFINITIONS
 
 
 def build(settings: Settings, repository: ProfilesRepository) -> ProfilesService:
-    return ProfilesService(repository, options=ProfilesSettings().fold_options())
+    return ProfilesService(
+        repository,
+        options=ProfilesSettings().fold_options(),
+        zone=ZoneInfo(settings.calendar.timezone),
+    )
+
+
+def _decode_definition(_: bytes | None, value: bytes | None) -> SegmentDefined | None:
+    if value is None:
+        return None
+    try:
+        return SegmentDefined.model_validate_json(value)
+    except ValidationError:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def definitions_table(app: ServiceApp[ProfilesService]) -> AsyncIterator[None]:
+    """`crm.segment-definitions` read whole (every instance evaluates every segment) and
+    followed; batches wait until it is read up to where it was at start."""
+    service = app.service
+
+    async def apply(records: Sequence[SegmentDefined]) -> None:
+        await service.apply_definitions(records)
+
+    table = GlobalTable(
+        app.settings.kafka,
+        SEGMENT_DEFINITIONS,
+        decode=_decode_definition,
+        apply=apply,
+        name="segment-definitions",
+    )
+    # Set before this coroutine first waits: the background starts right after the broker,
+    # before its consumer can have joined the group and fetched a batch.
+    service.definitions_ready = table.ready
+    async with table.running():
+        yield
+
+
+def routes(app: ServiceApp[ProfilesService]) -> APIRouter:
+    """The call-centre look-up and marketing's segments, on one audit log."""
+    audit = AuditSource(app.settings.store)
+    router = lookup_routes(app, audit)
+    router.include_router(segment_routes(app, audit))
+    return router
 
 
 SPEC: ServiceSpec[ProfilesRepository, ProfilesService] = ServiceSpec(
     name="profiles",
     group=GROUP_PROFILES,
-    decoders={EVENTS: json_decoder(NORMALIZED_EVENT), OFFERS: foreign(json_decoder(OFFER_EVENT))},
+    decoders={
+        EVENTS: json_decoder(NORMALIZED_EVENT),
+        OFFERS: foreign(json_decoder(OFFER_EVENT)),
+        CLOCK: foreign(json_decoder(ClockTicked)),
+    },
     open_store=lambda settings: open_repository(settings.store),
     build=build,
     order="publish_then_save",
-    routes=lookup_routes,
+    routes=routes,
+    background=definitions_table,
 )
 
 
@@ -35,12 +98,21 @@ def create_app(
     *,
     repository: ProfilesRepository | None = None,
     profile_settings: ProfilesSettings | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+    page_size: int = PAGE_SIZE,
 ) -> ServiceApp[ProfilesService]:
-    """The profiles service; a passed repository is used as is (and not closed)."""
+    """The profiles service; a passed repository is used as is (and not closed). Without the
+    background that reads `crm.segment-definitions`: tests hand definitions to
+    `service.apply_definitions`."""
+    settings = settings or Settings()
     options = (profile_settings or ProfilesSettings()).fold_options()
+    zone = ZoneInfo(settings.calendar.timezone)
+
+    def make(_settings: Settings, repo: ProfilesRepository) -> ProfilesService:
+        if clock is None:
+            return ProfilesService(repo, options=options, zone=zone, page_size=page_size)
+        return ProfilesService(repo, options=options, zone=zone, clock=clock, page_size=page_size)
+
     return ServiceApp(
-        SPEC,
-        settings,
-        repository=repository,
-        build=lambda _settings, repo: ProfilesService(repo, options=options),
+        dataclasses.replace(SPEC, background=None), settings, repository=repository, build=make
     )

@@ -1,8 +1,11 @@
 """Where profiles are kept: the port the service and the look-up use, and how it opens.
 
-One document per customer (a profile, an alias left by a card link, or an erasure tombstone)
-and the customer's coupons as announced on `crm.offers`. Two adapters hold one contract
-(tests/integration/test_profiles_store.py): `store_sqlite.py` and `store_mongo.py`.
+One document per customer (a profile, an alias left by a card link, or an erasure tombstone),
+the customer's coupons as announced on `crm.offers`, one row per (segment, customer) with the
+time the customer entered it (indexed by segment, so a segment's count is one query), the
+segment definitions read from `crm.segment-definitions`, and the latest clock day evaluated.
+Two adapters hold one contract (tests/integration/test_profiles_store.py): `store_sqlite.py`
+and `store_mongo.py`.
 
 Every profile write is guarded by the document's `version`: a document saved with version `n`
 must be stored with version `n - 1` (or be new when `n == 1`). Another consumer that changed
@@ -12,17 +15,23 @@ the document meanwhile (a merge from a profile on another partition) makes the s
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import datetime as dt
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
 import orjson
 
 from services.profiles.domain import Coupon, CustomerProfile
+from shared.campaigns import SegmentDefined
 from shared.settings import StoreSettings
 from shared.storage import open_store
 
 Kind = Literal["profile", "alias", "erased"]
+
+MembershipWrites = Mapping[tuple[str, str], dt.datetime | None]
+"""(segment, customer id) -> the time the customer entered the segment (a row to write), or
+None (the customer left it: the row to delete)."""
 
 
 class ProfilesRepository(Protocol):
@@ -37,9 +46,18 @@ class ProfilesRepository(Protocol):
         ...
 
     async def save_many(
-        self, profiles: Sequence[CustomerProfile], coupons: Sequence[Coupon] = ()
+        self,
+        profiles: Sequence[CustomerProfile],
+        coupons: Sequence[Coupon] = (),
+        *,
+        memberships: MembershipWrites | None = None,
+        clock_day: dt.date | None = None,
     ) -> None:
-        """Write a batch's documents (each `version` one above the stored one) and coupons."""
+        """Write a batch's documents (each `version` one above the stored one), coupons,
+        segment memberships and the latest clock day evaluated (kept if later than this one).
+        The segment rows of a document saved erased or as an alias are deleted. SQLite writes
+        all of it in one transaction; MongoDB writes the memberships before the documents, so
+        a batch re-read after a crash in between finds its events not applied yet."""
         ...
 
     async def get(self, customer_id: str) -> CustomerProfile | None:
@@ -60,6 +78,36 @@ class ProfilesRepository(Protocol):
 
     async def export(self, customer_id: str) -> dict[str, Any]:
         """Everything stored of a customer, JSON-able (empty `document` when unknown)."""
+        ...
+
+    async def live_profiles(self, *, after: str | None, limit: int) -> list[CustomerProfile]:
+        """A page of live profiles (neither aliases nor erased) by customer id, after `after`."""
+        ...
+
+    async def memberships_of(
+        self, customer_ids: Collection[str]
+    ) -> dict[str, dict[str, dt.datetime]]:
+        """Per customer (those in a segment only), segment name -> time entered."""
+        ...
+
+    async def segment_counts(self, names: Collection[str]) -> dict[str, int]:
+        """Members per segment (0 for a segment without any)."""
+        ...
+
+    async def segment_members(self, segment: str, *, after: str | None, limit: int) -> list[str]:
+        """A page of a segment's members (customer ids, in order), after `after`."""
+        ...
+
+    async def save_definitions(self, records: Sequence[SegmentDefined]) -> None:
+        """Keep these segment definitions (each replaces the stored one of its name)."""
+        ...
+
+    async def definitions(self) -> list[SegmentDefined]:
+        """The segment definitions kept, by name."""
+        ...
+
+    async def last_clock_day(self) -> dt.date | None:
+        """The latest clock day whose evaluation was saved."""
         ...
 
     async def close(self) -> None: ...
@@ -95,7 +143,11 @@ def sorted_coupons(coupons: Collection[Coupon]) -> list[Coupon]:
 
 
 def export_of(
-    customer_id: str, profile: CustomerProfile | None, aliases: list[str], coupons: list[Coupon]
+    customer_id: str,
+    profile: CustomerProfile | None,
+    aliases: list[str],
+    coupons: list[Coupon],
+    segments: Mapping[str, dt.datetime] | None = None,
 ) -> dict[str, Any]:
     document = profile.model_dump(mode="json") if profile is not None else None
     export: dict[str, Any] = {
@@ -103,6 +155,7 @@ def export_of(
         "document": document,
         "aliases": aliases,
         "coupons": [c.model_dump(mode="json") for c in coupons],
+        "segments": {name: at.isoformat() for name, at in sorted((segments or {}).items())},
     }
     # Round-trip through JSON so the caller gets plain JSON types only.
     result: dict[str, Any] = orjson.loads(orjson.dumps(export))

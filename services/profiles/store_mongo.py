@@ -1,18 +1,37 @@
-"""Profiles in MongoDB: one document per customer (`_id` = customer id), one per coupon."""
+"""Profiles in MongoDB: one document per customer (`_id` = customer id), one per coupon, one
+per (segment, customer) and one per segment definition."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
-from pymongo import IndexModel, ReplaceOne
+from pymongo import ASCENDING, DeleteOne, IndexModel, ReplaceOne
 
 from services.profiles.domain import Coupon, CustomerProfile
-from services.profiles.store import export_of, kind_of, sorted_coupons, text
+from services.profiles.store import (
+    MembershipWrites,
+    export_of,
+    kind_of,
+    sorted_coupons,
+    text,
+)
+from shared.campaigns import SegmentDefined
 from shared.storage import Indexes, MongoStore
 
 PROFILES = "profiles"
 COUPONS = "profiles_coupons"
+MEMBERS = "profiles_segment_members"
+DEFINITIONS = "profiles_segment_definitions"
+META = "profiles_meta"
+CLOCK_DAY = "clock_day"
+"""The `profiles_meta` document of the latest clock day evaluated."""
+
+
+def _member_id(segment: str, customer_id: str) -> str:
+    # Segment names never hold a `/` (shared.campaigns.NAME_PATTERN): the id splits back.
+    return f"{segment}/{customer_id}"
 
 
 def _doc(profile: CustomerProfile) -> dict[str, Any]:
@@ -27,8 +46,10 @@ def _coupon_doc(coupon: Coupon) -> dict[str, Any]:
 
 
 class MongoProfilesRepository(MongoStore):
-    """Collections `profiles` and `profiles_coupons`; the version guard is the upsert's filter:
-    a document stored with another version makes the upsert collide with its `_id`."""
+    """Collections `profiles`, `profiles_coupons`, `profiles_segment_members` (indexed by
+    segment then customer, and by customer), `profiles_segment_definitions`, `profiles_meta`;
+    the version guard is the upsert's filter: a document stored with another version makes
+    the upsert collide with its `_id`."""
 
     SERVICE = "profiles"
 
@@ -39,6 +60,14 @@ class MongoProfilesRepository(MongoStore):
             IndexModel("merged_into", name="merged_into", sparse=True),
         ),
         COUPONS: (IndexModel("customer_id", name="customer_id"),),
+        MEMBERS: (
+            IndexModel(
+                [("segment", ASCENDING), ("customer_id", ASCENDING)],
+                name="segment_customer",
+                unique=True,
+            ),
+            IndexModel("customer_id", name="customer_id"),
+        ),
     }
 
     async def get_many(self, customer_ids: Collection[str]) -> dict[str, CustomerProfile]:
@@ -58,8 +87,29 @@ class MongoProfilesRepository(MongoStore):
         return found
 
     async def save_many(
-        self, profiles: Sequence[CustomerProfile], coupons: Sequence[Coupon] = ()
+        self,
+        profiles: Sequence[CustomerProfile],
+        coupons: Sequence[Coupon] = (),
+        *,
+        memberships: MembershipWrites | None = None,
+        clock_day: dt.date | None = None,
     ) -> None:
+        # Memberships first: a crash before the documents are written re-reads the batch,
+        # applies its events again and finds the memberships it published already stored.
+        writes: list[ReplaceOne[Any] | DeleteOne] = []
+        for (segment, customer), at in (memberships or {}).items():
+            key = _member_id(segment, customer)
+            if at is None:
+                writes.append(DeleteOne({"_id": key}))
+            else:
+                doc = {"_id": key, "segment": segment, "customer_id": customer, "entered_at": at}
+                writes.append(ReplaceOne({"_id": key}, doc, upsert=True))
+        if writes:
+            await self.database[MEMBERS].bulk_write(writes, ordered=False)
+        dropped = [p.customer_id for p in profiles if kind_of(p) != "profile"]
+        if dropped:
+            # An erased customer or an alias is in no segment: none of its rows stays.
+            await self.database[MEMBERS].delete_many({"customer_id": {"$in": dropped}})
         if profiles:
             await self.database[PROFILES].bulk_write(
                 [
@@ -74,6 +124,11 @@ class MongoProfilesRepository(MongoStore):
             await self.database[COUPONS].bulk_write(
                 [ReplaceOne({"_id": c.offer_id}, _coupon_doc(c), upsert=True) for c in coupons],
                 ordered=False,
+            )
+        if clock_day is not None:
+            # ISO dates order as strings: `$max` keeps the latest day.
+            await self.database[META].update_one(
+                {"_id": CLOCK_DAY}, {"$max": {"day": clock_day.isoformat()}}, upsert=True
             )
 
     async def get(self, customer_id: str) -> CustomerProfile | None:
@@ -97,6 +152,72 @@ class MongoProfilesRepository(MongoStore):
         customer_id = text(customer_id, "customer_id")
         cursor = self.database[PROFILES].find({"merged_into": customer_id}, {"_id": 1})
         aliases = sorted([doc["_id"] async for doc in cursor])
+        memberships = await self.memberships_of([customer_id])
         return export_of(
-            customer_id, await self.get(customer_id), aliases, await self.coupons_of(customer_id)
+            customer_id,
+            await self.get(customer_id),
+            aliases,
+            await self.coupons_of(customer_id),
+            memberships.get(customer_id),
         )
+
+    # -- segments
+
+    async def live_profiles(self, *, after: str | None, limit: int) -> list[CustomerProfile]:
+        query: dict[str, Any] = {"kind": "profile"}
+        if after is not None:
+            query["_id"] = {"$gt": text(after, "after")}
+        cursor = self.database[PROFILES].find(query).sort("_id", ASCENDING).limit(limit)
+        return [CustomerProfile.model_validate(doc) async for doc in cursor]
+
+    async def memberships_of(
+        self, customer_ids: Collection[str]
+    ) -> dict[str, dict[str, dt.datetime]]:
+        ids = [text(i, "customer_id") for i in customer_ids]
+        found: dict[str, dict[str, dt.datetime]] = {}
+        if ids:
+            cursor = self.database[MEMBERS].find({"customer_id": {"$in": ids}})
+            async for doc in cursor:
+                at: dt.datetime = doc["entered_at"]
+                found.setdefault(doc["customer_id"], {})[doc["segment"]] = at.astimezone(dt.UTC)
+        return {c: dict(sorted(m.items())) for c, m in sorted(found.items())}
+
+    async def segment_counts(self, names: Collection[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name in names:
+            counts[name] = int(
+                await self.database[MEMBERS].count_documents({"segment": text(name, "segment")})
+            )
+        return counts
+
+    async def segment_members(self, segment: str, *, after: str | None, limit: int) -> list[str]:
+        query: dict[str, Any] = {"segment": text(segment, "segment")}
+        if after is not None:
+            query["customer_id"] = {"$gt": text(after, "after")}
+        cursor = (
+            self.database[MEMBERS]
+            .find(query, {"customer_id": 1})
+            .sort([("segment", ASCENDING), ("customer_id", ASCENDING)])
+            .limit(limit)
+        )
+        return [doc["customer_id"] async for doc in cursor]
+
+    async def save_definitions(self, records: Sequence[SegmentDefined]) -> None:
+        if records:
+            await self.database[DEFINITIONS].bulk_write(
+                [
+                    ReplaceOne(
+                        {"_id": r.name}, {"_id": r.name, **r.model_dump(mode="json")}, upsert=True
+                    )
+                    for r in records
+                ],
+                ordered=False,
+            )
+
+    async def definitions(self) -> list[SegmentDefined]:
+        cursor = self.database[DEFINITIONS].find({}, {"_id": 0}).sort("_id", ASCENDING)
+        return [SegmentDefined.model_validate(doc) async for doc in cursor]
+
+    async def last_clock_day(self) -> dt.date | None:
+        doc = await self.database[META].find_one({"_id": CLOCK_DAY})
+        return dt.date.fromisoformat(doc["day"]) if doc else None

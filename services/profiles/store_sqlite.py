@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from collections.abc import Collection, Sequence
 from typing import Any
 
 from services.profiles.domain import Coupon, CustomerProfile
-from services.profiles.store import export_of, kind_of, sorted_coupons, text
+from services.profiles.store import MembershipWrites, export_of, kind_of, sorted_coupons, text
+from shared.campaigns import SegmentDefined
 from shared.errors import Conflict
 from shared.storage import IN_LIST, SqliteStore, in_list
 
+CLOCK_DAY = "clock_day"
+"""The `profile_meta` key of the latest clock day evaluated."""
+_MEMBERSHIPS_OF = f"SELECT customer_id, segment, entered_at FROM segment_members WHERE customer_id IN {IN_LIST} ORDER BY customer_id, segment"  # noqa: S608
+_SEGMENT_COUNTS = (
+    f"SELECT segment, count(*) FROM segment_members WHERE segment IN {IN_LIST} GROUP BY segment"  # noqa: S608
+)
+
 
 class SqliteProfilesRepository(SqliteStore):
-    """One row per customer (`doc` is the profile's JSON), one per card and one per coupon."""
+    """One row per customer (`doc` is the profile's JSON), one per card, one per coupon, one
+    per (segment, customer) and one per segment definition."""
 
     SERVICE = "profiles"
     SCHEMA = """
@@ -37,6 +47,21 @@ class SqliteProfilesRepository(SqliteStore):
         doc TEXT NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS coupons_customer ON coupons(customer_id);
+    CREATE TABLE IF NOT EXISTS segment_members (
+        segment TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        entered_at TEXT NOT NULL,
+        PRIMARY KEY (segment, customer_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS segment_members_customer ON segment_members(customer_id);
+    CREATE TABLE IF NOT EXISTS segment_definitions (
+        name TEXT PRIMARY KEY NOT NULL,
+        doc TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS profile_meta (
+        key TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
     """
 
     async def get_many(self, customer_ids: Collection[str]) -> dict[str, CustomerProfile]:
@@ -61,7 +86,12 @@ class SqliteProfilesRepository(SqliteStore):
         return await self.read(work) if offer_ids else {}
 
     async def save_many(
-        self, profiles: Sequence[CustomerProfile], coupons: Sequence[Coupon] = ()
+        self,
+        profiles: Sequence[CustomerProfile],
+        coupons: Sequence[Coupon] = (),
+        *,
+        memberships: MembershipWrites | None = None,
+        clock_day: dt.date | None = None,
     ) -> None:
         rows = [
             (p.customer_id, p.version, kind_of(p), p.merged_into, p.model_dump_json())
@@ -75,6 +105,12 @@ class SqliteProfilesRepository(SqliteStore):
         ]
         dropped = [(p.customer_id,) for p in profiles if kind_of(p) != "profile"]
         coupon_rows = [(c.offer_id, c.customer_id, c.model_dump_json()) for c in coupons]
+        entered = [
+            (segment, customer, at.astimezone(dt.UTC).isoformat())
+            for (segment, customer), at in (memberships or {}).items()
+            if at is not None
+        ]
+        left = [key for key, at in (memberships or {}).items() if at is None]
 
         def work(db: sqlite3.Connection) -> None:
             before = db.total_changes
@@ -99,8 +135,24 @@ class SqliteProfilesRepository(SqliteStore):
                 "INSERT OR REPLACE INTO coupons (offer_id, customer_id, doc) VALUES (?, ?, ?)",
                 coupon_rows,
             )
+            db.executemany(
+                "INSERT INTO segment_members (segment, customer_id, entered_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (segment, customer_id) DO UPDATE SET entered_at = excluded.entered_at",
+                entered,
+            )
+            db.executemany(
+                "DELETE FROM segment_members WHERE segment = ? AND customer_id = ?", left
+            )
+            # An erased customer or an alias is in no segment: none of its rows stays.
+            db.executemany("DELETE FROM segment_members WHERE customer_id = ?", dropped)
+            if clock_day is not None:
+                db.execute(
+                    "INSERT INTO profile_meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                    "DO UPDATE SET value = excluded.value WHERE excluded.value > profile_meta.value",
+                    (CLOCK_DAY, clock_day.isoformat()),
+                )
 
-        if rows or coupon_rows:
+        if rows or coupon_rows or entered or left or clock_day is not None:
             await self.write(work)
 
     async def _one(self, sql: str, *params: object) -> CustomerProfile | None:
@@ -149,9 +201,101 @@ class SqliteProfilesRepository(SqliteStore):
             )
             return [row[0] for row in rows]
 
+        memberships = await self.memberships_of([customer_id])
         return export_of(
             customer_id,
             await self.get(customer_id),
             await self.read(aliases),
             await self.coupons_of(customer_id),
+            memberships.get(customer_id),
         )
+
+    # -- segments
+
+    async def live_profiles(self, *, after: str | None, limit: int) -> list[CustomerProfile]:
+        start = text(after, "after") if after is not None else ""
+
+        def work(db: sqlite3.Connection) -> list[CustomerProfile]:
+            rows = db.execute(
+                "SELECT doc FROM profiles WHERE kind = 'profile' AND customer_id > ?"
+                " ORDER BY customer_id LIMIT ?",
+                (start, limit),
+            )
+            return [CustomerProfile.model_validate_json(r[0]) for r in rows]
+
+        return await self.read(work)
+
+    async def memberships_of(
+        self, customer_ids: Collection[str]
+    ) -> dict[str, dict[str, dt.datetime]]:
+        ids = in_list(text(i, "customer_id") for i in customer_ids)
+
+        def work(db: sqlite3.Connection) -> dict[str, dict[str, dt.datetime]]:
+            rows = db.execute(
+                _MEMBERSHIPS_OF,
+                (ids,),
+            )
+            found: dict[str, dict[str, dt.datetime]] = {}
+            for customer, segment, at in rows:
+                found.setdefault(customer, {})[segment] = dt.datetime.fromisoformat(at)
+            return found
+
+        return await self.read(work) if customer_ids else {}
+
+    async def segment_counts(self, names: Collection[str]) -> dict[str, int]:
+        wanted = [text(n, "segment") for n in names]
+
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            rows = db.execute(
+                _SEGMENT_COUNTS,
+                (in_list(wanted),),
+            )
+            return dict.fromkeys(wanted, 0) | {name: int(n) for name, n in rows}
+
+        return await self.read(work) if wanted else {}
+
+    async def segment_members(self, segment: str, *, after: str | None, limit: int) -> list[str]:
+        params = (
+            text(segment, "segment"),
+            text(after, "after") if after is not None else "",
+            limit,
+        )
+
+        def work(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT customer_id FROM segment_members WHERE segment = ? AND customer_id > ?"
+                " ORDER BY customer_id LIMIT ?",
+                params,
+            )
+            return [r[0] for r in rows]
+
+        return await self.read(work)
+
+    async def save_definitions(self, records: Sequence[SegmentDefined]) -> None:
+        rows = [(r.name, r.model_dump_json()) for r in records]
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO segment_definitions (name, doc) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+                rows,
+            )
+
+        if rows:
+            await self.write(work)
+
+    async def definitions(self) -> list[SegmentDefined]:
+        def work(db: sqlite3.Connection) -> list[SegmentDefined]:
+            rows = db.execute("SELECT doc FROM segment_definitions ORDER BY name")
+            return [SegmentDefined.model_validate_json(r[0]) for r in rows]
+
+        return await self.read(work)
+
+    async def last_clock_day(self) -> dt.date | None:
+        def work(db: sqlite3.Connection) -> dt.date | None:
+            row = db.execute(
+                "SELECT value FROM profile_meta WHERE key = ?", (CLOCK_DAY,)
+            ).fetchone()
+            return dt.date.fromisoformat(row[0]) if row else None
+
+        return await self.read(work)

@@ -16,6 +16,8 @@ import pytest
 
 from services.profiles.domain import Coupon, CustomerProfile, ProfileBook
 from services.profiles.store import ProfilesRepository, open_repository
+from services.profiles.store_mongo import MongoProfilesRepository
+from shared.campaigns import SegmentDefined, SegmentRule
 from shared.errors import Conflict
 from shared.events import (
     CardLinked,
@@ -283,3 +285,132 @@ async def test_stamps_and_coupon_states_come_back_as_saved(repo: ProfilesReposit
     assert stored.stamps["email"].at == T0 + dt.timedelta(days=1)
     assert stored.skus["MILK"].last_event_id == "e1"
     assert await repo.coupons_of("c-1") == [coupon]
+
+
+# ---------------------------------------------------------------- segments
+
+
+def entered(days: int) -> dt.datetime:
+    return T0 + dt.timedelta(days=days)
+
+
+async def test_memberships_are_saved_with_the_batch_counted_and_listed_per_segment(
+    repo: ProfilesRepository,
+) -> None:
+    await apply(repo, [purchase(f"e{i}", f"c-{i}", T0, f"card-{i}") for i in range(5)])
+    await repo.save_many(
+        [],
+        memberships={
+            ("vip", "c-3"): entered(1),
+            ("vip", "c-1"): entered(2),
+            ("vip", "c-4"): entered(3),
+            ("all", "c-1"): entered(0),
+        },
+    )
+    assert await repo.segment_counts(["vip", "all", "empty"]) == {"vip": 3, "all": 1, "empty": 0}
+    assert await repo.memberships_of(["c-1", "c-2", "c-3"]) == {
+        "c-1": {"all": entered(0), "vip": entered(2)},
+        "c-3": {"vip": entered(1)},
+    }
+    assert await repo.segment_members("vip", after=None, limit=2) == ["c-1", "c-3"]
+    assert await repo.segment_members("vip", after="c-3", limit=2) == ["c-4"]
+    assert await repo.segment_members("nobody", after=None, limit=2) == []
+    # Left, and entered again later: the row goes, then comes back with its new time.
+    await repo.save_many([], memberships={("vip", "c-1"): None, ("vip", "c-2"): entered(4)})
+    assert await repo.segment_members("vip", after=None, limit=10) == ["c-2", "c-3", "c-4"]
+    await repo.save_many([], memberships={("vip", "c-1"): entered(5)})
+    assert (await repo.memberships_of(["c-1"]))["c-1"]["vip"] == entered(5)
+    assert (await repo.export("c-1"))["segments"] == {
+        "all": entered(0).isoformat(),
+        "vip": entered(5).isoformat(),
+    }
+
+
+async def test_an_erased_customer_or_an_alias_keeps_no_membership(repo: ProfilesRepository) -> None:
+    await apply(repo, [purchase(f"e{i}", f"c-{i}", T0, f"card-{i}") for i in range(3)])
+    await repo.save_many(
+        [],
+        memberships={(s, f"c-{i}"): T0 for s in ("all", "vip") for i in range(3)},
+    )
+    erase = CustomerErased(event_id="x1", occurred_at=T0 + dt.timedelta(hours=1), customer_id="c-1")
+    link = CardLinked(
+        event_id="l1",
+        occurred_at=T0 + dt.timedelta(hours=1),
+        customer_id="c-0",
+        card_id="card-2",
+        merged_customer_id="c-2",
+    )
+    await apply(repo, [erase, link])
+    assert set(await repo.memberships_of(["c-0", "c-1", "c-2"])) == {"c-0"}
+    assert await repo.segment_counts(["all", "vip"]) == {"all": 1, "vip": 1}
+
+
+async def test_a_refused_write_saves_no_membership(repo: ProfilesRepository) -> None:
+    await apply(repo, [purchase("e1", "c-1", T0, "card-1")])
+    stored = await repo.get("c-1")
+    assert stored is not None
+    stale = stored.model_copy(update={"version": 5})
+    with pytest.raises(Conflict):
+        await repo.save_many([stale], memberships={("vip", "c-1"): T0}, clock_day=T0.date())
+    if not isinstance(repo, MongoProfilesRepository):  # one transaction in SQLite
+        assert await repo.memberships_of(["c-1"]) == {}
+        assert await repo.last_clock_day() is None
+
+
+async def test_live_profiles_come_a_page_at_a_time_without_aliases_or_erased(
+    repo: ProfilesRepository,
+) -> None:
+    await apply(repo, [purchase(f"e{i}", f"c-{i}", T0, f"card-{i}") for i in range(5)])
+    erase = CustomerErased(event_id="x1", occurred_at=T0 + dt.timedelta(hours=1), customer_id="c-1")
+    link = CardLinked(
+        event_id="l1",
+        occurred_at=T0 + dt.timedelta(hours=1),
+        customer_id="c-0",
+        card_id="card-3",
+        merged_customer_id="c-3",
+    )
+    await apply(repo, [erase, link])
+    first = await repo.live_profiles(after=None, limit=2)
+    assert [p.customer_id for p in first] == ["c-0", "c-2"]
+    rest = await repo.live_profiles(after="c-2", limit=2)
+    assert [p.customer_id for p in rest] == ["c-4"]
+    assert first[0].visits == 2
+    assert await repo.live_profiles(after="c-4", limit=2) == []
+
+
+async def test_segment_definitions_are_kept_and_replaced_by_name(repo: ProfilesRepository) -> None:
+    def record(name: str, version: int, spend: str) -> SegmentDefined:
+        return SegmentDefined(
+            name=name,
+            description="Big spenders",
+            rule=SegmentRule.model_validate(
+                {"min_spend": spend, "bought": [{"category": "tea", "within_days": 90}]}
+            ),
+            version=version,
+            defined_at=T0 + dt.timedelta(minutes=version),
+            defined_by="abc123",
+        )
+
+    assert await repo.definitions() == []
+    await repo.save_definitions([record("vip", 1, "100"), record("big", 1, "50.5")])
+    await repo.save_definitions([record("vip", 2, "200")])
+    assert await repo.definitions() == [record("big", 1, "50.5"), record("vip", 2, "200")]
+
+
+async def test_the_latest_clock_day_only_moves_forward(repo: ProfilesRepository) -> None:
+    assert await repo.last_clock_day() is None
+    await repo.save_many([], clock_day=dt.date(2026, 3, 5))
+    await repo.save_many([], clock_day=dt.date(2026, 3, 4))
+    assert await repo.last_clock_day() == dt.date(2026, 3, 5)
+    await repo.save_many([], clock_day=dt.date(2026, 3, 6))
+    assert await repo.last_clock_day() == dt.date(2026, 3, 6)
+
+
+async def test_segment_look_ups_are_data_not_queries(repo: ProfilesRepository) -> None:
+    await repo.save_many([], memberships={("vip", "c-1"): T0})
+    assert await repo.segment_counts(["' OR 1=1 --"]) == {"' OR 1=1 --": 0}
+    assert await repo.segment_members("%", after=None, limit=10) == []
+    with pytest.raises(TypeError):
+        await repo.segment_members({"$ne": None}, after=None, limit=10)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await repo.memberships_of([{"$gt": ""}])  # type: ignore[list-item]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from faststream.kafka import TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -15,6 +17,7 @@ from faststream.kafka.annotations import KafkaMessage
 from services.profiles.app import create_app
 from services.profiles.service import ProfilesService
 from services.profiles.store_sqlite import SqliteProfilesRepository
+from shared.campaigns import SegmentDefined, SegmentRule
 from shared.events import (
     BasketLine,
     CardLinked,
@@ -34,9 +37,11 @@ from shared.events import (
 from shared.settings import KafkaSettings, Settings, StoreSettings
 from shared.skeleton import ServiceApp
 from shared.storage import StoreLocation
-from shared.topics import CONTACTS, DEADLETTER, EVENTS, OFFERS, PROFILES_CHANGED
+from shared.topics import CLOCK, CONTACTS, DEADLETTER, EVENTS, OFFERS, PROFILES_CHANGED, SEGMENTS
 
 T0 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
+NOW = T0 + dt.timedelta(days=60)
+"""The wall clock of the tests' service (clock days up to a day after it are taken)."""
 
 
 @dataclass
@@ -44,6 +49,10 @@ class Collected:
     changed: list[ProfileChanged] = field(default_factory=list)
     contacts: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    segments: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    """(key, value) of each record published on crm.segments, as published."""
+    order: list[tuple[str, str]] = field(default_factory=list)
+    """(topic, cause) of profile changes and segment changes, in publishing order."""
 
 
 @dataclass
@@ -61,6 +70,28 @@ class Harness:
         for payload in payloads:
             await self.app.broker.publish(payload, EVENTS, key=key)
 
+    async def tick(self, day: dt.date) -> None:
+        await self.app.broker.publish(orjson.dumps({"date": day.isoformat()}), CLOCK)
+
+    async def define(self, name: str, rule: dict[str, Any], version: int = 1) -> None:
+        """A segment definition, as the service takes it from crm.segment-definitions."""
+        await self.app.service.apply_definitions(
+            [
+                SegmentDefined(
+                    name=name,
+                    rule=SegmentRule.model_validate(rule),
+                    version=version,
+                    defined_at=T0 - dt.timedelta(days=30),
+                    defined_by="token-1",
+                )
+            ]
+        )
+
+    def segment_changes(self, segment: str) -> list[dict[str, Any]]:
+        """The records published on crm.segments for one segment, read from their bytes."""
+        found = [orjson.loads(value) for _, value in self.out.segments]
+        return [r for r in found if r["segment"] == segment]
+
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
@@ -69,14 +100,21 @@ async def harness() -> AsyncIterator[Harness]:
         store=StoreSettings(store_url="memory://"),
     )
     repo = await SqliteProfilesRepository.open(StoreLocation.parse("memory://"))
-    app = create_app(settings, repository=repo)
+    app = create_app(settings, repository=repo, clock=lambda: NOW, page_size=2)
     broker = app.broker
     assert broker is not None
     out = Collected()
 
     @broker.subscriber(PROFILES_CHANGED, batch=False)
     async def on_changed(_: Any, message: KafkaMessage) -> None:
-        out.changed.append(ProfileChanged.model_validate_json(message.body))
+        changed = ProfileChanged.model_validate_json(message.body)
+        out.changed.append(changed)
+        out.order.append((PROFILES_CHANGED, changed.cause_event_id))
+
+    @broker.subscriber(SEGMENTS, batch=False)
+    async def on_segment(_: Any, message: KafkaMessage) -> None:
+        out.segments.append((message.raw_message.key, message.body))  # type: ignore[union-attr]
+        out.order.append((SEGMENTS, orjson.loads(message.body)["cause_event_id"]))
 
     @broker.subscriber(CONTACTS, batch=False)
     async def on_contact(_: Any, message: KafkaMessage) -> None:
@@ -393,3 +431,165 @@ async def test_a_revoked_coupon_is_saved_revoked_and_a_redemption_keeps_its_disc
     assert (one.state, one.discount) == ("redeemed", Decimal("3.00"))
     assert (two.state, two.redeemed_at, two.discount) == ("revoked", None, None)
     assert harness.out.dead == []
+
+
+# ---------------------------------------------------------------- segments
+
+
+def consent(event_id: str, given: bool, when: dt.datetime) -> bytes:
+    return (
+        ConsentChanged(
+            event_id=event_id, occurred_at=when, customer_id="c-1", marketing_consent=given
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+async def test_a_swipe_that_makes_a_customer_enter_a_segment_publishes_the_entry_in_its_batch(
+    harness: Harness,
+) -> None:
+    await harness.define("milk-buyers", {"bought": [{"sku": "MILK"}], "consent": True})
+    await harness.send(signup())
+    assert harness.segment_changes("milk-buyers") == []
+    batches = harness.app.service.stats["batches"]
+    await harness.send(purchase("e1", T0 + dt.timedelta(hours=1)))
+    assert harness.app.service.stats["batches"] == batches + 1
+    [(key, value)] = [
+        (k, v) for k, v in harness.out.segments if orjson.loads(v)["segment"] == "milk-buyers"
+    ]
+    assert key == b"c-1"
+    assert orjson.loads(value) == {
+        "type": "segment_entered",
+        "customer_id": "c-1",
+        "segment": "milk-buyers",
+        "at": "2026-03-01T11:00:00Z",
+        "cause_event_id": "e1",
+        "segment_version": 1,
+    }
+    # Published with the swipe's profile change (its RFM segment moved too), then nothing else.
+    swipe = harness.out.order[harness.out.order.index((PROFILES_CHANGED, "e1")) :]
+    assert swipe == [(PROFILES_CHANGED, "e1")] + [(SEGMENTS, "e1")] * 3
+    assert (await harness.repo.segment_counts(["milk-buyers"])) == {"milk-buyers": 1}
+    await harness.send(purchase("e1", T0 + dt.timedelta(hours=1)))  # redelivered: no new entry
+    await harness.send(purchase("e2", T0 + dt.timedelta(hours=2)))  # still in: no new entry
+    assert len(harness.segment_changes("milk-buyers")) == 1
+
+
+async def test_built_in_segments_are_entered_and_left_like_any_other(harness: Harness) -> None:
+    await harness.send(signup())
+    await harness.send(purchase("e1"))
+    changes = [orjson.loads(v) for _, v in harness.out.segments]
+    assert [(c["type"], c["segment"], c["cause_event_id"]) for c in changes] == [
+        ("segment_entered", "all", "s1"),
+        ("segment_entered", "rfm-prospect", "s1"),
+        ("segment_entered", "rfm-new", "e1"),
+        ("segment_exited", "rfm-prospect", "e1"),
+    ]
+
+
+async def test_a_later_change_makes_the_customer_exit(harness: Harness) -> None:
+    await harness.define("reachable", {"consent": True, "min_visits": 1})
+    await harness.send(signup(), purchase("e1"))
+    await harness.send(consent("k1", False, T0 + dt.timedelta(hours=3)))
+    changes = harness.segment_changes("reachable")
+    assert [(c["type"], c["cause_event_id"], c["at"]) for c in changes] == [
+        ("segment_entered", "e1", "2026-03-01T10:00:00Z"),
+        ("segment_exited", "k1", "2026-03-01T13:00:00Z"),
+    ]
+    assert (await harness.repo.memberships_of(["c-1"]))["c-1"].keys() == {"all", "rfm-new"}
+
+
+async def test_a_clock_day_moves_recency_and_a_day_seen_twice_does_nothing(
+    harness: Harness,
+) -> None:
+    await harness.define("recent", {"max_days_since_last_visit": 7})
+    await harness.send(signup(), purchase("e1"))
+    for other in ("c-2", "c-3"):  # more profiles than a page
+        event = PurchaseRecorded.model_validate_json(purchase("x-" + other)).model_copy(
+            update={"customer_id": other, "card_id": "card-" + other}
+        )
+        await harness.send(event.model_dump_json().encode(), key=other.encode())
+    await harness.tick(dt.date(2026, 3, 8))  # 7 days: still recent
+    assert [c["type"] for c in harness.segment_changes("recent")] == ["segment_entered"] * 3
+    await harness.tick(dt.date(2026, 3, 9))
+    exits = harness.segment_changes("recent")[3:]
+    assert [(c["customer_id"], c["type"], c["cause_event_id"], c["at"]) for c in exits] == [
+        (cid, "segment_exited", "clock:2026-03-09", "2026-03-09T00:00:00Z")
+        for cid in ("c-1", "c-2", "c-3")
+    ]
+    published = len(harness.out.segments)
+    await harness.tick(dt.date(2026, 3, 9))
+    await harness.tick(dt.date(2026, 3, 5))
+    assert len(harness.out.segments) == published
+    assert harness.app.service.stats["clock_days_repeated"] == 2
+    assert harness.app.service.stats["clock_days_evaluated"] == 2
+    assert await harness.repo.last_clock_day() == dt.date(2026, 3, 9)
+    # A swipe then, dated before the clock day, is evaluated as of the clock day: in again.
+    await harness.send(purchase("e2", T0 + dt.timedelta(days=7, hours=12)))
+    [again] = harness.segment_changes("recent")[6:]
+    assert (again["type"], again["cause_event_id"]) == ("segment_entered", "e2")
+
+
+async def test_a_clock_day_far_ahead_of_the_wall_clock_is_ignored(harness: Harness) -> None:
+    await harness.define("recent", {"max_days_since_last_visit": 7})
+    await harness.send(purchase("e1"))
+    await harness.tick(NOW.date() + dt.timedelta(days=2))
+    assert harness.segment_changes("recent") == harness.segment_changes("recent")[:1]
+    assert harness.app.service.stats["clock_days_future"] == 1
+    assert await harness.repo.last_clock_day() is None
+
+
+async def test_an_erased_customer_leaves_every_segment(harness: Harness) -> None:
+    await harness.define("reachable", {"consent": True})
+    await harness.send(signup(), purchase("e1"))
+    erase = CustomerErased(event_id="x1", occurred_at=T0 + dt.timedelta(hours=1), customer_id="c-1")
+    before = len(harness.out.segments)
+    await harness.send(erase.model_dump_json().encode())
+    exits = [orjson.loads(v) for _, v in harness.out.segments[before:]]
+    assert [(c["type"], c["segment"], c["cause_event_id"]) for c in exits] == [
+        ("segment_exited", "all", "x1"),
+        ("segment_exited", "reachable", "x1"),
+        ("segment_exited", "rfm-new", "x1"),
+    ]
+    assert await harness.repo.memberships_of(["c-1"]) == {}
+    assert (await harness.repo.export("c-1"))["segments"] == {}
+
+
+async def test_a_merged_customer_leaves_its_segments_and_the_target_keeps_its_own(
+    harness: Harness,
+) -> None:
+    other = PurchaseRecorded.model_validate_json(purchase("b1")).model_copy(
+        update={"customer_id": "c-2", "card_id": "card-2"}
+    )
+    await harness.send(signup(), other.model_dump_json().encode())
+    link = CardLinked(
+        event_id="l1",
+        occurred_at=T0 + dt.timedelta(hours=1),
+        customer_id="c-1",
+        card_id="card-2",
+        merged_customer_id="c-2",
+    )
+    await harness.send(link.model_dump_json().encode())
+    changes = [orjson.loads(v) for _, v in harness.out.segments]
+    assert [
+        (c["customer_id"], c["type"], c["segment"]) for c in changes if c["cause_event_id"] == "l1"
+    ] == [
+        ("c-1", "segment_entered", "rfm-new"),
+        ("c-1", "segment_exited", "rfm-prospect"),
+        ("c-2", "segment_exited", "rfm-new"),
+    ]
+    assert await harness.repo.memberships_of(["c-2"]) == {}
+
+
+async def test_batches_wait_for_the_segment_definitions(harness: Harness) -> None:
+    service = harness.app.service
+    service.definitions_ready = asyncio.Event()
+    sending = asyncio.create_task(harness.send(purchase("e1")))
+    await asyncio.sleep(0.05)
+    assert not sending.done()
+    assert harness.out.changed == []
+    await harness.define("buyers", {"min_visits": 1})  # read from the topic meanwhile
+    service.definitions_ready.set()
+    await asyncio.wait_for(sending, 5)
+    assert [c["cause_event_id"] for c in harness.segment_changes("buyers")] == ["e1"]
