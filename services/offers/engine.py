@@ -255,6 +255,15 @@ class OfferDecider:
             for candidate in self._candidates(ledger, since, days):
                 self._decide(ledger, candidate, decisions, before, arrival)
         ledger.decisions = _pruned(decisions)
+        if ledger.erased_now():
+            # An erased customer keeps no open coupon, whichever came first, the erasure or
+            # the checkouts before it: the same offers in the end, in any order.
+            for key, decision in list(ledger.decisions.items()):
+                stored = offers.get(decision.offer_id)
+                if decision.outcome == "issued" and (stored is None or stored.state == "issued"):
+                    ledger.decisions[key] = decision.model_copy(
+                        update={"outcome": "suppressed", "reason": "erased"}
+                    )
 
         for key, old in sorted(before.items(), key=lambda kv: (kv[1].at, kv[0])):
             now = ledger.decisions.get(key)

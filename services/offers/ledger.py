@@ -220,6 +220,10 @@ class Ledger(BaseModel):
     def is_alias(self) -> bool:
         return self.merged_into is not None
 
+    def erased_now(self) -> bool:
+        """Whether the customer stands erased (an erasure with no sign-up after it)."""
+        return bool(self.erasures) and self.erased_at(dt.datetime.max.replace(tzinfo=dt.UTC))
+
     def in_segment(self, segment: str, moment: dt.datetime) -> bool:
         """Whether the customer was in the segment at `moment`: the latest entry or exit at or
         before it says."""
@@ -232,7 +236,16 @@ class Ledger(BaseModel):
         return value
 
     def segment_entries_from(self, moment: dt.datetime) -> list[SegmentPoint]:
-        return [p for p in self.segments if p.value and p.at >= moment]
+        """The entries from `moment` on that are entries: the customer was not in the segment
+        just before. An entry said twice (a rebuilt profiles service says it again, with
+        another cause) is not a second entry."""
+        inside: dict[str, bool] = {}
+        found = []
+        for point in self.segments:
+            if point.value and not inside.get(point.segment, False) and point.at >= moment:
+                found.append(point)
+            inside[point.segment] = point.value
+        return found
 
     def decision_of(self, offer_id: str) -> Decision | None:
         """The decision that gives (or would give) this offer id, if the ledger holds it."""

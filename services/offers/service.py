@@ -465,7 +465,8 @@ class OffersService:
                     customer_id=event.customer_id,
                     kind=event.kind,
                     coupon_code=event.coupon_code,
-                    reason=(decision.reason if decision is not None else None) or "not_eligible",
+                    reason=(decision.reason if decision is not None else None)
+                    or ("erased" if ledger is not None and ledger.erased_now() else "not_eligible"),
                     revoked_at=event.issued_at,
                 )
                 outgoing.append((OFFERS, event.customer_id.encode(), dump(revocation)))

@@ -241,6 +241,7 @@ def test_entering_a_segment_triggers_its_campaign_once_per_entry() -> None:
     assert first.trigger is not None
     assert (first.trigger.type, first.trigger.segment) == ("segment", "big-spenders")
     assert seg("segment_entered", 1, "p-1") == []  # the same entry again
+    assert issued(seg("segment_entered", 1, "p-9")) == []  # said again: still inside
     seg("segment_exited", 2, "p-2")
     assert len(issued(seg("segment_entered", 3, "p-3"))) == 1  # a new entry
 

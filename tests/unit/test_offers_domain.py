@@ -898,3 +898,20 @@ def test_a_win_back_is_due_on_the_first_day_away_long_enough_even_if_a_later_vis
     # Once the days up to the visit are completed, the next chance is 61 days after it.
     done = Days(last.date(), lapsed + dt.timedelta(days=10))
     assert c.decider.win_back_due(c.ledger, done) == lapsed + dt.timedelta(days=3 + 61)
+
+
+def test_an_erasure_leaves_no_open_coupon_whichever_arrived_first() -> None:
+    erase = change("x-1", DAY1 + dt.timedelta(days=1), "customer_erased", erased=True)
+    after = customer_with_consent()
+    milk_three_times(after)
+    [offer] = issued(after.events)
+    [revoked] = of_type(after.send(erase), OfferRevoked)
+    assert (revoked.offer_id, revoked.reason) == (offer.offer_id, "erased")
+    together = customer_with_consent()
+    together.send(
+        purchase("m-1", DAY1 - dt.timedelta(days=20)),
+        purchase("m-2", DAY1 - dt.timedelta(days=5)),
+        purchase("m-3", DAY1),
+        erase,
+    )
+    assert after.live() == together.live() == {}
