@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from typing import Any
 
 import httpx
@@ -18,14 +19,14 @@ from crm.traffic import read_topic
 from shared.auth import token_hash
 from shared.privacy import card_id, customer_id_for_card
 from shared.settings import KafkaSettings
-from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, OFFERS
+from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, OFFERS, SEGMENTS
 from tests.reliability.harness import send, wait_drained
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MARKETING = "marketing-e2e-token"
 CARD_KEY = "e2e-card-key"
-COFFEE = {
+COFFEE: dict[str, Any] = {
     "name": "Coffee lovers",
     "trigger": {"type": "purchase", "sku": "COFFEE-1KG", "min_checkouts": 2, "window_days": 30},
     "audience": {"segment": "all"},
@@ -168,3 +169,75 @@ def test_a_campaign_made_through_the_api_while_running_issues_pauses_and_resumes
     assert [c["action"] for c in view["history"]] == ["created", "paused", "resumed"]
     listed = {c["campaign_id"] for c in api.get("/api/campaigns").json()["campaigns"]}
     assert {"frequent-item", "birthday", "anniversary", "win-back", "coffee-lovers"} <= listed
+
+
+def _wait_for(condition: Any, within: float, what: str) -> None:
+    """Until `condition()` holds; fails after `within` seconds (a bound, not a measure)."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_entering_a_segment_triggers_its_campaign_once_and_segments_choose_the_audience(
+    broker: EmbeddedKafka, make_pipeline: Any
+) -> None:
+    pipeline = make_pipeline(
+        CRM_API_TOKENS=f"marketing:{token_hash(MARKETING)}", CRM_CARD_KEY=CARD_KEY
+    )
+    pipeline.start("all")
+    pipeline.wait_ready("all")
+    store = Store(broker.bootstrap)
+    store.sign_up(1, 2)
+    asyncio.run(wait_drained(broker.bootstrap))
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{pipeline.ports['all']}",
+        headers={"Authorization": f"Bearer {MARKETING}"},
+        timeout=10,
+    )
+    preview = api.post("/api/segments/preview", json={"rule": {"min_spend": "50"}})
+    assert preview.json() == {"count": 0}
+    saved = api.post("/api/segments", json={"name": "big-spenders", "rule": {"min_spend": "50"}})
+    assert saved.status_code == 201, saved.text
+    welcome = {
+        **COFFEE,
+        "name": "Welcome big spenders",
+        "trigger": {"type": "segment_entered", "segment": "big-spenders"},
+        "offer": {"discount_percent": "10", "scope": "basket"},
+    }
+    assert api.post("/api/campaigns", json=welcome).status_code == 201
+    vip = {
+        **COFFEE,
+        "name": "VIP coffee",
+        "audience": {"segment": "big-spenders"},
+        "trigger": {**COFFEE["trigger"], "min_checkouts": 1},
+    }
+    assert api.post("/api/campaigns", json=vip).status_code == 201
+
+    swiped = time.monotonic()
+    store.buy(1, "WINE", price="60.00")  # customer 1 enters big-spenders
+    _wait_for(
+        lambda: issued_by(broker.bootstrap, "welcome-big-spenders") == [customer(1)],
+        30,
+        "the welcome offer",
+    )
+    print(f"swipe to segment_entered offer: {time.monotonic() - swiped:.1f} s")
+    entries = [
+        orjson.loads(r.value)
+        for r in asyncio.run(
+            read_topic(KafkaSettings(kafka_bootstrap=broker.bootstrap), SEGMENTS, within=30)
+        )
+    ]
+    assert {(e["type"], e["segment"]) for e in entries if e["customer_id"] == customer(1)} >= {
+        ("segment_entered", "big-spenders")
+    }
+    store.buy(1, "WINE", price="60.00")  # still in: no second entry, no second welcome
+    store.buy(2, "BREAD", price="3.00")
+    assert issued_by(broker.bootstrap, "welcome-big-spenders") == [customer(1)]
+    assert api.get("/api/segments/big-spenders").json()["count"] == 1
+
+    store.buy(1, "COFFEE-1KG")  # in the audience
+    store.buy(2, "COFFEE-1KG")  # not
+    assert issued_by(broker.bootstrap, "vip-coffee") == [customer(1)]
