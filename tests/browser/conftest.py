@@ -1,4 +1,7 @@
-"""The browser: one headless Chromium (Debian's, never a downloaded one) for the session."""
+"""The browser: a headless Chromium (Debian's, never a downloaded one) per test module.
+
+Not one per session: Playwright's sync API keeps an event loop running in the test's thread
+while the browser is up, and the other modules' tests run their own event loops there."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pytest
 from tests.browser.support import ARGS, CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
