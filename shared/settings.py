@@ -25,6 +25,7 @@ SECRETS_DIR_VARIABLE = "CRM_SECRETS_DIR"
 """Folder of secret files, one per setting, read in addition to the environment."""
 DEV_CARD_KEY = "crm-stream-development-card-key"
 DEV_COUPON_KEY = "crm-stream-development-coupon-key"
+DEV_UNSUBSCRIBE_KEY = "crm-stream-development-unsubscribe-key"
 
 
 class _Env(BaseSettings):
@@ -121,6 +122,10 @@ class PrivacySettings(_Env):
     )
     coupon_key: SecretStr = Field(
         default=SecretStr(DEV_COUPON_KEY), description="Secret key coupon codes are derived with."
+    )
+    unsubscribe_key: SecretStr = Field(
+        default=SecretStr(DEV_UNSUBSCRIBE_KEY),
+        description="Secret key unsubscribe links are signed with.",
     )
 
     @property
