@@ -121,9 +121,9 @@ async def trace(settings: Settings, card_number: str) -> Trace:
         letter = orjson.loads(record.value)
         if letter.get("source_topic") != CHECKOUTS_RAW:
             continue
-        for event_id, refused in swipes.items():
-            if f'"{event_id}"' in letter.get("payload", ""):
-                refused.dead_letter = letter.get("reason")
+        refused = swipes.get(str(letter.get("fields", {}).get("event_id")))
+        if refused is not None:
+            refused.dead_letter = letter.get("reason")
     for record in await read_topic(kafka, PROFILES_CHANGED, within=60):
         change = orjson.loads(record.value)
         swipe = swipes.get(change.get("cause_event_id"))

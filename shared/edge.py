@@ -11,11 +11,13 @@ whose card number is malformed); the edge dead-letters that the same way.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
+import orjson
 import structlog
 from aiokafka import ConsumerRecord
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -31,8 +33,30 @@ log = get_logger(__name__)
 E = TypeVar("E", covariant=True)
 M = TypeVar("M")
 
-DEAD_LETTER_PAYLOAD_LIMIT = 64 * 1024
-"""Dead-lettered payloads keep at most this many characters (the size is always recorded)."""
+KEPT_FIELDS: Final = frozenset(
+    {
+        "event_id",
+        "type",
+        "occurred_at",
+        "store_id",
+        "customer_id",
+        "offer_id",
+        "campaign_id",
+        "cause_event_id",
+        "checkout_event_id",
+        "kind",
+        "currency",
+        "channel",
+        "changed_at",
+        "issued_at",
+        "schema_version",
+    }
+)
+"""The only payload fields a dead letter keeps (ids, types, times, the store), and only when
+they are short scalars: never a name, an e-mail address, a birth date, a card number, free-text
+details or any other field of the payload."""
+KEPT_VALUE_LIMIT: Final = 128
+"""A kept field longer than this is left out (an id is short; a long value is not an id)."""
 
 Outgoing = tuple[str, bytes | None, bytes | None]
 """(topic, key, value) to publish; a None value is a tombstone."""
@@ -115,6 +139,13 @@ def describe(exc: ValidationError) -> str:
     )
 
 
+def failing_field(exc: ValidationError) -> str | None:
+    """The path of the first field that failed validation (`birth_date`, `lines.0.sku`)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    path = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
+    return path or None
+
+
 def json_decoder(
     model: type[M] | TypeAdapter[M], *, invalid: str = "invalid_event"
 ) -> Callable[[Source], M]:
@@ -129,30 +160,58 @@ def json_decoder(
             return adapter.validate_json(source.value)
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False)
-            reason = "invalid_json" if errors and errors[0]["type"] == "json_invalid" else invalid
-            raise Rejected(reason, describe(exc)) from None
+            if errors and errors[0]["type"] == "json_invalid":
+                raise Rejected("invalid_json", describe(exc)) from None
+            raise Rejected(invalid, describe(exc), field=failing_field(exc)) from None
 
     return decode
 
 
+def kept_fields(value: bytes | None) -> dict[str, str | int | bool]:
+    """The allow-listed fields of a payload (`KEPT_FIELDS`), short scalars only; nothing of a
+    payload that is not a JSON object. Card-like digit runs are masked even in these."""
+    if not value:
+        return {}
+    try:
+        document = orjson.loads(value)
+    except (orjson.JSONDecodeError, RecursionError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    kept: dict[str, str | int | bool] = {}
+    for name in KEPT_FIELDS & document.keys():
+        item = document[name]
+        if isinstance(item, str) and len(item) <= KEPT_VALUE_LIMIT:
+            kept[name] = mask_card_numbers(item)
+        elif isinstance(item, bool | int) and not isinstance(item, float):
+            kept[name] = item
+    return dict(sorted(kept.items()))
+
+
 def dead_letter(
-    *, service: str, source: Source, reason: str, detail: str, now: dt.datetime | None = None
+    *,
+    service: str,
+    source: Source,
+    reason: str,
+    detail: str,
+    field: str | None = None,
+    now: dt.datetime | None = None,
 ) -> DeadLetter:
-    """A dead letter for a record: masked, truncated payload and where it came from."""
+    """A dead letter for a record: where it came from, why, the failing field's path and the
+    allow-listed fields of its payload; of the rest of the payload only its size and hash."""
     raw = source.value or b""
-    text = raw[: DEAD_LETTER_PAYLOAD_LIMIT * 4].decode("utf-8", errors="replace")
-    truncated = len(text) > DEAD_LETTER_PAYLOAD_LIMIT or len(raw) > DEAD_LETTER_PAYLOAD_LIMIT * 4
     return DeadLetter(
         service=service,
         reason=reason,
         detail=mask_card_numbers(detail)[:1000],
+        field=field[:200] if field else None,
         source_topic=source.topic,
         partition=source.partition,
         offset=source.offset,
         dead_lettered_at=now or dt.datetime.now(dt.UTC),
-        payload=mask_card_numbers(text[:DEAD_LETTER_PAYLOAD_LIMIT]),
+        fields=kept_fields(source.value),
         payload_bytes=len(raw),
-        truncated=truncated,
+        payload_sha256=hashlib.sha256(raw).hexdigest(),
     )
 
 
@@ -229,6 +288,7 @@ class Edge:
             source=source,
             reason=rejected.reason,
             detail=rejected.detail,
+            field=rejected.field,
             now=self._clock(),
         )
         return dead_letter_message(letter)

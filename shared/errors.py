@@ -25,10 +25,12 @@ class Rejected(Exception):
     """An input that cannot be processed: `reason` is a stable code, `detail` explains it.
 
     Raised by a decoder at the edge or returned by a service for one event; the edge
-    dead-letters the record with this reason (and counts `dead_lettered_<reason>`).
+    dead-letters the record with this reason (and counts `dead_lettered_<reason>`). `field` is
+    the path of the failing field (`birth_date`, `lines.0.quantity`), never its value.
     """
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, *, field: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.field = field

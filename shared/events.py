@@ -402,16 +402,42 @@ class DeliveryRecorded(Event):
 
 
 class DeadLetter(Event):
-    """What a service could not process, with the reason. Card numbers in the payload are masked."""
+    """What a service could not process, and why: never the payload itself.
+
+    A dead letter keeps an allow-list of the payload's fields (ids, types, times, the store:
+    see `fields`), the reason and the path of the failing field; never names, e-mail addresses,
+    birth dates, card numbers, free-text details or any other field. Of a payload that is not
+    a JSON object it keeps nothing but its size and hash.
+    """
 
     type: Literal["dead_letter"] = "dead_letter"
     service: str = Field(description="Service that gave up on the message.")
-    reason: str = Field(description="Machine-readable reason code, e.g. `invalid_json`.")
-    detail: str = Field(description="Human-readable explanation.")
+    reason: str = Field(description="Machine-readable reason code, e.g. `invalid_birth_date`.")
+    detail: str = Field(
+        description="Human-readable explanation: where and why, never the failing value."
+    )
+    field: str | None = Field(
+        default=None,
+        description="Path of the failing field (`birth_date`, `lines.0.quantity`), when one "
+        "field is to blame; never its value.",
+    )
     source_topic: str = Field(description="Topic the message came from.")
     partition: int = Field(description="Partition it came from.")
-    offset: int = Field(description="Offset it had.")
+    offset: int = Field(
+        description="Offset it had (with the topic and partition: where to "
+        "read the message itself while the topic retains it)."
+    )
     dead_lettered_at: AwareDatetime = Field(description="When it was dead-lettered (UTC).")
-    payload: str = Field(description="The payload as text, card numbers masked, maybe truncated.")
+    fields: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        description="The payload's allow-listed fields, when it is a JSON object and they are "
+        "short scalars: `event_id`, `type`, `occurred_at`, `store_id`, `customer_id`, "
+        "`offer_id`, `campaign_id`, `cause_event_id`, `checkout_event_id`, `kind`, "
+        "`currency`, `channel`, `changed_at`, `issued_at`, `schema_version`. Nothing else of "
+        "the payload is kept.",
+    )
     payload_bytes: int = Field(description="Size of the original payload in bytes.")
-    truncated: bool = Field(default=False, description="Whether `payload` was cut.")
+    payload_sha256: str = Field(
+        description="SHA-256 of the original payload (hex): tells two dead letters of the "
+        "same message apart from two of different ones."
+    )

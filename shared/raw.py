@@ -28,7 +28,7 @@ def _tolerant_decimal(value: Any) -> Any:
         try:
             return Decimal(text)
         except InvalidOperation as exc:
-            raise ValueError(f"not a number: {value[:40]!r}") from exc
+            raise ValueError("not a number") from exc  # never the value: it may be personal
     if isinstance(value, float):
         # Only reached when a caller parsed JSON without parse_float=Decimal; repr is exact
         # for the short decimal literals tills send.

@@ -96,7 +96,7 @@ def _rejection(exc: ValidationError) -> Rejected:
     field = loc[-1] if loc and not loc[-1].isdigit() else (loc[0] if loc else "")
     reason = _CONTRACT_REASONS.get((field, first["type"]), "invalid_field")
     where = ".".join(loc) or "(document)"
-    return Rejected(reason, f"{where}: {first['msg']}"[:300])
+    return Rejected(reason, f"{where}: {first['msg']}"[:300], field=".".join(loc) or None)
 
 
 def parse_time(text: str, zone: ZoneInfo) -> dt.datetime:
@@ -104,7 +104,9 @@ def parse_time(text: str, zone: ZoneInfo) -> dt.datetime:
     try:
         moment = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise Rejected("invalid_time", "occurred_at is not an ISO-8601 date-time") from None
+        raise Rejected(
+            "invalid_time", "occurred_at is not an ISO-8601 date-time", field="occurred_at"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     return moment.astimezone(dt.UTC)
@@ -116,7 +118,7 @@ def _card(card_number: str | None, key: bytes, *, field: str = "card_number") ->
     try:
         return card_id(card_number, key)
     except InvalidCardNumber as exc:
-        raise Rejected("invalid_card", f"{field}: {exc}") from None
+        raise Rejected("invalid_card", f"{field}: {exc}", field=field) from None
 
 
 def _text(value: str | None, limit: int = 200) -> str | None:
@@ -148,7 +150,7 @@ def _email(value: str | None) -> str | None:
         return None
     address = value.strip().lower()
     if not _EMAIL.match(address):
-        raise Rejected("invalid_email", "email is not an e-mail address")
+        raise Rejected("invalid_email", "email is not an e-mail address", field="email")
     return address
 
 
@@ -158,9 +160,13 @@ def _birth_date(value: str | None, today: dt.date) -> dt.date | None:
     try:
         born = dt.date.fromisoformat(value.strip())
     except ValueError:
-        raise Rejected("invalid_birth_date", "birth_date is not YYYY-MM-DD") from None
+        raise Rejected(
+            "invalid_birth_date", "birth_date is not YYYY-MM-DD", field="birth_date"
+        ) from None
     if born > today or born.year < 1900:
-        raise Rejected("invalid_birth_date", "birth_date is not a plausible date of birth")
+        raise Rejected(
+            "invalid_birth_date", "birth_date is not a plausible date of birth", field="birth_date"
+        )
     return born
 
 
@@ -181,7 +187,9 @@ def normalize_customer_event(
     occurred_at = parse_time(raw.occurred_at, zone)
     card = _card(raw.card_number, key)
     if card is None:
-        raise Rejected("missing_card", f"a {raw.type} event needs a card_number")
+        raise Rejected(
+            "missing_card", f"a {raw.type} event needs a card_number", field="card_number"
+        )
     event_id = f"customer:{raw.event_id}"
     customer_id = resolve(card)
     common: dict[str, Any] = {
@@ -212,15 +220,23 @@ def normalize_customer_event(
         )
     if raw.type == "consent":
         if raw.marketing_consent is None:
-            raise Rejected("missing_field", "a consent event needs marketing_consent")
+            raise Rejected(
+                "missing_field",
+                "a consent event needs marketing_consent",
+                field="marketing_consent",
+            )
         return ConsentChanged(**common, marketing_consent=raw.marketing_consent)
     if raw.type == "erase":
         return CustomerErased(**common)
     other = _card(raw.other_card_number, key, field="other_card_number")
     if other is None:
-        raise Rejected("missing_card", "a link_card event needs other_card_number")
+        raise Rejected(
+            "missing_card", "a link_card event needs other_card_number", field="other_card_number"
+        )
     if other == card:
-        raise Rejected("invalid_field", "other_card_number is the same card")
+        raise Rejected(
+            "invalid_field", "other_card_number is the same card", field="other_card_number"
+        )
     return LinkRequest(event_id=event_id, occurred_at=occurred_at, card=card, other_card=other)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
 import time
 import tracemalloc
@@ -171,8 +172,7 @@ async def process_sandwich(
         assert letter.reason
         assert letter.source_topic == topic
         assert letter.offset == 1
-        assert CARD_DIGITS not in letter.payload
-        assert CARD not in letter.payload
+        assert CARD_DIGITS not in letter.model_dump_json()
         assert CARD_DIGITS not in letter.detail
     for _, _, v in outgoing:
         assert CARD_DIGITS.encode() not in (v or b"")
@@ -305,11 +305,13 @@ async def test_hostile_messages_through_kafka_leave_ingest_up_and_good_ones_proc
 
         await _wait_for(goods_there)
 
+        hashes = {hashlib.sha256(value).hexdigest() for _, value in hostile}
+
         async def letters() -> list[DeadLetter]:
             return [
                 letter
                 for r in await read_topic(kafka_settings, DEADLETTER)
-                if marker in (letter := DeadLetter.model_validate_json(r.value)).payload
+                if (letter := DeadLetter.model_validate_json(r.value)).payload_sha256 in hashes
             ]
 
         async def all_lettered() -> bool:
@@ -321,7 +323,7 @@ async def test_hostile_messages_through_kafka_leave_ingest_up_and_good_ones_proc
         assert all(letter.reason for letter in found)
         assert {letter.reason for letter in found} >= {"invalid_utf8", "too_deep", "oversized"}
         for letter in found:
-            assert CARD_DIGITS not in letter.payload
+            assert CARD_DIGITS not in letter.model_dump_json()
     finally:
         await app.stop()
         await producer.stop()
