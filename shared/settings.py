@@ -100,8 +100,15 @@ class SmtpSettings(_Env):
     smtp_port: int = Field(default=25, description="SMTP port.")
     smtp_username: str | None = Field(default=None, description="SMTP user name.")
     smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
-    smtp_starttls: bool = Field(default=False, description="Upgrade the connection with STARTTLS.")
+    smtp_starttls: Literal["auto", "required", "off"] = Field(
+        default="auto",
+        description="STARTTLS: `auto` upgrades whenever the server offers it, `required` "
+        "refuses a server that does not, `off` never upgrades (no credentials then).",
+    )
     smtp_tls: bool = Field(default=False, description="Connect with implicit TLS (port 465).")
+    smtp_ca_file: Path | None = Field(
+        default=None, description="CA bundle the SMTP server's certificate is checked against."
+    )
     smtp_timeout_s: float = Field(default=10.0, gt=0, description="SMTP timeout in seconds.")
     smtp_from: str = Field(
         default="Your Store <offers@crm-stream.local>", description="From address of e-mails."
@@ -112,6 +119,21 @@ class SmtpSettings(_Env):
     public_url: str = Field(
         default="http://localhost:8080", description="Base URL of unsubscribe links."
     )
+
+    @field_validator("smtp_starttls", mode="before")
+    @classmethod
+    def _starttls_from_bool(cls, value: object) -> object:
+        """The former boolean: true means `required`, false `off`."""
+        if isinstance(value, bool):
+            return "required" if value else "off"
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in {"true", "1", "yes", "on"}:
+                return "required"
+            if text in {"false", "0", "no"}:
+                return "off"
+            return text
+        return value
 
 
 class PrivacySettings(_Env):

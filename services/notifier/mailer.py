@@ -6,7 +6,10 @@ Transports raise `TemporaryFailure` (4xx, connection refused or dropped, timeout
 
 from __future__ import annotations
 
+import email.policy
+import email.utils
 import os
+import ssl
 import uuid
 from email.message import EmailMessage
 from pathlib import Path
@@ -14,7 +17,10 @@ from typing import Protocol
 
 import aiosmtplib
 
+from shared.logging import get_logger
 from shared.settings import SmtpSettings
+
+log = get_logger(__name__)
 
 
 class DeliveryFailure(Exception):
@@ -83,6 +89,91 @@ class OutboxTransport:
         return None
 
 
+def wire_bytes(message: EmailMessage) -> bytes:
+    """The message as it goes over SMTP (CRLF line ends), serialized with its own policy.
+
+    aiosmtplib's `send_message` re-serializes with `email.policy.SMTP` (78-character lines),
+    which turns a `List-Unsubscribe` URL longer than a line into RFC 2047 encoded-words that
+    no mail client recognizes (RFC 2369, RFC 8058); the renderer's policy keeps RFC 5322's
+    998-character limit, so each `<url>` stays literal and folds only between URLs.
+    """
+    policy = message.policy.clone(linesep="\r\n")
+    return message.as_bytes(policy=policy)
+
+
+def envelope_of(message: EmailMessage) -> tuple[str, list[str]]:
+    """(MAIL FROM, RCPT TO) from the From and To/Cc headers, as `send_message` takes them."""
+    sender = email.utils.parseaddr(str(message.get("Sender") or message.get("From", "")))[1]
+    headers = [str(h) for name in ("To", "Cc") for h in message.get_all(name, [])]
+    recipients = [address for _, address in email.utils.getaddresses(headers) if address]
+    return sender, recipients
+
+
+class InsecureSmtp(RuntimeError):
+    """Credentials are configured but the connection is not encrypted: they are never sent."""
+
+
+def credentials_need_tls_message(settings: SmtpSettings) -> str:
+    return (
+        f"the SMTP server {settings.smtp_host}:{settings.smtp_port} offers no TLS "
+        "(neither CRM_SMTP_TLS nor a STARTTLS upgrade), so CRM_SMTP_USERNAME and "
+        "CRM_SMTP_PASSWORD are not sent: enable TLS on the server, set CRM_SMTP_TLS=true, "
+        "or remove the credentials"
+    )
+
+
+def check_smtp_settings(settings: SmtpSettings) -> None:
+    """Refuse, before connecting, a configuration that would send credentials in clear."""
+    clear = settings.smtp_starttls == "off" and not settings.smtp_tls
+    if settings.smtp_host and settings.smtp_username and clear:
+        raise InsecureSmtp(
+            "CRM_SMTP_USERNAME is set but CRM_SMTP_STARTTLS=off and CRM_SMTP_TLS is "
+            "false: the credentials would go in clear; use STARTTLS or implicit TLS"
+        )
+
+
+def _start_tls_flag(settings: SmtpSettings) -> bool | None:
+    """aiosmtplib's `start_tls`: None upgrades whenever the server offers STARTTLS."""
+    if settings.smtp_tls:
+        return False
+    return {"auto": None, "required": True, "off": False}[settings.smtp_starttls]
+
+
+def _tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
+    if settings.smtp_ca_file is None:
+        return None
+    return ssl.create_default_context(cafile=str(settings.smtp_ca_file))
+
+
+def _encrypted(client: aiosmtplib.SMTP) -> bool:
+    return client.get_transport_info("sslcontext") is not None
+
+
+async def open_session(settings: SmtpSettings) -> aiosmtplib.SMTP:
+    """Connect (implicit TLS, or STARTTLS as `CRM_SMTP_STARTTLS` says), then log in only over
+    an encrypted connection: credentials are never sent in clear (raises InsecureSmtp)."""
+    client = aiosmtplib.SMTP(
+        hostname=settings.smtp_host,
+        port=settings.smtp_port,
+        use_tls=settings.smtp_tls,
+        start_tls=_start_tls_flag(settings),
+        tls_context=_tls_context(settings),
+        timeout=settings.smtp_timeout_s,
+    )
+    await client.connect()
+    if settings.smtp_username:
+        if not _encrypted(client):
+            client.close()
+            raise InsecureSmtp(credentials_need_tls_message(settings))
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else ""
+        try:
+            await client.login(settings.smtp_username, password)
+        except BaseException:
+            client.close()
+            raise
+    return client
+
+
 def _smtp_failure(code: int, what: str) -> DeliveryFailure:
     reason = f"smtp_{code}_{what}"
     return PermanentFailure(reason) if 500 <= code < 600 else TemporaryFailure(reason)
@@ -100,25 +191,17 @@ class SmtpTransport:
         self._settings = settings
         self._client: aiosmtplib.SMTP | None = None
 
-    def _new_client(self) -> aiosmtplib.SMTP:
-        s = self._settings
-        return aiosmtplib.SMTP(
-            hostname=s.smtp_host,
-            port=s.smtp_port,
-            use_tls=s.smtp_tls,
-            start_tls=s.smtp_starttls,
-            username=s.smtp_username,
-            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-            timeout=s.smtp_timeout_s,
-        )
-
     async def _connected(self) -> aiosmtplib.SMTP:
         if self._client is not None and self._client.is_connected:
             return self._client
         await self._drop()
-        client = self._new_client()
         try:
-            await client.connect()
+            client = await open_session(self._settings)
+        except InsecureSmtp as exc:
+            # Checked on every connection, not only at start-up: a server (or a man in the
+            # middle) that stops offering STARTTLS never sees the credentials.
+            log.error("smtp_credentials_withheld", reason=str(exc))
+            raise TemporaryFailure("smtp_no_tls_for_login") from exc
         except aiosmtplib.SMTPResponseException as exc:
             # Greeting, EHLO, STARTTLS or login refused: the server's problem or ours,
             # never the recipient's, so not a bounce.
@@ -135,8 +218,9 @@ class SmtpTransport:
 
     async def send(self, message: EmailMessage, *, name: str) -> None:
         client = await self._connected()
+        sender, recipients = envelope_of(message)
         try:
-            await client.send_message(message)
+            await client.sendmail(sender, recipients, wire_bytes(message))
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients] or [550]
             raise _smtp_failure(max(codes), "recipient") from exc
@@ -175,9 +259,9 @@ async def verify_smtp_login(settings: SmtpSettings) -> None:
     """
     if not settings.smtp_host or not settings.smtp_username:
         return
-    client = SmtpTransport(settings)._new_client()
+    check_smtp_settings(settings)
     try:
-        await client.connect()
+        client = await open_session(settings)
     except aiosmtplib.SMTPAuthenticationError as exc:
         raise SmtpLoginRefused(
             f"the SMTP server {settings.smtp_host}:{settings.smtp_port} refused the login of "
