@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import os
 import platform
@@ -52,7 +53,8 @@ from crm.registry import PIPELINE
 from crm.simulation import CATALOG, RawMessage, basket, card_number
 from crm.traffic import PipelineWatch, open_producer, publish, read_topic
 from shared.kafka import FETCH_MAX_WAIT_MS, client_options, ensure_topics, require_bootstrap
-from shared.settings import KafkaSettings, PrivacySettings
+from shared.keys import CARD_KEY, fresh_keys
+from shared.settings import KafkaSettings
 from shared.topics import (
     CHECKOUTS_RAW,
     CUSTOMERS_RAW,
@@ -418,6 +420,13 @@ async def _kafka(folder: Path, name: str) -> AsyncIterator[KafkaSettings]:
         yield settings
 
 
+@functools.cache
+def _run_keys() -> dict[str, str]:
+    """The secret keys of this run, new and random (`crm run` refuses the development ones);
+    the same for every phase, so the reference computes the customer ids the services do."""
+    return fresh_keys()
+
+
 def _service_env(kafka: KafkaSettings, folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     rules = folder / "rules.toml"
@@ -434,6 +443,7 @@ def _service_env(kafka: KafkaSettings, folder: Path) -> dict[str, str]:
         "CRM_TIMEZONE": "UTC",
         "CRM_RULES_FILE": str(rules),
         "CRM_API_TOKENS": f"till:{hashlib.sha256(TILL_TOKEN.encode()).hexdigest()}",
+        **_run_keys(),
     }
     for name in ("CRM_SMTP_HOST", "CRM_STORE_TIMEZONES"):
         env.pop(name, None)
@@ -579,7 +589,7 @@ async def _pipeline(
     tag = f"p{population}"
     work = make_workload(population, options.checkouts + paced, options=options, tag=tag)
     burst, slow = work.checkouts[: options.checkouts], work.checkouts[options.checkouts :]
-    key = PrivacySettings().card_key.get_secret_value().encode()
+    key = _run_keys()[CARD_KEY].encode()
     from shared.privacy import card_id, customer_id_for_card
 
     customer_ids = [

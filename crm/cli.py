@@ -25,7 +25,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]crm:[/bold red] {message}")
+    err.print(f"[bold red]crm:[/bold red] {message}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -37,17 +37,20 @@ def run(
 ) -> None:
     """Run a service (or all of them in one process) against CRM_KAFKA_BOOTSTRAP and CRM_STORE_URL."""
     from crm.registry import BY_NAME, SERVICES
+    from shared.keys import WeakSecret, require_strong_secrets
     from shared.runtime import ConfigurationError, check_configuration, run_forever
 
     if service != "all" and service not in BY_NAME:
         raise _fail(f"unknown service {service!r}: choose one of {', '.join([*BY_NAME, 'all'])}")
+    specs = SERVICES if service == "all" else (BY_NAME[service],)
     settings = Settings()
     configure_logging(service, settings.log)
     try:
         check_configuration(settings)
-    except ConfigurationError as exc:
+        require_strong_secrets((s for spec in specs for s in spec.secrets), settings)
+    except (ConfigurationError, WeakSecret) as exc:
         raise _fail(str(exc)) from None
-    run_forever(SERVICES if service == "all" else (BY_NAME[service],), settings)
+    run_forever(specs, settings)
 
 
 @cli.command()
@@ -353,6 +356,7 @@ def replay(
     """
     from crm.registry import BY_NAME
     from crm.replay import ReplayError, replay_main
+    from shared.keys import WeakSecret, require_strong_secrets
     from shared.runtime import ConfigurationError, check_configuration
 
     if service not in ("profiles", "offers", "reports"):
@@ -361,8 +365,9 @@ def replay(
     configure_logging(f"replay-{service}", settings.log)
     try:
         check_configuration(settings)
+        require_strong_secrets(BY_NAME[service].secrets, settings)
         report = replay_main(BY_NAME[service], settings, force=force)
-    except (ConfigurationError, ReplayError) as exc:
+    except (ConfigurationError, WeakSecret, ReplayError) as exc:
         raise _fail(str(exc)) from None
     Console().print(
         f"{service} rebuilt from {report.records} retained records on {report.partitions} "

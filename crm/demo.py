@@ -49,8 +49,9 @@ from crm.traffic import (
 )
 from services.reports.static import write_static_report
 from shared.kafka import ensure_topics
+from shared.keys import CARD_KEY, fresh_keys
 from shared.privacy import card_id, customer_id_for_card
-from shared.settings import KafkaSettings, PrivacySettings
+from shared.settings import KafkaSettings
 from shared.topics import CHECKOUTS_RAW, DEADLETTER, DELIVERIES, EVENTS, OFFERS, RAW_TOPICS
 
 
@@ -64,6 +65,16 @@ class DemoOptions:
     store: Literal["sqlite", "mongodb"] = "sqlite"
     """`mongodb`: the same demo on the PyMongo code path, against an embedded MongoDB-wire
     test server (SecantusDB) in the data folder."""
+
+
+def demo_keys(seed: int) -> dict[str, str]:
+    """The secret keys of this run (`crm run` refuses the development ones): new random keys,
+    except the card key, which follows the seed. Customer ids derive from it, and so does the
+    control group a campaign holds out: the same seed gives the same summary. The demo's cards
+    are simulated, so a key anyone can derive from the seed protects nothing real."""
+    keys = fresh_keys()
+    keys[CARD_KEY] = hashlib.sha256(f"crm demo card key|{seed}".encode()).hexdigest()
+    return keys
 
 
 class DemoError(RuntimeError):
@@ -143,11 +154,13 @@ class CouponRedeemer:
     lists an open coupon's code at some of the customer's later checkouts (and, rarely, a code
     that does not exist), so the demo shows redemptions and rejections."""
 
-    def __init__(self, kafka: KafkaSettings, *, seed: int, share: float = 0.4) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, *, seed: int, card_key: str, share: float = 0.4
+    ) -> None:
         self._kafka = kafka
         self._rng = random.Random(seed)  # noqa: S311 - simulated shoppers, not secrets
         self._share = share
-        self._key = PrivacySettings().card_key.get_secret_value().encode()
+        self._key = card_key.encode()
         self._open: dict[str, dict[str, tuple[dt.date, str | None]]] = {}
         """customer -> open code -> (last valid day, the SKU a product coupon is for)."""
         self._consumer: AIOKafkaConsumer | None = None
@@ -283,6 +296,7 @@ async def _run(
             "CRM_HTTP_PORT": "0",
             # Marketing's token for the campaign the demo creates while it runs.
             "CRM_API_TOKENS": f"marketing:{hashlib.sha256(MARKETING_TOKEN.encode()).hexdigest()}",
+            **demo_keys(options.simulation.seed),
         }
         env.pop("CRM_SMTP_HOST", None)
         services = ServiceProcesses(env, data / "logs")
@@ -295,7 +309,7 @@ async def _run(
             start = options.simulation.start
             history = [m for m in messages if m.day < start]
             days = list(by_day([m for m in messages if m.day >= start]))
-            redeemer = CouponRedeemer(kafka, seed=options.simulation.seed)
+            redeemer = CouponRedeemer(kafka, seed=options.simulation.seed, card_key=env[CARD_KEY])
             await redeemer.start()
             if history:
                 console.print(f"history before {start}: {len(history)} events")

@@ -101,6 +101,9 @@ class ServiceSpec(Generic[R, S]):
     """A task that runs while the service is up (after the broker started)."""
     after_replay: AfterReplay[S] | None = None
     """What `crm replay` does once the store is rebuilt, with what the service published."""
+    secrets: tuple[str, ...] = ()
+    """Environment variables of the secret keys the service uses (`shared.keys`): `crm run`
+    refuses to start while one of them is a development key or shorter than 32 bytes."""
 
     @property
     def topics(self) -> tuple[str, ...]:

@@ -13,12 +13,10 @@ from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestRepository, open_repository
 from shared.edge import Source
-from shared.logging import get_logger
+from shared.keys import CARD_KEY
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
 from shared.topics import GROUP_INGEST, RAW_TOPICS
-
-log = get_logger(__name__)
 
 
 def decode_raw(source: Source) -> RawEvent:
@@ -37,12 +35,6 @@ async def open_pruned(
         yield repository
 
 
-async def check(settings: Settings) -> None:
-    """Starts, but says so, on the public development card key."""
-    if settings.privacy.card_key_is_default:
-        log.warning("card_key_default", hint="set CRM_CARD_KEY: the development key is public")
-
-
 def build(settings: Settings, repository: IngestRepository) -> IngestService:
     return IngestService(
         repository,
@@ -58,7 +50,7 @@ SPEC: ServiceSpec[IngestRepository, IngestService] = ServiceSpec(
     open_store=open_pruned,
     build=build,
     order="publish_then_save",
-    check=check,
+    secrets=(CARD_KEY,),
 )
 
 

@@ -22,6 +22,7 @@ from services.notifier.store import NotifierRepository, open_repository
 from shared.edge import Source, describe
 from shared.errors import Rejected
 from shared.events import ContactChanged, OfferIssued, OfferRevoked
+from shared.keys import UNSUBSCRIBE_KEY
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
@@ -97,7 +98,7 @@ def build_service(
         renderer=Renderer(
             sender=settings.smtp.smtp_from,
             public_url=settings.smtp.public_url,
-            unsubscribe_key=settings.privacy.coupon_key.get_secret_value(),
+            unsubscribe_key=settings.privacy.unsubscribe_key.get_secret_value(),
         ),
         quiet=QuietPolicy(window=calendar.quiet_window(), zone_of=calendar.zone_of),
         settings=notifier_settings or NotifierSettings(),
@@ -158,6 +159,7 @@ SPEC: ServiceSpec[NotifierRepository, NotifierService] = ServiceSpec(
     routes=unsubscribe_routes,
     check=check_smtp,
     background=due_poller,
+    secrets=(UNSUBSCRIBE_KEY,),
 )
 
 

@@ -28,6 +28,7 @@ from shared.campaigns import CampaignChanged, SegmentMembershipChanged
 from shared.edge import dump, foreign, json_decoder
 from shared.events import ClockTicked, DeliveryRecorded, ProfileChanged
 from shared.global_table import GlobalTable
+from shared.keys import CARD_KEY, COUPON_KEY
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.skeleton import AfterReplay, ServiceApp, ServiceSpec
@@ -156,6 +157,7 @@ SPEC: ServiceSpec[OffersRepository, OffersService] = ServiceSpec(
     check=check,
     background=campaigns_table,
     after_replay=AfterReplay(OFFERS, OffersService.keep_published),
+    secrets=(CARD_KEY, COUPON_KEY),  # the till API hashes card numbers; coupon codes
 )
 
 

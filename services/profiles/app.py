@@ -24,6 +24,7 @@ from shared.campaigns import SegmentDefined
 from shared.edge import foreign, json_decoder
 from shared.events import NORMALIZED_EVENT, OFFER_EVENT, ClockTicked
 from shared.global_table import GlobalTable
+from shared.keys import CARD_KEY
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
 from shared.topics import CLOCK, EVENTS, GROUP_PROFILES, OFFERS, SEGMENT_DEFINITIONS
@@ -90,6 +91,7 @@ SPEC: ServiceSpec[ProfilesRepository, ProfilesService] = ServiceSpec(
     order="publish_then_save",
     routes=routes,
     background=definitions_table,
+    secrets=(CARD_KEY,),  # the look-up API hashes the card number it is given
 )
 
 

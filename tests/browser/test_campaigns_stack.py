@@ -25,6 +25,7 @@ from crm.simulation import RawMessage
 from shared.auth import token_hash
 from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW
 from tests.browser.support import CHROMIUM, run_async, shoot, sign_in
+from tests.keys import SERVICE_KEYS
 from tests.reliability.harness import send, wait_drained
 
 pytestmark = [
@@ -119,9 +120,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 "CRM_STORE_URL": f"sqlite:///{tmp_path / 'store'}",
                 "CRM_OUTBOX_DIR": str(tmp_path / "outbox"),
                 "CRM_API_TOKENS": f"marketing:{token_hash(MARKETING)}",
-                "CRM_CARD_KEY": "browser-stack-card-key-of-forty-bytes-00",
-                "CRM_COUPON_KEY": "browser-stack-coupon-key-of-forty-bytes-",
-                "CRM_UNSUBSCRIBE_KEY": "browser-stack-unsubscribe-key-of-40-byt",
+                **SERVICE_KEYS,
                 "CRM_HTTP_PORT": str(port),
                 "CRM_HTTP_HOST": "127.0.0.1",
                 "CRM_SEND_GRACE_S": "0",

@@ -22,6 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from crm.embedded import EmbeddedKafka, free_port
+from tests.keys import SERVICE_KEYS
 
 SERVICES = ("ingest", "profiles", "offers", "notifier")
 
@@ -142,7 +143,7 @@ def pipeline_env(broker: EmbeddedKafka, tmp_path: Path) -> dict[str, str]:
             "CRM_SEND_GRACE_S": "0",
             "CRM_LOG_FORMAT": "json",
             "CRM_LOG_LEVEL": "INFO",
-            "CRM_CARD_KEY": "e2e-card-key",
+            **SERVICE_KEYS,
             "CRM_BATCH_TIMEOUT_MS": "50",
         }
     )

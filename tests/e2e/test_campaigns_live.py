@@ -20,12 +20,12 @@ from shared.auth import token_hash
 from shared.privacy import card_id, customer_id_for_card
 from shared.settings import KafkaSettings
 from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, OFFERS, SEGMENTS
+from tests.keys import CARD_KEY
 from tests.reliability.harness import send, wait_drained
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MARKETING = "marketing-e2e-token"
-CARD_KEY = "e2e-card-key"
 COFFEE: dict[str, Any] = {
     "name": "Coffee lovers",
     "trigger": {"type": "purchase", "sku": "COFFEE-1KG", "min_checkouts": 2, "window_days": 30},

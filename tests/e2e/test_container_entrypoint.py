@@ -20,6 +20,7 @@ import pytest
 
 from crm.embedded import EmbeddedKafka, free_port
 from shared.topics import CHECKOUTS_RAW
+from tests.keys import SERVICE_KEYS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -66,6 +67,7 @@ def test_image_command_serves_health_readiness_and_moving_metrics(tmp_path: Path
                 "CRM_OUTBOX_DIR": str(tmp_path / "outbox"),
                 "CRM_HTTP_PORT": str(port),
                 "CRM_LOG_FORMAT": "json",
+                **SERVICE_KEYS,
             }
         )
         log = (tmp_path / "service.log").open("wb")

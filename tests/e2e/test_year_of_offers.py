@@ -28,10 +28,11 @@ from shared.privacy import card_id, customer_id_for_card
 from shared.settings import KafkaSettings
 from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, OFFERS
 from tests.e2e.conftest import Mailbox
+from tests.keys import CARD_KEY as TEST_CARD_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CARD_KEY = b"e2e-card-key"  # the pipeline_env fixture's CRM_CARD_KEY
+CARD_KEY = TEST_CARD_KEY.encode()  # the pipeline_env fixture's CRM_CARD_KEY
 TODAY = dt.datetime.now(dt.UTC).date()
 CHUNK_DAYS = 14
 RULES = """

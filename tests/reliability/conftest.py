@@ -11,7 +11,8 @@ import pytest
 from crm.embedded import EmbeddedKafka
 from shared.settings import StoreSettings
 from tests.e2e.conftest import broker, smtp_server
-from tests.reliability.harness import CARD_KEY, Cluster
+from tests.keys import SERVICE_KEYS
+from tests.reliability.harness import Cluster
 
 __all__ = ["broker", "cluster", "smtp_server", "store", "store_dir"]
 
@@ -51,7 +52,7 @@ def cluster(
                 "CRM_SEND_GRACE_S": "0",
                 "CRM_LOG_FORMAT": "json",
                 "CRM_LOG_LEVEL": "INFO",
-                "CRM_CARD_KEY": CARD_KEY,
+                **SERVICE_KEYS,
                 "CRM_BATCH_TIMEOUT_MS": "50",
                 # Small batches: the stream lasts long enough to be interrupted mid-way.
                 "CRM_BATCH_MAX_RECORDS": "100",

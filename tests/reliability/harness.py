@@ -37,7 +37,6 @@ from shared.storage import StoreLocation
 from shared.topics import CUSTOMERS_RAW, DELIVERIES, EVENTS, OFFERS
 from tests.e2e.conftest import Mailbox
 
-CARD_KEY = "reliability-card-key"
 TODAY = dt.datetime.now(dt.UTC).date()
 
 

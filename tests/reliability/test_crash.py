@@ -14,8 +14,8 @@ import pytest
 from crm.embedded import EmbeddedKafka
 from shared.settings import StoreSettings
 from tests.e2e.conftest import Mailbox
+from tests.keys import CARD_KEY
 from tests.reliability.harness import (
-    CARD_KEY,
     Cluster,
     outcome,
     reference_totals,

@@ -18,8 +18,15 @@ from typer.testing import CliRunner
 
 from crm.cli import cli
 from crm.embedded import free_port
-from shared.settings import KafkaSettings, PrivacySettings, Settings, SmtpSettings
+from shared.settings import (
+    DEV_COUPON_KEY,
+    KafkaSettings,
+    PrivacySettings,
+    Settings,
+    SmtpSettings,
+)
 from tests.e2e.conftest import Mailbox
+from tests.keys import SERVICE_KEYS
 
 SECRET = "pa55-w0rd-never-shown"
 
@@ -92,6 +99,7 @@ def test_a_wrong_smtp_password_stops_the_notifier_at_start_with_a_clear_message(
             "CRM_SMTP_PASSWORD": SECRET,
             "CRM_HTTP_PORT": str(free_port()),
             "CRM_LOG_FORMAT": "json",
+            **SERVICE_KEYS,
         }
     )
     process = subprocess.run(
@@ -106,3 +114,60 @@ def test_a_wrong_smtp_password_stops_the_notifier_at_start_with_a_clear_message(
     assert "refused the login" in output
     assert "CRM_SMTP_PASSWORD" in output
     assert SECRET not in output
+
+
+def crm_run(service: str, **keys: str) -> tuple[int, str]:
+    """`crm run <service>` with the given keys only, against a Kafka port nobody listens on:
+    what it prints and its exit code (it never gets to run)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    env.update(
+        {
+            "CRM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+            "CRM_STORE_URL": "memory://",
+            "CRM_HTTP_PORT": str(free_port()),
+            "CRM_LOG_FORMAT": "json",
+            "COLUMNS": "200",
+            **keys,
+        }
+    )
+    process = subprocess.run(
+        [sys.executable, "-m", "crm.cli", "run", service],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return process.returncode, (process.stdout + process.stderr).decode(errors="replace")
+
+
+def test_run_refuses_development_keys_naming_each_variable() -> None:
+    # The coupon key set to the published development value, the others left unset.
+    code, output = crm_run("all", CRM_COUPON_KEY=DEV_COUPON_KEY)
+    assert code == 2
+    for variable in ("CRM_CARD_KEY", "CRM_COUPON_KEY", "CRM_UNSUBSCRIBE_KEY"):
+        assert f"{variable} is the development key: set a secret of at least 32 bytes" in output
+    assert DEV_COUPON_KEY not in output
+    assert len(output.strip().splitlines()) == 1
+
+
+def test_run_refuses_a_key_shorter_than_32_bytes_and_asks_only_for_the_services_keys() -> None:
+    short = "s" * 31
+    code, output = crm_run("notifier", CRM_UNSUBSCRIBE_KEY=short)
+    assert code == 2
+    assert "CRM_UNSUBSCRIBE_KEY is shorter than 32 bytes: set a secret of at least 32 bytes" in (
+        output
+    )
+    assert short not in output
+    # The notifier needs neither the card key nor the coupon key: they are not asked for.
+    assert "CRM_CARD_KEY" not in output
+    assert "CRM_COUPON_KEY" not in output
+
+
+def test_run_with_strong_keys_gets_past_the_key_check() -> None:
+    keys = {"CRM_CARD_KEY": "c" * 32, "CRM_COUPON_KEY": "ç" * 16}  # 32 bytes in UTF-8
+    code, output = crm_run("offers", **keys)
+    # It went on to Kafka (nobody listens there) instead of refusing its keys.
+    assert "Unable to bootstrap" in output
+    assert "CRM_CARD_KEY" not in output
+    assert "CRM_COUPON_KEY" not in output
+    assert code != 0

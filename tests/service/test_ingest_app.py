@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from faststream.kafka import TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from pydantic import SecretStr
 
 from services.ingest.app import SPEC, create_app, decode_raw
 from services.ingest.service import IngestService
@@ -20,10 +19,8 @@ from services.ingest.store_sqlite import SqliteIngestRepository
 from shared.edge import Received, Source
 from shared.events import NORMALIZED_EVENT, DeadLetter, PurchaseRecorded
 from shared.settings import (
-    DEV_CARD_KEY,
     CalendarSettings,
     KafkaSettings,
-    PrivacySettings,
     Settings,
     StoreSettings,
 )
