@@ -358,7 +358,9 @@ async def _run(
         console.print(summary)
         console.print(
             f"Corrections on the way: {corrections} offers issued and then revoked when a late "
-            "event showed they should not have been (none was e-mailed: the notifier waits)."
+            "event showed they should not have been (none was e-mailed: the notifier waits). "
+            "How many depends on the order in which the services happened to read the topics; "
+            "the table above does not."
         )
         console.print(f"E-mails are in [bold]{outbox}[/bold] (one .eml file per offer).")
         console.print(f"Campaigns report (HTML, charts inline): [bold]{report}[/bold]")
