@@ -169,16 +169,14 @@ async def ensure_topics(
         missing = [spec for spec in specs if spec.name not in existing]
         new = []
         for spec in missing:
-            configs: dict[str, str] = {}
-            if spec.compacted:
-                configs["cleanup.policy"] = "compact"
-            elif spec.retention_days is None:
-                configs["retention.ms"] = "-1"  # kept: the topic is what a replay starts from
-            else:
-                configs["retention.ms"] = str(spec.retention_days * 86_400_000)
             partitions = 1 if spec.partitions == 1 else settings.topic_partitions
             new.append(
-                NewTopic(spec.name, partitions, settings.topic_replication, topic_configs=configs)
+                NewTopic(
+                    spec.name,
+                    partitions,
+                    settings.topic_replication,
+                    topic_configs=spec.topic_configs(),
+                )
             )
         if new:
             await admin.create_topics(new)

@@ -37,16 +37,46 @@ class TopicSpec:
     """How `crm run` and `crm create-topics` create a topic when it is missing.
 
     `retention_days` None keeps records for ever (`retention.ms=-1`); a compacted topic keeps
-    the latest record per key instead.
+    the latest record per key instead. `configs` are further topic configs, as Kafka names them.
     """
 
     name: str
     partitions: int
     retention_days: int | None
     compacted: bool = False
+    configs: tuple[tuple[str, str], ...] = ()
+
+    def topic_configs(self) -> dict[str, str]:
+        """Every config the topic is created with."""
+        configs: dict[str, str] = {}
+        if self.compacted:
+            configs["cleanup.policy"] = "compact"
+        elif self.retention_days is None:
+            configs["retention.ms"] = "-1"  # kept: the topic is what a replay starts from
+        else:
+            configs["retention.ms"] = str(self.retention_days * DAY_MS)
+        configs.update(self.configs)
+        return configs
 
 
 DEFAULT_PARTITIONS: Final = 6
+HOUR_MS: Final = 3_600_000
+DAY_MS: Final = 24 * HOUR_MS
+
+CONTACTS_CONFIGS: Final = (
+    # A contact change stays at least a minute before compaction may drop it, so a notifier a
+    # little behind still reads every change in order.
+    ("min.compaction.lag.ms", str(60_000)),
+    # The erasure bound: a record superseded by a newer one or a tombstone is compacted away
+    # at most a day after it was written; the open segment rolls every hour, so a tombstone
+    # is itself compactable within the hour. Old contact details are gone within about 25 h.
+    ("max.compaction.lag.ms", str(DAY_MS)),
+    ("segment.ms", str(HOUR_MS)),
+    # How long the tombstone itself stays once compacted: a notifier stopped for up to a day
+    # still sees it and deletes the contact.
+    ("delete.retention.ms", str(DAY_MS)),
+)
+"""`crm.contacts` holds e-mail addresses: an erasure's tombstone must win within a stated bound."""
 
 LOOKBACK_DAYS: Final = 400
 """What the offer rules look back on: the anniversary's year, and a month to spare."""
@@ -60,7 +90,7 @@ TOPIC_SPECS: Final = (
     TopicSpec(EVENTS, DEFAULT_PARTITIONS, None),
     # `crm replay offers` rebuilds from it: as long as the rules look back.
     TopicSpec(PROFILES_CHANGED, DEFAULT_PARTITIONS, LOOKBACK_DAYS),
-    TopicSpec(CONTACTS, DEFAULT_PARTITIONS, None, compacted=True),
+    TopicSpec(CONTACTS, DEFAULT_PARTITIONS, None, compacted=True, configs=CONTACTS_CONFIGS),
     TopicSpec(CLOCK, 1, None),
     # What marketing consumes and reports (and the look-up's coupons) rebuild from: kept.
     TopicSpec(OFFERS, DEFAULT_PARTITIONS, None),
