@@ -4,7 +4,10 @@
 so a GET changes nothing); `POST` with the same token records the opt-out at once in the
 notifier's contacts (queued e-mails of that customer are cancelled by the same code path that
 handles a consent change from profiles) and publishes a `ConsentChanged` on `crm.events`, so
-the profile and the offers service learn it too.
+the profile and the offers service learn it too. Tokens are signed with `CRM_UNSUBSCRIBE_KEY`
+(a key of its own: the services that hold the coupon key cannot forge them). Opting out again
+answers the same page and publishes nothing. Links do not expire: an opt-out is harmless to
+replay, and RFC 8058 asks that the link in an old e-mail still works.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def _page(title: str, body: str, code: int = 200) -> HTMLResponse:
 def unsubscribe_routes(app: ServiceApp[NotifierService]) -> APIRouter:
     """The unsubscribe link's routes, served with the notifier (on CRM_HTTP_PORT)."""
     router = APIRouter(tags=["e-mail"])
-    key = app.settings.privacy.coupon_key.get_secret_value()
+    key = app.settings.privacy.unsubscribe_key.get_secret_value()
 
     @router.get("/unsubscribe", response_class=HTMLResponse, summary="Confirm unsubscribing")
     async def confirm(token: str = Query(max_length=1024)) -> Response:

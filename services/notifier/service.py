@@ -161,23 +161,28 @@ class NotifierService:
     async def opt_out(self, customer_id: str, now: dt.datetime) -> list[Outgoing]:
         """Withdraw a customer's consent at once; returns what to publish.
 
-        The withdrawal is applied to the known contact exactly as a `ContactChanged` from
-        profiles would be (queued e-mails are cancelled by the same code path), and a
-        `ConsentChanged` on `crm.events` tells profiles and offers.
+        The withdrawal is applied to the contact exactly as a `ContactChanged` from profiles
+        would be (queued e-mails are cancelled by the same code path), and a `ConsentChanged`
+        on `crm.events` tells profiles and offers. A customer who has already opted out (the
+        same link clicked again, or replayed) changes nothing and publishes nothing; an
+        unknown customer is remembered as opted out (no address, no name), so that holds for
+        them too.
         """
         outgoing: list[Outgoing] = []
         async with self._lock:
             contact = (await self.repository.get_contacts([customer_id])).get(customer_id)
-            if contact is not None:
-                change = ContactChanged(
-                    customer_id=customer_id,
-                    email=contact.email,
-                    first_name=contact.first_name,
-                    marketing_consent=False,
-                    home_store_id=contact.home_store_id,
-                    changed_at=now,
-                )
-                outgoing.extend(await self._fold([(customer_id, change)], []))
+            if contact is not None and not contact.marketing_consent:
+                self.stats["unsubscribed_again"] += 1
+                return []
+            change = ContactChanged(
+                customer_id=customer_id,
+                email=contact.email if contact else None,
+                first_name=contact.first_name if contact else None,
+                marketing_consent=False,
+                home_store_id=contact.home_store_id if contact else None,
+                changed_at=now,
+            )
+            outgoing.extend(await self._fold([(customer_id, change)], []))
         consent = ConsentChanged(
             event_id=f"unsubscribe:{customer_id}:{now.isoformat()}",
             occurred_at=now,

@@ -9,12 +9,14 @@ import email.policy
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from services.notifier.api import unsubscribe_routes
+from services.notifier.domain import unsubscribe_token, verify_unsubscribe_token
 from shared.topics import CONTACTS, OFFERS
 from tests.service.test_notifier_app import (
     DAY,
@@ -84,3 +86,50 @@ async def test_forged_or_garbled_token_is_refused(h: Harness) -> None:
             response = await client.post("/unsubscribe", params={"token": token})
             assert response.status_code in (400, 422), token
     assert (await h.repo.get_contacts(["c-1"])) == {}
+
+
+def token_of(url: str) -> str:
+    return unquote(url.split("token=", 1)[1])
+
+
+async def test_link_is_signed_with_the_unsubscribe_key_and_a_coupon_key_link_is_refused(
+    h: Harness,
+) -> None:
+    privacy = h.app.settings.privacy
+    url = await unsubscribe_link(h)
+    unsubscribe_key = privacy.unsubscribe_key.get_secret_value()
+    assert verify_unsubscribe_token(token_of(url), unsubscribe_key) == "c-1"
+    # Whoever knows the coupon key (every service that makes codes) cannot forge a link.
+    forged = unsubscribe_token("c-1", privacy.coupon_key.get_secret_value())
+    async with client_for(h) as client:
+        response = await client.post("/unsubscribe", params={"token": forged})
+    assert response.status_code == 400
+    assert h.events == []
+    assert (await h.repo.get_contacts(["c-1"]))["c-1"].marketing_consent is True
+
+
+async def test_opting_out_twice_publishes_one_consent_event(h: Harness) -> None:
+    url = await unsubscribe_link(h)
+    path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+    async with client_for(h) as client:
+        first = await client.post(path)
+        again = await client.post(path)  # the same link clicked again, or replayed
+        confirm = await client.get(path)
+        last = await client.post(path)
+    assert first.status_code == again.status_code == last.status_code == 200
+    assert first.content == again.content == last.content
+    assert confirm.status_code == 200
+    assert [(c.customer_id, c.marketing_consent) for c in h.events] == [("c-1", False)]
+
+
+async def test_unknown_customer_opting_out_twice_publishes_one_consent_event(
+    h: Harness,
+) -> None:
+    token = unsubscribe_token("c-9", h.app.settings.privacy.unsubscribe_key.get_secret_value())
+    async with client_for(h) as client:
+        for _ in range(3):
+            response = await client.post("/unsubscribe", params={"token": token})
+            assert response.status_code == 200
+    assert [(c.customer_id, c.marketing_consent) for c in h.events] == [("c-9", False)]
+    stub = (await h.repo.get_contacts(["c-9"]))["c-9"]
+    assert (stub.email, stub.first_name, stub.marketing_consent) == (None, None, False)
