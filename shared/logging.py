@@ -45,6 +45,11 @@ def configure_logging(service: str, settings: LogSettings | None = None) -> None
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    # Redaction comes last in both chains, after the traceback is text: an exception's message
+    # or a frame of its traceback may hold a card number or an e-mail address.
+    last: list[structlog.typing.Processor] = [
+        structlog.processors.format_exc_info,
         redact_personal_data,
     ]
     renderer: structlog.typing.Processor = (
@@ -55,16 +60,18 @@ def configure_logging(service: str, settings: LogSettings | None = None) -> None
     structlog.configure(
         processors=[
             *shared_processors,
-            structlog.processors.format_exc_info,
+            *last,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    # Standard-library records (aiokafka, faststream, uvicorn) bring their exception as
+    # `exc_info`: formatted and redacted here, after the pre-chain, before rendering.
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared_processors,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *last, renderer],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
