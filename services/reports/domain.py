@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 
 from services.reports.settings import StoreGoal
 from shared.campaigns import DEFAULT_CAMPAIGNS
+from shared.erasure import is_unlinked
 from shared.events import OfferKind
 from shared.marketing import Segment, campaign_period, rfm_segment
 
@@ -612,7 +613,10 @@ def segments_report(
     since = since or as_of - dt.timedelta(days=28)
     by_customer: dict[str, list[Purchase]] = defaultdict(list)
     for p in facts.purchases:
-        if p.customer_id is not None and p.customer_id not in facts.erased:
+        # An erased customer's purchases are unlinked (no id, or a random token): left out.
+        if p.customer_id is None or is_unlinked(p.customer_id):
+            continue
+        if p.customer_id not in facts.erased:
             by_customer[p.customer_id].append(p)
     before: Counter[str] = Counter()
     after: Counter[str] = Counter()

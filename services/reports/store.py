@@ -5,10 +5,15 @@ One table (collection) of facts keyed by kind and id: purchases, campaigns (offe
 held out), redemptions, deliveries, revocations, erasures, and campaign definitions (one fact
 per change of a campaign, keyed by its id and the length of its history, so the newest is the
 one with the longest history whatever order they arrive in). A fact is written once (a
-redelivered event changes nothing); a delivery's latest state wins, and so does a revocation's. Erasing a
-customer unlinks their purchases (they still count for stores and products, no longer for a
-person). Two adapters hold one contract (tests/integration/test_reports_store.py):
-`store_sqlite.py` and `store_mongo.py`.
+redelivered event changes nothing); a delivery's latest state wins, and so does a revocation's.
+
+Erasing a customer unlinks every fact of theirs (purchases, offers issued or held out,
+redemptions, deliveries, revocations): their customer id is replaced by one random token
+(`shared.erasure`), so the figures and the lift still add up and nothing leads back to the
+card. The erasure itself is kept as the customer id's one-way mark, so a fact of the customer
+that arrives after the erasure (another topic, another partition) is unlinked too. Two
+adapters hold one contract (tests/integration/test_reports_store.py): `store_sqlite.py` and
+`store_mongo.py`.
 
 Revocations follow the offers service's corrections in the order they arrive: `offer_revoked`
 writes the offer's revocation; an `offer_issued` of an offer already known (a re-issue by a
@@ -34,6 +39,7 @@ from services.reports.domain import (
     Redemption,
 )
 from shared.campaigns import CampaignChanged
+from shared.erasure import erasure_mark, is_unlinked
 from shared.settings import StoreSettings
 from shared.storage import open_store
 
@@ -70,8 +76,12 @@ class ReportsRepository(Protocol):
     async def add(self, facts: Sequence[Fact]) -> None:
         """Write a batch's facts at once, in order: the first write of a fact wins, a
         delivery's or a revocation's latest state replaces the one before, an issued offer
-        whose campaign fact was there already clears its revocation, an erasure unlinks the
-        customer's purchases."""
+        whose campaign fact was there already clears its revocation. An erasure, and any fact
+        of a customer erased before, unlinks all the customer's facts to a random token."""
+        ...
+
+    async def facts_of_customer(self, customer_id: str) -> list[Fact]:
+        """Every fact still linked to this customer (right of access)."""
         ...
 
     async def load(self) -> Facts:
@@ -90,8 +100,25 @@ def open_repository(store: StoreSettings) -> AbstractAsyncContextManager[Reports
 
 
 def erased_ids(facts: Iterable[Fact]) -> list[str]:
-    """The customers a batch erases, whose purchases the adapters unlink after writing it."""
-    return sorted({f.id for f in facts if f.kind == "erased"})
+    """The customers a batch erases, whose facts the adapters unlink after writing it."""
+    return sorted({f.customer_id for f in facts if f.kind == "erased" and f.customer_id})
+
+
+def linked_ids(facts: Iterable[Fact]) -> dict[str, str]:
+    """Erasure mark -> customer id of every customer a batch's facts name (an erasure found
+    under one of these marks unlinks the new facts too)."""
+    return {
+        erasure_mark(f.customer_id): f.customer_id
+        for f in facts
+        if f.kind != "erased" and f.customer_id and not is_unlinked(f.customer_id)
+    }
+
+
+def stored_row(fact: Fact) -> tuple[str, str, str | None, dict[str, Any]]:
+    """(kind, id, customer id, doc) as stored: an erasure keeps its mark only."""
+    if fact.kind == "erased":
+        return (fact.kind, fact.id, None, fact.doc)
+    return (fact.kind, fact.id, fact.customer_id, fact.doc)
 
 
 # ---------------------------------------------------------------- codec
@@ -158,7 +185,8 @@ def delivery_fact(offer_id: str, customer_id: str, state: str) -> Fact:
 
 
 def erased_fact(customer_id: str) -> Fact:
-    return Fact("erased", customer_id, customer_id, {})
+    """The erasure, keyed by the customer id's one-way mark; the id itself is not stored."""
+    return Fact("erased", erasure_mark(customer_id), customer_id, {})
 
 
 def facts_of(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> Facts:

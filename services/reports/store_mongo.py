@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 from pymongo import DeleteOne, IndexModel, ReplaceOne, UpdateOne
 
 from services.reports.domain import Facts
-from services.reports.store import Fact, erased_ids, facts_of
+from services.reports.store import Fact, erased_ids, facts_of, linked_ids, stored_row
+from shared.erasure import unlinked_token
 from shared.storage import Indexes, MongoStore
 
 FACTS = "reports_facts"
@@ -19,13 +20,14 @@ def _key(fact: Fact) -> str:
 
 
 def _document(fact: Fact) -> dict[str, Any]:
-    return {"kind": fact.kind, "id": fact.id, "customer_id": fact.customer_id, "doc": fact.doc}
+    kind, fact_id, customer_id, doc = stored_row(fact)
+    return {"kind": kind, "id": fact_id, "customer_id": customer_id, "doc": doc}
 
 
 class MongoReportsRepository(MongoStore):
     """Collection `reports_facts`. A batch is two ordered bulk writes: the facts written once,
     then, in batch order, the latest states (deliveries, revocations) and the revocations that
-    re-issues clear; then the erased customers' purchases are unlinked."""
+    re-issues clear; then the facts of erased customers are unlinked."""
 
     SERVICE = "reports"
 
@@ -57,12 +59,28 @@ class MongoReportsRepository(MongoStore):
                 latest.append(DeleteOne({"_id": f"revocation:{f.id}"}))
         if latest:
             await collection.bulk_write(latest, ordered=True)
-        erased = erased_ids(facts)
-        if erased:
+        # Customers erased now, and customers erased before whose facts came now: unlinked.
+        unlink = set(erased_ids(facts))
+        linked = linked_ids(facts)
+        if linked:
+            cursor = collection.find({"kind": "erased", "id": {"$in": sorted(linked)}}, {"id": 1})
+            unlink |= {linked[d["id"]] async for d in cursor}
+        for customer_id in sorted(unlink):
+            token = unlinked_token()
             await collection.update_many(
-                {"kind": "purchase", "customer_id": {"$in": erased}},
-                {"$set": {"customer_id": None, "doc.c": None}},
+                {"customer_id": customer_id, "kind": {"$ne": "erased"}, "doc.c": {"$exists": True}},
+                {"$set": {"customer_id": token, "doc.c": token}},
             )
+            await collection.update_many(
+                {"customer_id": customer_id, "kind": {"$ne": "erased"}},
+                {"$set": {"customer_id": token}},
+            )
+
+    async def facts_of_customer(self, customer_id: str) -> list[Fact]:
+        if not isinstance(customer_id, str):  # a dict such as {"$gt": ""} stays out of the filter
+            raise TypeError("customer_id must be a string")
+        cursor = self.database[FACTS].find({"customer_id": customer_id}).sort("_id", 1)
+        return [Fact(d["kind"], d["id"], d["customer_id"], d["doc"]) async for d in cursor]
 
     async def load(self) -> Facts:
         cursor = self.database[FACTS].find({}, {"kind": 1, "id": 1, "doc": 1})

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import cast
 
 import orjson
 
 from services.reports.domain import Facts
-from services.reports.store import Fact, erased_ids, facts_of
+from services.reports.store import (
+    Fact,
+    FactKind,
+    erased_ids,
+    facts_of,
+    linked_ids,
+    stored_row,
+)
+from shared.erasure import unlinked_token
 from shared.storage import IN_LIST, SqliteStore, in_list
 
 _UNLINK = (
-    "UPDATE facts SET customer_id = NULL, doc = json_set(doc, '$.c', NULL) "  # noqa: S608
-    f"WHERE kind = 'purchase' AND customer_id IN {IN_LIST}"
+    "UPDATE facts SET customer_id = ?1, doc = CASE WHEN json_type(doc, '$.c') IS NULL"
+    " THEN doc ELSE json_set(doc, '$.c', ?1) END WHERE customer_id = ?2 AND kind != 'erased'"
 )
-"""Unlinks the purchases of the customers in the list parameter (an erasure)."""
+"""Unlinks every fact of one customer (an erasure): its id becomes the token, in the row and
+in the figures."""
+_ERASED = f"SELECT id FROM facts WHERE kind = 'erased' AND id IN {IN_LIST}"  # noqa: S608
 _ONCE = (
     "INSERT INTO facts (kind, id, customer_id, doc) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (kind, id) DO NOTHING"
@@ -29,6 +40,11 @@ _REISSUE = (
     "AND EXISTS (SELECT 1 FROM facts WHERE kind = 'campaign' AND id = ?)"
 )
 """Clears the revocation of an offer issued again (its campaign fact is there already)."""
+
+
+def _row(fact: Fact) -> tuple[str, str, str | None, str]:
+    kind, fact_id, customer_id, doc = stored_row(fact)
+    return (kind, fact_id, customer_id, orjson.dumps(doc).decode())
 
 
 class SqliteReportsRepository(SqliteStore):
@@ -47,14 +63,15 @@ class SqliteReportsRepository(SqliteStore):
     """
 
     async def add(self, facts: Sequence[Fact]) -> None:
-        rows = [(f, (f.kind, f.id, f.customer_id, orjson.dumps(f.doc).decode())) for f in facts]
+        rows = [(f, _row(f)) for f in facts]
         # Offers' facts depend on their order (a revocation, then a re-issue); the rest (most
         # of a batch: purchases) do not, and go in one statement.
         ordered = [(f, row) for f, row in rows if f.kind == "campaign" or f.latest_wins]
         plain = [row for f, row in rows if not (f.kind == "campaign" or f.latest_wins)]
         erased = erased_ids(facts)
+        linked = linked_ids(facts)
 
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: sqlite3.Connection) -> bool:
             db.executemany(_ONCE, plain)
             for fact, row in ordered:
                 if fact.latest_wins:
@@ -63,11 +80,31 @@ class SqliteReportsRepository(SqliteStore):
                 if fact.issues:
                     db.execute(_REISSUE, (fact.id, fact.id))
                 db.execute(_ONCE, row)
-            if erased:
-                db.execute(_UNLINK, (in_list(erased),))
+            # Customers erased before whose facts came now, and customers erased now.
+            found = db.execute(_ERASED, (in_list(linked),)).fetchall() if linked else []
+            unlink = sorted({*erased, *(linked[mark] for (mark,) in found)})
+            for customer_id in unlink:
+                db.execute(_UNLINK, (unlinked_token(), customer_id))
+            return bool(unlink)
 
-        if rows:
-            await self.write(work)
+        if not rows:
+            return
+        unlinked: bool = await self.write(work)
+        if unlinked:  # the WAL is checkpointed: no erased id lingers there
+            await self.checkpoint()
+
+    async def facts_of_customer(self, customer_id: str) -> list[Fact]:
+        def work(db: sqlite3.Connection) -> list[Fact]:
+            rows = db.execute(
+                "SELECT kind, id, doc FROM facts WHERE customer_id = ? ORDER BY kind, id",
+                (customer_id,),
+            ).fetchall()
+            return [
+                Fact(cast(FactKind, kind), fact_id, customer_id, orjson.loads(doc))
+                for kind, fact_id, doc in rows
+            ]
+
+        return await self.read(work)
 
     async def load(self) -> Facts:
         def work(db: sqlite3.Connection) -> Facts:

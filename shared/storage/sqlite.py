@@ -115,8 +115,9 @@ class SqliteStore:
             with translate_sqlite_errors():
                 return await asyncio.to_thread(work, self._db)
 
-    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one transaction: all of it is committed, or none."""
+    async def write(self, work: Callable[[sqlite3.Connection], T], *, erasure: bool = False) -> T:
+        """Run `work` in one transaction: all of it is committed, or none. `erasure`: the
+        transaction erased personal data, so the WAL is checkpointed and truncated after it."""
 
         def transaction(db: sqlite3.Connection) -> T:
             db.execute("BEGIN IMMEDIATE")
@@ -128,7 +129,23 @@ class SqliteStore:
             db.execute("COMMIT")
             return result
 
-        return await self.read(transaction)
+        result = await self.read(transaction)
+        if erasure:
+            await self.checkpoint()
+        return result
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database file and truncate it to nothing.
+
+        After an erasure: the WAL still holds the pages as they were before (the erased values
+        with them) until a checkpoint, and `secure_delete` has overwritten them in the file's
+        pages. A checkpoint blocked by a reader leaves the WAL as it is (the next one ends it).
+        """
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+        await self.read(work)
 
     async def reset(self) -> None:
         """Empty every table of this service's file (`crm replay` rebuilds it from the topics)."""
