@@ -19,12 +19,13 @@ import collections
 import datetime as dt
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 
+from services.notifier.bounces import DeliveryReport
 from services.notifier.domain import (
     BOUNCED,
     Contact,
@@ -37,6 +38,8 @@ from services.notifier.domain import (
     Renderer,
     TokenBucket,
     backoff_delay,
+    bounce_delivery,
+    offer_id_of_message_id,
     outcome_event,
     plan_batch,
     redecide_due,
@@ -54,6 +57,8 @@ from shared.topics import DELIVERIES, EVENTS
 log = get_logger(__name__)
 
 Clock = Callable[[], dt.datetime]
+BounceResult = Literal["bounced", "already_bounced", "not_failed", "unknown_message"]
+"""What a delivery status notification did."""
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -152,7 +157,12 @@ class NotifierService:
         current = {**contacts, **plan.contacts}
         for customer_id in plan.erased:
             current.pop(customer_id, None)
-        outgoing = await self._carry_out(plan, current)
+        # An erased customer's deliveries keep no content and no link: erased now (the
+        # tombstone on crm.contacts), or named by offers' revocations for the erasure.
+        forgotten = plan.erased | {
+            o.customer_id for o in offers if isinstance(o, OfferRevoked) and o.reason == "erased"
+        }
+        outgoing = await self._carry_out(plan, current, forgotten=forgotten)
         outgoing.extend(self._outcome(d) for d in plan.replayed)
         return outgoing
 
@@ -194,6 +204,44 @@ class NotifierService:
         log.info("unsubscribed", customer_id=customer_id)
         return outgoing
 
+    # ------------------------------------------------------------ bounces after the fact
+
+    async def record_bounce(self, report: DeliveryReport) -> tuple[BounceResult, list[Outgoing]]:
+        """Apply a delivery status notification; returns what it did and what to publish.
+
+        A permanent failure (`Action: failed`, 5.x.x) of a sent e-mail makes its delivery
+        `bounced` (published on `crm.deliveries` like any outcome) and marks the address
+        bounced: no more e-mail to it until the customer's address changes. A delayed (4.x.x)
+        report, a report of another message, or one seen before changes nothing.
+        """
+        failed = report.failed
+        if not failed:
+            self.stats["bounce_reports_not_failed"] += 1
+            return "not_failed", []
+        offer_id = offer_id_of_message_id(report.message_id) if report.message_id else None
+        if offer_id is None:
+            self.stats["bounce_reports_unknown"] += 1
+            return "unknown_message", []
+        async with self._lock:
+            delivery = (await self.repository.get_deliveries([offer_id])).get(offer_id)
+            if delivery is None or delivery.state not in {"sent", "bounced"}:
+                self.stats["bounce_reports_unknown"] += 1
+                return "unknown_message", []
+            if delivery.state == "bounced":
+                # Reported again (a retry after a failed publish): the same outcome again.
+                return "already_bounced", [self._outcome(delivery)]
+            bounced = bounce_delivery(delivery, failed[0].status, self.clock())
+            await self.repository.apply(
+                StoreChanges(
+                    deliveries=[bounced],
+                    bounced=[(delivery.customer_id, r.address) for r in failed],
+                )
+            )
+        self.stats["emails_bounced"] += 1
+        self.stats["bounce_reports_applied"] += 1
+        log.info("email_bounced_later", offer_id=offer_id, reason=bounced.last_error)
+        return "bounced", [self._outcome(bounced)]
+
     # ------------------------------------------------------------ quiet hours ended
 
     async def run_due(self) -> list[Outgoing]:
@@ -212,11 +260,14 @@ class NotifierService:
 
     # ------------------------------------------------------------ persist, send, report
 
-    async def _carry_out(self, plan: Plan, contacts: dict[str, Contact]) -> list[Outgoing]:
+    async def _carry_out(
+        self, plan: Plan, contacts: dict[str, Contact], *, forgotten: Collection[str] = ()
+    ) -> list[Outgoing]:
         await self.repository.apply(
             StoreChanges(
                 contacts=list(plan.contacts.values()),
                 erased=sorted(plan.erased),
+                forgotten=sorted(forgotten),
                 deliveries=[*plan.deliveries.values(), *plan.updated.values()],
             )
         )

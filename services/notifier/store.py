@@ -8,9 +8,10 @@ transaction (SQLite, `store_sqlite.py`) or one unordered bulk write per collecti
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from services.notifier.domain import Contact, Delivery
@@ -28,9 +29,32 @@ class StoreChanges:
     deliveries: Sequence[Delivery] = ()
     bounced: Sequence[tuple[str, str]] = field(default_factory=list)
     """(customer id, address): that contact's address bounced, if it is still the same one."""
+    forgotten: Collection[str] = ()
+    """Erased customers whose deliveries (all, sent ones too) are unlinked after the batch's
+    writes: see `unlinked_delivery`."""
 
     def __bool__(self) -> bool:
-        return bool(self.contacts or self.erased or self.deliveries or self.bounced)
+        return bool(
+            self.contacts or self.erased or self.deliveries or self.bounced or self.forgotten
+        )
+
+
+_ERROR_CODE = re.compile(r"^[a-z_]{1,64}$")
+
+
+def unlinked_delivery(delivery: Delivery, token: str) -> Delivery:
+    """An erased customer's delivery as it is kept: its state, offer id and Message-ID (one
+    offer, one e-mail, whatever is redelivered), under a random token instead of the customer,
+    without the offer's content and without an error text that may quote the address (an
+    error code such as `offer_revoked` stays)."""
+    error = delivery.last_error
+    return replace(
+        delivery,
+        customer_id=token,
+        offer=None,
+        not_before=None,
+        last_error=error if error is not None and _ERROR_CODE.match(error) else None,
+    )
 
 
 class NotifierRepository(Protocol):
@@ -55,6 +79,10 @@ class NotifierRepository(Protocol):
 
     async def apply(self, changes: StoreChanges) -> None:
         """Write a batch's changes at once."""
+        ...
+
+    async def deliveries_of(self, customer_id: str) -> list[Delivery]:
+        """Every delivery still linked to this customer, by offer id (right of access)."""
         ...
 
     async def close(self) -> None: ...

@@ -10,7 +10,8 @@ from typing import Any, ClassVar, cast
 from pymongo import ASCENDING, DeleteOne, IndexModel, ReplaceOne, UpdateOne
 
 from services.notifier.domain import OPEN_STATES, Contact, Delivery, DeliveryStatus
-from services.notifier.store import StoreChanges
+from services.notifier.store import StoreChanges, unlinked_delivery
+from shared.erasure import unlinked_token
 from shared.events import OfferIssued
 from shared.storage import Indexes, MongoStore
 
@@ -150,3 +151,18 @@ class MongoNotifierRepository(MongoStore):
         ]
         if delivery_ops:
             await self.database[DELIVERIES].bulk_write(delivery_ops, ordered=False)
+        for customer_id in sorted(changes.forgotten):
+            token = unlinked_token()
+            cursor = self.database[DELIVERIES].find({"customer_id": str(customer_id)})
+            unlinked = [
+                ReplaceOne(
+                    {"_id": doc["_id"]}, _delivery_doc(unlinked_delivery(_delivery(doc), token))
+                )
+                async for doc in cursor
+            ]
+            if unlinked:
+                await self.database[DELIVERIES].bulk_write(unlinked, ordered=False)
+
+    async def deliveries_of(self, customer_id: str) -> list[Delivery]:
+        cursor = self.database[DELIVERIES].find({"customer_id": str(customer_id)}).sort("_id", 1)
+        return [_delivery(doc) async for doc in cursor]

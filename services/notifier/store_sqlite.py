@@ -8,7 +8,8 @@ from collections.abc import Collection
 from typing import Any, cast
 
 from services.notifier.domain import OPEN_STATES, Contact, Delivery, DeliveryStatus
-from services.notifier.store import StoreChanges
+from services.notifier.store import StoreChanges, unlinked_delivery
+from shared.erasure import unlinked_token
 from shared.events import OfferIssued
 from shared.storage import IN_LIST, SqliteStore, in_list
 
@@ -166,8 +167,20 @@ class SqliteNotifierRepository(SqliteStore):
 
         return await self.read(work)
 
+    async def deliveries_of(self, customer_id: str) -> list[Delivery]:
+        def work(db: sqlite3.Connection) -> list[Delivery]:
+            rows = db.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE customer_id = ? "  # noqa: S608
+                "ORDER BY offer_id",
+                (str(customer_id),),
+            )
+            return [_delivery(r) for r in rows]
+
+        return await self.read(work)
+
     async def apply(self, changes: StoreChanges) -> None:
         erased = [(customer_id,) for customer_id in changes.erased]
+        forgotten = sorted(changes.forgotten)
         contacts = [_contact_row(c) for c in changes.contacts]
         bounced = list(changes.bounced)
         deliveries = [_delivery_row(d) for d in changes.deliveries]
@@ -186,6 +199,18 @@ class SqliteNotifierRepository(SqliteStore):
                 "VALUES (?,?,?,?,?,?,?,?,?)",
                 deliveries,
             )
+            for customer_id in forgotten:
+                token = unlinked_token()
+                rows = db.execute(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE customer_id = ?",  # noqa: S608
+                    (customer_id,),
+                ).fetchall()
+                db.executemany(
+                    f"INSERT OR REPLACE INTO deliveries ({_DELIVERY_COLUMNS}) "  # noqa: S608
+                    "VALUES (?,?,?,?,?,?,?,?,?)",
+                    [_delivery_row(unlinked_delivery(_delivery(r), token)) for r in rows],
+                )
 
         if changes:
-            await self.write(work)
+            # An erasure checkpoints the WAL after it: the erased values do not linger there.
+            await self.write(work, erasure=bool(erased or forgotten))

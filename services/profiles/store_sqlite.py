@@ -153,7 +153,8 @@ class SqliteProfilesRepository(SqliteStore):
                 )
 
         if rows or coupon_rows or entered or left or clock_day is not None:
-            await self.write(work)
+            # An erasure checkpoints the WAL after it: the erased values do not linger there.
+            await self.write(work, erasure=any(p.erased for p in profiles))
 
     async def _one(self, sql: str, *params: object) -> CustomerProfile | None:
         def work(db: sqlite3.Connection) -> CustomerProfile | None:

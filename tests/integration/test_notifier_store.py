@@ -178,6 +178,29 @@ async def test_erasure_deletes_the_contact(repo: NotifierRepository) -> None:
     assert set(await repo.get_contacts(["c-1", "c-2"])) == {"c-2"}
 
 
+async def test_an_erased_customers_deliveries_keep_no_content_and_no_link(
+    repo: NotifierRepository,
+) -> None:
+    sent = delivery("of-1", "sent", last_error=None)
+    bounced = delivery("of-2", "bounced", last_error="550 5.1.1 <c-1@example.com> unknown")
+    revoked = delivery("of-3", "suppressed", last_error="offer_revoked")
+    other = delivery("of-4", "sent", customer_id="c-2")
+    await repo.apply(StoreChanges(contacts=[contact("c-1")], deliveries=[sent, bounced, other]))
+    await repo.apply(StoreChanges(erased=["c-1"], deliveries=[revoked], forgotten=["c-1"]))
+    assert await repo.deliveries_of("c-1") == []
+    assert await repo.get_contacts(["c-1"]) == {}
+    kept = await repo.get_deliveries(["of-1", "of-2", "of-3"])
+    # One offer, one e-mail: the offer id, its Message-ID and its outcome stay, nothing else.
+    assert {k: (d.state, d.message_id) for k, d in kept.items()} == {
+        d.offer_id: (d.state, d.message_id) for d in (sent, bounced, revoked)
+    }
+    assert [d.offer for d in kept.values()] == [None, None, None]
+    assert [kept[k].last_error for k in ("of-1", "of-2", "of-3")] == [None, None, "offer_revoked"]
+    (token,) = {d.customer_id for d in kept.values()}
+    assert token.startswith("erased-")
+    assert await repo.deliveries_of("c-2") == [other]
+
+
 async def test_bounce_marks_the_contact_only_while_the_address_is_the_same(
     repo: NotifierRepository,
 ) -> None:
