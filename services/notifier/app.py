@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import orjson
 from pydantic import ValidationError
 
-from services.notifier.api import unsubscribe_routes
+from services.notifier.api import notifier_routes
 from services.notifier.domain import ContactUpdate, OfferChange, QuietPolicy, Renderer
 from services.notifier.mailer import Transport, transport_for, verify_smtp_login
 from services.notifier.service import Clock, NotifierService, utc_now
@@ -156,7 +156,7 @@ SPEC: ServiceSpec[NotifierRepository, NotifierService] = ServiceSpec(
     open_store=lambda settings: open_repository(settings.store),
     build=build,
     order="save_then_publish",
-    routes=unsubscribe_routes,
+    routes=notifier_routes,
     check=check_smtp,
     background=due_poller,
     secrets=(UNSUBSCRIBE_KEY,),

@@ -148,6 +148,16 @@ def message_id_for(offer_id: str) -> str:
     return f"<offer-{safe_offer_token(offer_id)}@crm-stream>"
 
 
+_MESSAGE_ID = re.compile(r"^<offer-([A-Za-z0-9._-]{1,128})@crm-stream>$")
+
+
+def offer_id_of_message_id(message_id: str) -> str | None:
+    """The offer id a Message-ID was derived from; None for another message's id. (An offer
+    id hashed into it by `safe_offer_token` cannot be read back: its look-up finds nothing.)"""
+    match = _MESSAGE_ID.match(message_id.strip())
+    return match.group(1) if match else None
+
+
 def _key_bytes(key: str | bytes) -> bytes:
     return key.encode() if isinstance(key, str) else key
 
@@ -346,6 +356,11 @@ def erase_delivery(delivery: Delivery, now: dt.datetime) -> Delivery:
         last_error=CUSTOMER_ERASED,
         updated_at=now,
     )
+
+
+def bounce_delivery(delivery: Delivery, status: str, now: dt.datetime) -> Delivery:
+    """A sent e-mail reported undeliverable afterwards (a DSN with a 5.x.x status)."""
+    return replace(delivery, state="bounced", last_error=f"dsn_{status}", updated_at=now)
 
 
 ContactUpdate = tuple[str, ContactChanged | None]

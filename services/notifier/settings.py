@@ -1,4 +1,5 @@
-"""Settings of the notifier only: the send grace, retries, sending rate and the due poller.
+"""Settings of the notifier only: the send grace, retries, sending rate, the due poller and who
+may report bounces.
 
 SMTP, outbox, public URL, keys and quiet hours are common settings in `shared.settings`.
 """
@@ -39,4 +40,11 @@ class NotifierSettings(BaseSettings):
     )
     due_batch_size: int = Field(
         default=500, ge=1, description="Most held-back deliveries sent per poll."
+    )
+    bounce_token_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="SHA-256 hex of the bearer token the bounce forwarder (the mail server's "
+        "DSN pipe or the provider's webhook) sends to `POST /api/bounces`; `admin` tokens "
+        "are accepted too.",
     )
