@@ -16,7 +16,7 @@ from shared.edge import Source
 from shared.keys import CARD_KEY
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
-from shared.topics import GROUP_INGEST, RAW_TOPICS
+from shared.topics import DEADLETTER, EVENTS, GROUP_INGEST, RAW_TOPICS
 from shared.vault import KeyVault, vault_for, with_vault
 
 
@@ -55,6 +55,7 @@ SPEC: ServiceSpec[IngestRepository, IngestService] = ServiceSpec(
     build=build,
     order="publish_then_save",
     secrets=(CARD_KEY,),
+    writes=(EVENTS, DEADLETTER),
 )
 
 

@@ -26,7 +26,7 @@ from shared.keys import UNSUBSCRIBE_KEY
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
-from shared.topics import CONTACTS, GROUP_NOTIFIER, OFFERS
+from shared.topics import CONTACTS, DEADLETTER, DELIVERIES, EVENTS, GROUP_NOTIFIER, OFFERS
 from shared.vault import KeyReader, Pending, sealed_decoder, vault_for, with_vault
 
 log = get_logger(__name__)
@@ -167,6 +167,7 @@ SPEC: ServiceSpec[NotifierRepository, NotifierService] = ServiceSpec(
     check=check_smtp,
     background=due_poller,
     secrets=(UNSUBSCRIBE_KEY,),
+    writes=(DELIVERIES, EVENTS, DEADLETTER),
 )
 
 
