@@ -16,8 +16,7 @@ from shared.edge import Source
 from shared.keys import CARD_KEY
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
-from shared.topics import DEADLETTER, EVENTS, GROUP_INGEST, RAW_TOPICS
-from shared.vault import KeyVault, vault_for, with_vault
+from shared.topics import GROUP_INGEST, RAW_TOPICS
 
 
 def decode_raw(source: Source) -> RawEvent:
@@ -36,14 +35,11 @@ async def open_pruned(
         yield repository
 
 
-def build(
-    settings: Settings, repository: IngestRepository, vault: KeyVault | None = None
-) -> IngestService:
+def build(settings: Settings, repository: IngestRepository) -> IngestService:
     return IngestService(
         repository,
         card_key=settings.privacy.card_key.get_secret_value().encode(),
         calendar=settings.calendar,
-        vault=vault or vault_for(settings.store),
     )
 
 
@@ -51,11 +47,10 @@ SPEC: ServiceSpec[IngestRepository, IngestService] = ServiceSpec(
     name="ingest",
     group=GROUP_INGEST,
     decoders={topic: decode_raw for topic in RAW_TOPICS},
-    open_store=with_vault(open_pruned),
+    open_store=open_pruned,
     build=build,
     order="publish_then_save",
     secrets=(CARD_KEY,),
-    writes=(EVENTS, DEADLETTER),
 )
 
 
@@ -64,12 +59,10 @@ def create_app(
     *,
     repository: IngestRepository | None = None,
     ingest_settings: IngestSettings | None = None,
-    vault: KeyVault | None = None,
 ) -> ServiceApp[IngestService]:
-    """The ingest service; a passed repository is used as is (not pruned, not closed), and so
-    is a passed key vault (tests share one between services)."""
+    """The ingest service; a passed repository is used as is (not pruned, not closed)."""
     spec = SPEC
     if ingest_settings is not None:
         own = ingest_settings
-        spec = dataclasses.replace(SPEC, open_store=with_vault(lambda s: open_pruned(s, own)))
-    return ServiceApp(spec, settings, repository=repository, build=lambda s, r: build(s, r, vault))
+        spec = dataclasses.replace(SPEC, open_store=lambda s: open_pruned(s, own))
+    return ServiceApp(spec, settings, repository=repository)

@@ -35,7 +35,6 @@ from shared.skeleton import AfterReplay, ServiceApp, ServiceSpec
 from shared.topics import (
     CAMPAIGNS,
     CLOCK,
-    DEADLETTER,
     DELIVERIES,
     GROUP_OFFERS,
     OFFERS,
@@ -159,8 +158,6 @@ SPEC: ServiceSpec[OffersRepository, OffersService] = ServiceSpec(
     background=campaigns_table,
     after_replay=AfterReplay(OFFERS, OffersService.keep_published),
     secrets=(CARD_KEY, COUPON_KEY),  # the till API hashes card numbers; coupon codes
-    writes=(OFFERS, CAMPAIGNS, DEADLETTER),
-    tables=(CAMPAIGNS,),
 )
 
 

@@ -20,7 +20,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from services.profiles.domain import Coupon, CouponState, CustomerProfile
+from services.profiles.domain import (
+    Coupon,
+    CouponState,
+    CustomerProfile,
+    UnreachableReason,
+    reachability,
+)
 from services.profiles.service import ProfilesService
 from services.profiles.store import ProfilesRepository
 from shared.auth import (
@@ -109,6 +115,17 @@ class EmailStatus(BaseModel):
     has_email: bool = Field(description="Whether an e-mail address is on file.")
     marketing_consent: bool = Field(description="Opt-in to marketing e-mail.")
     reachable: bool = Field(description="Whether offers and e-mails can be sent.")
+    unreachable_reason: UnreachableReason | None = Field(
+        default=None,
+        description="Why not: `no_email`, `unsubscribed` (consent stated false), `no_consent` "
+        "(never stated), `bounced` (the address bounced, during or after sending), `erased`; "
+        "null when reachable.",
+    )
+    unreachable_since: AwareDatetime | None = Field(
+        default=None,
+        description="Since when: the time of the bounce or of the consent or address "
+        "statement; null when reachable or not known.",
+    )
 
 
 class CustomerView(BaseModel):
@@ -156,6 +173,17 @@ def _coupon(coupon: Coupon) -> CouponView:
     )
 
 
+def _email_status(profile: CustomerProfile) -> EmailStatus:
+    reach = reachability(profile)
+    return EmailStatus(
+        has_email=profile.email is not None,
+        marketing_consent=profile.marketing_consent,
+        reachable=reach.reachable,
+        unreachable_reason=reach.reason,
+        unreachable_since=reach.since,
+    )
+
+
 def customer_view(
     profile: CustomerProfile, *, coupons: list[Coupon], today: dt.date
 ) -> CustomerView:
@@ -168,11 +196,7 @@ def customer_view(
         email=profile.email,
         birth_date=profile.birth_date,
         home_store_id=profile.home_store_id,
-        email_status=EmailStatus(
-            has_email=profile.email is not None,
-            marketing_consent=profile.marketing_consent,
-            reachable=profile.email is not None and profile.marketing_consent,
-        ),
+        email_status=_email_status(profile),
         visits=profile.visits,
         total_spend=profile.total_spend,
         average_spend=profile.average_spend,

@@ -252,6 +252,11 @@ class CustomerProfile(_Part):
     merged_from: list[str] = Field(
         default_factory=list, description="Customers merged into this profile (aliases), sorted."
     )
+    bounced_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the latest e-mail to the customer bounced (the notifier's outcomes "
+        "on crm.deliveries); it applies to the address stated before it.",
+    )
     version: int = Field(default=0, description="Incremented per write.")
 
     @computed_field(description="total_spend / visits, to the cent.")  # type: ignore[prop-decorator]
@@ -310,6 +315,43 @@ class CustomerProfile(_Part):
             self.categories.items(), key=lambda kv: (-kv[1].checkouts, -kv[1].spend, kv[0])
         )
         return [Favourite(key=k, checkouts=s.checkouts, spend=s.spend) for k, s in ranked[:limit]]
+
+
+UnreachableReason = Literal["erased", "no_email", "bounced", "unsubscribed", "no_consent"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reachability:
+    """Whether offers and e-mails can reach the customer; if not, why and since when (None when
+    unknown: a value stated before the profile kept its statements' times)."""
+
+    reachable: bool
+    reason: UnreachableReason | None = None
+    since: dt.datetime | None = None
+
+
+def reachability(profile: CustomerProfile) -> Reachability:
+    """Derived from the profile when asked, so it is as order-independent as the profile: a
+    bounce counts against the address stated before it (a newer address is reachable again);
+    consent stated false (withdrawn, or refused at sign-up) is `unsubscribed` since that
+    statement, consent never stated `no_consent`."""
+    stamps = profile.stamps
+    if profile.erased:
+        return Reachability(False, "erased", profile.erased_at)
+    if profile.email is None:
+        email_stamp = stamps.get("email")
+        return Reachability(False, "no_email", email_stamp.at if email_stamp else None)
+    consent = stamps.get("marketing_consent")
+    if not profile.marketing_consent:
+        if consent is None:
+            return Reachability(False, "no_consent")
+        return Reachability(False, "unsubscribed", consent.at)
+    email_stamp = stamps.get("email")
+    if profile.bounced_at is not None and (
+        email_stamp is None or profile.bounced_at >= email_stamp.at
+    ):
+        return Reachability(False, "bounced", profile.bounced_at)
+    return Reachability(True)
 
 
 def tombstone(
@@ -581,6 +623,24 @@ class ProfileBook:
             outcome.contacts.append((target, self._contact(doc, event.occurred_at)))
         return outcome
 
+    def bounce(self, customer_id: str, at: dt.datetime) -> bool:
+        """An e-mail to the customer bounced at `at` (the latest bounce counts, whatever the
+        order they come in). An erased customer keeps nothing; a customer not seen yet gets
+        a profile holding only this, which their events then fill in. Returns whether the
+        profile changed."""
+        target = self.resolve(customer_id)
+        doc = self._docs.get(target)
+        if doc is not None and (doc.erased or (doc.erased_at is not None and at <= doc.erased_at)):
+            return False
+        if doc is None:
+            doc = CustomerProfile(customer_id=target)
+            self._put(doc)
+        if doc.bounced_at is not None and doc.bounced_at >= at:
+            return False
+        doc.bounced_at = at
+        self._dirty.add(target)
+        return True
+
     @staticmethod
     def _contact(doc: CustomerProfile, at: dt.datetime) -> ContactChanged:
         return ContactChanged(
@@ -753,6 +813,7 @@ class ProfileBook:
         for card in other.card_ids:
             self._add_card(doc, card)
         _merge_stated(doc, other)
+        doc.bounced_at = _max(doc.bounced_at, other.bounced_at)
         doc.registered = doc.registered or other.registered
         doc.registered_at = _min(doc.registered_at, other.registered_at)
         doc.first_purchase_at = _min(doc.first_purchase_at, other.first_purchase_at)

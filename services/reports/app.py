@@ -24,7 +24,6 @@ from shared.events import NORMALIZED_EVENT, OFFER_EVENT, DeliveryRecorded
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
 from shared.topics import CAMPAIGNS, DELIVERIES, EVENTS, GROUP_REPORTS, OFFERS
-from shared.vault import sealed_decoder
 
 __all__ = [
     "SPEC",
@@ -45,8 +44,7 @@ SPEC: ServiceSpec[ReportsRepository, ReportsService] = ServiceSpec(
     name="reports",
     group=GROUP_REPORTS,
     decoders={
-        # Blind: reports needs no personal field, and gets no data key to open one.
-        EVENTS: foreign(sealed_decoder(NORMALIZED_EVENT, blind=True)),
+        EVENTS: foreign(json_decoder(NORMALIZED_EVENT)),
         OFFERS: foreign(json_decoder(OFFER_EVENT)),
         DELIVERIES: foreign(json_decoder(DeliveryRecorded)),
         # Offers owns it: each campaign's name, schedule and arms, for the per-campaign rows.

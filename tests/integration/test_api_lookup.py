@@ -45,7 +45,13 @@ def test_agent_finds_a_customer_by_card_with_coupons_and_history(
     assert body["latest_interactions"][0]["type"] == "support_ticket"
     assert body["recent_purchases"][0]["event_id"] == "p-1"
     assert body["favourite_products"][0]["key"] == "MILK-1L"
-    assert body["email_status"] == {"has_email": True, "marketing_consent": True, "reachable": True}
+    assert body["email_status"] == {
+        "has_email": True,
+        "marketing_consent": True,
+        "reachable": True,
+        "unreachable_reason": None,
+        "unreachable_since": None,
+    }
     assert body["segment"] == "new"
 
 

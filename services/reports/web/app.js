@@ -84,6 +84,15 @@ async function loadStores() {
   } catch (error) { target.textContent = error.message; }
 }
 
+const UNREACHABLE = { no_email: "no address", unsubscribed: "unsubscribed", no_consent: "no consent", bounced: "bounced", erased: "erased" };
+
+function emailStatus(s) {
+  // Not reachable: why, and since when (the bounce, or the consent or address statement).
+  if (s.reachable) return "reachable";
+  const reason = UNREACHABLE[s.unreachable_reason] || "not reachable";
+  return s.unreachable_since ? `not reachable: ${reason} since ${s.unreachable_since.slice(0, 10)}` : `not reachable: ${reason}`;
+}
+
 function customerView(c) {
   const card = (label, value) => el("div", { class: "card" }, label, el("b", {}, value));
   const coupon = (o) => ({ code: o.coupon_code, kind: o.kind, discount: o.discount_percent + " %", product: o.product_name || o.sku || "basket", valid: `${o.valid_from} to ${o.valid_until}`, state: o.state });
@@ -93,7 +102,7 @@ function customerView(c) {
     el("div", { class: "cards" },
       card("Segment", c.segment), card("Visits", c.visits), card("Spend", c.total_spend),
       card("Average basket", c.average_spend), card("Home store", c.home_store_id || "-"),
-      card("E-mail", c.email_status.has_email ? (c.email_status.marketing_consent ? "consented" : "no consent") : "none")),
+      card("E-mail", emailStatus(c.email_status))),
     el("h4", {}, "Open coupons"), table(couponCols, c.coupons.open.map(coupon), "Coupons the customer can use"),
     el("h4", {}, "Used coupons"), table(couponCols, c.coupons.used.map(coupon), "Coupons redeemed"),
     el("h4", {}, "Recent purchases"), table(["at", "store_id", "total", "lines"], c.recent_purchases, "Latest checkouts"),
