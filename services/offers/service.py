@@ -14,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from services.offers.campaigns import CampaignBook
 from services.offers.domain import OfferRecord, birthday_month_days
 from services.offers.engine import Days, OfferDecider, Recomputed, codes_listed
+from services.offers.erasure import unlinked
 from services.offers.ledger import Ledger, fold, fold_segment, merge_into
-from services.offers.store import Changes, LedgerRow, OffersRepository, Spend
+from services.offers.store import Changes, Erasure, LedgerRow, OffersRepository, Spend
 from shared.campaigns import Budget, CampaignChanged, SegmentMembershipChanged
 from shared.edge import Outgoing, Received, dump
+from shared.erasure import unlinked_token
 from shared.errors import Rejected
 from shared.events import (
     OFFER_EVENT,
@@ -70,8 +72,8 @@ class OffersService:
 
     `stats`: `profiles_applied`, `duplicates`, `clock_days`, `issued_<kind>`, `held_out_<kind>`,
     `suppressed_<reason>`, `revoked`, `redeemed`, `rejected_<reason>`, `expired`,
-    `deliveries_recorded`, `segment_changes`, `campaign_changes`, `budget_refusals`; the edge
-    adds `dead_lettered_<reason>`.
+    `deliveries_recorded`, `segment_changes`, `campaign_changes`, `budget_refusals`,
+    `erased`; the edge adds `dead_lettered_<reason>`.
 
     `campaigns_ready`: set once the campaigns saved before start-up are read (the running
     service waits for it before deciding anything; tests without the topic pass none).
@@ -355,6 +357,10 @@ class OffersService:
                 outgoing.extend(
                     (OFFERS, event.customer_id.encode(), dump(event)) for event in result.events
                 )
+            if ledger.erased_now() and not ledger.is_alias():
+                # Its open coupons are revoked above; what stays is unlinked from the card.
+                store.erasures.append(self._erasure(ledger, offers))
+                continue
             ledger.version += 1
             born = ledger.birth_date
             store.ledgers.append(
@@ -369,6 +375,25 @@ class OffersService:
                 )
             )
         return outgoing, store
+
+    def _erasure(self, ledger: Ledger, offers: Mapping[str, OfferRecord]) -> Erasure:
+        """What an erased customer's ledger and offers (and its merged cards') become."""
+        mine = {ledger.customer_id, *ledger.aliases}
+        theirs = {k: o for k, o in offers.items() if o.customer_id in mine}
+        token = unlinked_token()
+        kept, decisions, new_ids = unlinked(ledger, theirs, token)
+        self.stats["erased"] += 1
+        log.info("customer_erased", offers_unlinked=len(kept))
+        return Erasure(
+            customer_id=ledger.customer_id,
+            version=ledger.version,
+            aliases=tuple(ledger.aliases),
+            codes=tuple(sorted(o.coupon_code for o in theirs.values())),
+            offers=tuple(kept),
+            ledger=decisions,
+            offer_ids=new_ids,
+            token=token,
+        )
 
     # ------------------------------------------------------------ campaigns and budgets
 
@@ -449,6 +474,9 @@ class OffersService:
                 issued[event.offer_id] = event
             elif isinstance(event, OfferRevoked):
                 revoked[event.offer_id] = event
+        # An erased customer's offers were unlinked: the rebuild brings none of them back.
+        gone = await self.repository.erased({e.customer_id for e in issued.values()})
+        issued = {k: e for k, e in issued.items() if e.customer_id not in gone}
         customers = {e.customer_id for e in issued.values()}
         stored = await self.repository.offers_of_customers(customers)
         ledgers = await self.repository.ledgers(customers)

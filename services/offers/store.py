@@ -55,6 +55,32 @@ class Spend:
     discount: Decimal
 
 
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What an erasure changes in the store (`services/offers/erasure.py` made it): the
+    customer's ledger, offers, cards, reservations and budget charges go; what stays of them
+    for the figures is written under a random token."""
+
+    customer_id: str
+    version: int
+    """The version the ledger was read with (0: never stored); another one is a `Conflict`."""
+    aliases: tuple[str, ...]
+    """The customers merged into it (their ledgers, offers and cards go too)."""
+    codes: tuple[str, ...]
+    """The old coupon codes (their till reservations end)."""
+    offers: tuple[OfferRecord, ...]
+    """The unlinked offers (new ids, the token as customer)."""
+    ledger: Ledger | None
+    """The unlinked decisions, under the token."""
+    offer_ids: Mapping[str, str]
+    """Old -> new offer id (a budget's charges follow their offer)."""
+    token: str
+
+    @property
+    def customer_ids(self) -> list[str]:
+        return [self.customer_id, *self.aliases]
+
+
 @dataclass(slots=True)
 class Changes:
     """What one batch writes, at once."""
@@ -65,9 +91,11 @@ class Changes:
     days: Days | None = None
     released: set[str] = field(default_factory=set)
     """Coupon codes a checkout listed: their till reservations end."""
+    erasures: list[Erasure] = field(default_factory=list)
+    """Customers erased: written after the rest, in the same transaction (SQLite)."""
 
     def __bool__(self) -> bool:
-        return bool(self.ledgers or self.offers or self.days or self.released)
+        return bool(self.ledgers or self.offers or self.days or self.released or self.erasures)
 
 
 class OffersRepository(Protocol):
@@ -99,7 +127,14 @@ class OffersRepository(Protocol):
 
     async def save(self, changes: Changes) -> None:
         """Write a batch's changes at once; a ledger stored with another version than the one
-        it was read with raises `shared.errors.Conflict` and nothing is written."""
+        it was read with raises `shared.errors.Conflict` and nothing is written. An erasure
+        deletes the customer's (and its aliases') ledgers, offers and cards, writes the
+        unlinked offers and decisions, keeps the customer's erasure mark, and (SQLite)
+        checkpoints the WAL."""
+        ...
+
+    async def erased(self, customer_ids: Collection[str]) -> set[str]:
+        """Those of these customers that were erased (by their erasure marks)."""
         ...
 
     async def offer_by_code(self, code: str) -> OfferRecord | None: ...

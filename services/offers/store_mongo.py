@@ -1,9 +1,9 @@
 """Offers in MongoDB: ledgers and offers as documents with their looked-up fields beside them.
 
 Collections `offers_ledgers` (`_id` customer id, guarded by `version` like the profiles),
-`offers` (`_id` offer id, unique coupon code), `offers_cards`, `offers_days` and
-`offers_reservations`. Filters are built from typed strings only, so an id like `{"$gt": ""}`
-stays data.
+`offers` (`_id` offer id, unique coupon code), `offers_cards`, `offers_days`,
+`offers_reservations` and `offers_erasures` (the erased customers' one-way marks). Filters are
+built from typed strings only, so an id like `{"$gt": ""}` stays data.
 """
 
 from __future__ import annotations
@@ -21,8 +21,19 @@ from pymongo.errors import DuplicateKeyError
 from services.offers.domain import OfferRecord
 from services.offers.engine import Days
 from services.offers.ledger import Ledger
-from services.offers.store import Changes, Spend, date_of, iso, sorted_offers, tally, text
+from services.offers.store import (
+    Changes,
+    Erasure,
+    Spend,
+    date_of,
+    iso,
+    sorted_offers,
+    tally,
+    text,
+)
 from shared.campaigns import Budget, CampaignChanged, CampaignCounts
+from shared.erasure import erasure_mark
+from shared.errors import Conflict
 from shared.storage import Indexes, MongoStore
 
 LEDGERS = "offers_ledgers"
@@ -32,6 +43,7 @@ DAYS = "offers_days"
 RESERVATIONS = "offers_reservations"
 CAMPAIGNS = "offers_campaigns"
 BUDGETS = "offers_budgets"
+MARKS = "offers_erasures"
 
 
 def _offer_doc(o: OfferRecord) -> dict[str, Any]:
@@ -181,6 +193,66 @@ class MongoOffersRepository(MongoStore):
             await self.database[RESERVATIONS].delete_many(
                 {"_id": {"$in": sorted(changes.released)}}
             )
+        for erasure in changes.erasures:
+            await self._erase(erasure)
+
+    async def _erase(self, erasure: Erasure) -> None:
+        """An erasure. Not one transaction (no more than the rest of `save`): the ledger goes
+        first, so a batch processed again after a crash finds the erasure to apply again
+        (on a fresh ledger) until the customer's offers are gone; a crash between deleting the
+        old offers and writing the unlinked ones loses their figures, never their link."""
+        ledgers = self.database[LEDGERS]
+        if erasure.version:
+            guard = {"_id": erasure.customer_id, "version": erasure.version}
+            gone = (await ledgers.delete_one(guard)).deleted_count == 1
+        else:  # read as new: it must still not be there
+            gone = await ledgers.find_one({"_id": erasure.customer_id}, {"_id": 1}) is None
+        if not gone:
+            raise Conflict("a ledger changed in the store since it was read")
+        ids = erasure.customer_ids
+        await self.database[MARKS].bulk_write(
+            [
+                UpdateOne({"_id": erasure_mark(c)}, {"$setOnInsert": {"erased": True}}, upsert=True)
+                for c in ids
+            ],
+            ordered=False,
+        )
+        if erasure.ledger is not None:
+            await self.database[LEDGERS].insert_one(
+                {
+                    "_id": erasure.ledger.customer_id,
+                    "version": erasure.ledger.version,
+                    "merged_into": None,
+                    "birth_md": None,
+                    "anniversary_date": None,
+                    "win_back_due": None,
+                    "last_fact_at": None,
+                    "doc": erasure.ledger.model_dump_json(),
+                }
+            )
+        await self.database[LEDGERS].delete_many({"_id": {"$in": list(erasure.aliases)}})
+        await self.database[OFFERS].delete_many({"customer_id": {"$in": ids}})
+        if erasure.offers:
+            await self.database[OFFERS].insert_many([_offer_doc(o) for o in erasure.offers])
+        await self.database[CARDS].delete_many({"customer_id": {"$in": ids}})
+        await self.database[RESERVATIONS].delete_many({"_id": {"$in": list(erasure.codes)}})
+        # A budget's charges follow their offers: the customer's count moves to the token.
+        token = _field_key(erasure.token)
+        for customer_id in ids:
+            key = _field_key(customer_id)
+            await self.database[BUDGETS].update_many(
+                {f"customers.{key}": {"$exists": True}},
+                {"$rename": {f"customers.{key}": f"customers.{token}"}},
+            )
+        for old, new in erasure.offer_ids.items():
+            await self.database[BUDGETS].update_many({"offers": old}, {"$set": {"offers.$": new}})
+
+    async def erased(self, customer_ids: Collection[str]) -> set[str]:
+        marks = {erasure_mark(text(i, "customer_id")): i for i in customer_ids}
+        if not marks:
+            return set()
+        cursor = self.database[MARKS].find({"_id": {"$in": list(marks)}}, {"_id": 1})
+        return {marks[doc["_id"]] async for doc in cursor}
 
     async def offer_by_code(self, code: str) -> OfferRecord | None:
         doc = await self.database[OFFERS].find_one({"coupon_code": text(code, "code")})

@@ -13,8 +13,18 @@ from typing import ClassVar
 from services.offers.domain import OfferRecord
 from services.offers.engine import Days
 from services.offers.ledger import Ledger
-from services.offers.store import Changes, Spend, date_of, iso, sorted_offers, tally, text
+from services.offers.store import (
+    Changes,
+    Erasure,
+    Spend,
+    date_of,
+    iso,
+    sorted_offers,
+    tally,
+    text,
+)
 from shared.campaigns import Budget, CampaignChanged, CampaignCounts
+from shared.erasure import erasure_mark
 from shared.errors import Conflict
 from shared.storage import IN_LIST, SqliteStore, in_list
 
@@ -22,6 +32,59 @@ from shared.storage import IN_LIST, SqliteStore, in_list
 def _ts(moment: dt.datetime) -> str:
     """Fixed-width UTC text, so that times compare as strings."""
     return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def _offer_row(o: OfferRecord) -> tuple[str, str, str, str, str, str]:
+    return (
+        o.offer_id,
+        o.customer_id,
+        o.coupon_code,
+        o.state,
+        o.valid_until.isoformat(),
+        o.model_dump_json(),
+    )
+
+
+def _erase(db: sqlite3.Connection, erasure: Erasure) -> None:
+    """An erasure, inside the batch's transaction (see `OffersRepository.save`)."""
+    if erasure.version:
+        gone = db.execute(
+            "DELETE FROM ledgers WHERE customer_id = ? AND version = ?",
+            (erasure.customer_id, erasure.version),
+        ).rowcount
+    else:
+        gone = (
+            0
+            if db.execute(
+                "SELECT 1 FROM ledgers WHERE customer_id = ?", (erasure.customer_id,)
+            ).fetchone()
+            else 1
+        )
+    if gone != 1:
+        raise Conflict("a ledger changed in the store since it was read")
+    ids = in_list(erasure.customer_ids)
+    db.execute(f"DELETE FROM ledgers WHERE customer_id IN {IN_LIST}", (ids,))  # noqa: S608
+    db.execute(f"DELETE FROM offers WHERE customer_id IN {IN_LIST}", (ids,))  # noqa: S608
+    db.execute(f"DELETE FROM cards WHERE customer_id IN {IN_LIST}", (ids,))  # noqa: S608
+    db.execute(f"DELETE FROM reservations WHERE code IN {IN_LIST}", (in_list(erasure.codes),))  # noqa: S608
+    db.executemany(
+        "UPDATE budget_spends SET offer_id = ?, customer_id = ? WHERE offer_id = ?",
+        [(new, erasure.token, old) for old, new in erasure.offer_ids.items()],
+    )
+    db.executemany(
+        "INSERT OR IGNORE INTO erasures (mark) VALUES (?)",
+        [(erasure_mark(c),) for c in erasure.customer_ids],
+    )
+    db.executemany(
+        "INSERT INTO offers (offer_id, customer_id, coupon_code, state, valid_until, doc)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [_offer_row(o) for o in erasure.offers],
+    )
+    if erasure.ledger is not None:
+        db.execute(
+            "INSERT INTO ledgers (customer_id, version, doc) VALUES (?, ?, ?)",
+            (erasure.ledger.customer_id, erasure.ledger.version, erasure.ledger.model_dump_json()),
+        )
 
 
 class SqliteOffersRepository(SqliteStore):
@@ -81,6 +144,7 @@ class SqliteOffersRepository(SqliteStore):
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS budget_by_customer ON budget_spends (campaign_id, customer_id);
     CREATE INDEX IF NOT EXISTS budget_by_store_day ON budget_spends (campaign_id, store_day);
+    CREATE TABLE IF NOT EXISTS erasures (mark TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID;
     """
     ADDED_COLUMNS: ClassVar[Mapping[str, Mapping[str, str]]] = {"ledgers": {"last_fact_at": "TEXT"}}
     LATE_SCHEMA = "CREATE INDEX IF NOT EXISTS ledgers_last_fact ON ledgers (last_fact_at);"
@@ -180,6 +244,7 @@ class SqliteOffersRepository(SqliteStore):
             for o in changes.offers
         ]
         days = changes.days
+        erasures = changes.erasures
 
         def work(db: sqlite3.Connection) -> None:
             before = db.total_changes
@@ -218,8 +283,19 @@ class SqliteOffersRepository(SqliteStore):
             db.executemany(
                 "DELETE FROM reservations WHERE code = ?", [(c,) for c in changes.released]
             )
+            for erasure in erasures:
+                _erase(db, erasure)
 
-        await self.write(work)
+        await self.write(work, erasure=bool(erasures))
+
+    async def erased(self, customer_ids: Collection[str]) -> set[str]:
+        marks = {erasure_mark(text(i, "customer_id")): i for i in customer_ids}
+
+        def work(db: sqlite3.Connection) -> set[str]:
+            sql = f"SELECT mark FROM erasures WHERE mark IN {IN_LIST}"  # noqa: S608
+            return {marks[mark] for (mark,) in db.execute(sql, (in_list(marks),))}
+
+        return await self.read(work) if marks else set()
 
     async def offer_by_code(self, code: str) -> OfferRecord | None:
         def work(db: sqlite3.Connection) -> OfferRecord | None:

@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,12 +19,20 @@ import pytest
 from services.offers.campaigns import changed, created
 from services.offers.domain import OfferRecord, coupon_code_for, offer_id_for
 from services.offers.engine import Days
-from services.offers.ledger import ConsentPoint, Ledger
-from services.offers.store import Changes, LedgerRow, OffersRepository, Spend, open_repository
+from services.offers.erasure import unlinked
+from services.offers.ledger import ConsentPoint, Decision, Ledger
+from services.offers.store import (
+    Changes,
+    Erasure,
+    LedgerRow,
+    OffersRepository,
+    Spend,
+    open_repository,
+)
 from services.offers.store_sqlite import SqliteOffersRepository
 from shared.campaigns import Budget, CampaignChanged, CampaignSpec
 from shared.errors import Conflict
-from shared.events import OfferIssued
+from shared.events import OfferIssued, OfferRedeemed
 from shared.settings import StoreSettings
 from shared.storage import StoreLocation
 
@@ -431,3 +440,93 @@ async def test_campaign_counts_sum_offers_by_state_and_held_out_decisions(
     assert counts[("coffee-lovers", "a")].expired == 1
     assert counts[("coffee-lovers", "b")].revoked == 1
     assert counts[("frequent-item", None)].issued == 1
+
+
+# ---------------------------------------------------------------- erasure
+
+
+async def test_an_erasure_unlinks_the_customers_offers_and_keeps_the_counts(
+    repo: OffersRepository,
+) -> None:
+    redeemed = offer("c-1", rule_key="MILK", state="redeemed")
+    redeemed = redeemed.model_copy(
+        update={
+            "redemption": OfferRedeemed(
+                offer_id=redeemed.offer_id,
+                customer_id="c-1",
+                kind="frequent_item",
+                coupon_code=redeemed.coupon_code,
+                redeemed_at=NOW,
+                checkout_event_id="checkout-1",
+                store_id="S001",
+                basket_total=Decimal("10.00"),
+                discount=Decimal("1.25"),
+            ),
+            "delivery": "sent",
+            "message_id": "<m@crm>",
+        }
+    )
+    held = Decision.model_validate(
+        {
+            "key": "frequent_item|BREAD|e",
+            "kind": "frequent_item",
+            "at": NOW,
+            "outcome": "held_out",
+            "offer_id": "held-1",
+            "trigger": {"type": "purchase", "event_ids": ["checkout-0"]},
+            "decided_at": NOW,
+            "valid_from": NOW.date(),
+            "valid_until": NOW.date(),
+            "discount_percent": "10",
+            "template": "t",
+        }
+    )
+    mine = ledger("c-1", cards=["card-1"], decisions={held.key: held})
+    other = offer("c-2", rule_key="BREAD")
+    await repo.save(Changes(ledgers=[LedgerRow(mine)], offers=[redeemed, other]))
+    budget = Budget(max_per_customer=5)
+    charge = Spend(
+        campaign_id="coffee-lovers",
+        offer_id=redeemed.offer_id,
+        customer_id="c-1",
+        store_id="S001",
+        day=NOW.date(),
+        discount=Decimal("1.25"),
+    )
+    assert await repo.spend(charge, budget)
+    before = await repo.campaign_counts()
+
+    kept, decisions, new_ids = unlinked(mine, {redeemed.offer_id: redeemed}, "erased-t1")
+    erasure = Erasure(
+        customer_id="c-1",
+        version=1,
+        aliases=(),
+        codes=(redeemed.coupon_code,),
+        offers=tuple(kept),
+        ledger=decisions,
+        offer_ids=new_ids,
+        token="erased-t1",
+    )
+    stale = replace(erasure, version=0)
+    with pytest.raises(Conflict):
+        await repo.save(Changes(erasures=[stale]))
+    await repo.save(Changes(erasures=[erasure]))
+
+    # Nothing of the customer is found by id, card or code any more.
+    assert await repo.offers_of("c-1") == []
+    assert await repo.ledgers(["c-1"]) == {}
+    assert await repo.customer_of_card("card-1") is None
+    assert await repo.offer_by_code(redeemed.coupon_code) is None
+    assert await repo.owners([redeemed.coupon_code]) == {}
+    assert await repo.erased(["c-1", "c-2"]) == {"c-1"}
+    # What stays is under the token, with no trigger and no Message-ID; the counts are the same.
+    (unlinked_offer,) = await repo.offers_of("erased-t1")
+    assert unlinked_offer.issued.trigger is None
+    assert unlinked_offer.message_id is None
+    assert unlinked_offer.redemption is not None
+    assert unlinked_offer.redemption.checkout_event_id == ""
+    assert (unlinked_offer.state, unlinked_offer.delivery) == ("redeemed", "sent")
+    assert await repo.campaign_counts() == before
+    assert before[("frequent-item", None)].held_out == 1
+    assert await repo.budget_usage() == {"coffee-lovers": (1, Decimal("1.25"))}
+    assert await repo.offers_of("c-2") == [other]
