@@ -3,17 +3,59 @@
 Normalized customer events travel on `crm.events`; profile changes on `crm.profiles.changed`;
 contact details on `crm.contacts`; offers on `crm.offers`; deliveries on `crm.deliveries`;
 failures on `crm.deadletter`. Money is Decimal (serialized as a string), times are aware UTC.
+The personal fields (`SEALED_FIELDS`) travel sealed with the customer's data key, which an
+erasure destroys (`shared.vault`); the models hold their plain values.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
 SCHEMA_VERSION = 1
+
+# ---------------------------------------------------------------- sealed personal fields
+
+SEALED_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
+    "customer_signed_up": ("email", "first_name", "birth_date"),
+    "customer_updated": ("email", "first_name", "birth_date"),
+    "interaction_recorded": ("details",),
+    "contact_changed": ("email", "first_name"),
+}
+"""Event type -> its personal fields, which travel sealed with the customer's data key
+(`shared.vault`): the models hold the plain values, the wire an envelope."""
+
+ENVELOPE_ALGORITHM: Final = "aes256gcm"
+ENVELOPE_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "title": "Sealed",
+    "description": "A personal field encrypted with the customer's data key: AES-256-GCM, the "
+    "customer id and the field name as associated data. The plaintext is the value's JSON. "
+    "Unreadable once the customer is erased (the key is destroyed).",
+    "properties": {
+        "enc": {"const": ENVELOPE_ALGORITHM, "description": "The algorithm."},
+        "kid": {"type": "string", "description": "Id of the customer's data key."},
+        "ct": {
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "12-byte nonce, then the ciphertext with its 16-byte tag.",
+        },
+    },
+    "required": ["enc", "kid", "ct"],
+    "additionalProperties": False,
+}
+_SEALED_OR_NULL = WithJsonSchema({"anyOf": [ENVELOPE_SCHEMA, {"type": "null"}]})
+SealedText = Annotated[str | None, _SEALED_OR_NULL]
+"""Personal text: sealed on the wire (null when absent)."""
+SealedDate = Annotated[dt.date | None, _SEALED_OR_NULL]
+"""A personal date: sealed on the wire, the plaintext `"YYYY-MM-DD"` (null when absent)."""
+Details = dict[str, str | int | float | bool | None]
+SealedDetails = Annotated[Details, WithJsonSchema({"anyOf": [ENVELOPE_SCHEMA, {"type": "object"}]})]
+"""Free-text details: sealed on the wire (an empty object when there are none)."""
 
 
 class Event(BaseModel):
@@ -63,9 +105,11 @@ class CustomerSignedUp(_CustomerEvent):
 
     type: Literal["customer_signed_up"] = "customer_signed_up"
     card_id: str = Field(description="Keyed hash of the card registered.")
-    email: str | None = Field(default=None, description="Lower-cased e-mail address.")
-    first_name: str | None = Field(default=None, description="First name.")
-    birth_date: dt.date | None = Field(default=None, description="Date of birth.")
+    email: SealedText = Field(
+        default=None, description="Lower-cased e-mail address. Sealed on the wire."
+    )
+    first_name: SealedText = Field(default=None, description="First name. Sealed on the wire.")
+    birth_date: SealedDate = Field(default=None, description="Date of birth. Sealed on the wire.")
     marketing_consent: bool = Field(default=False, description="Opt-in to marketing.")
     store_id: str | None = Field(default=None, description="Store where the customer signed up.")
 
@@ -74,9 +118,11 @@ class CustomerUpdated(_CustomerEvent):
     """Changed fields only; a null field is unchanged."""
 
     type: Literal["customer_updated"] = "customer_updated"
-    email: str | None = Field(default=None, description="New e-mail address.")
-    first_name: str | None = Field(default=None, description="New first name.")
-    birth_date: dt.date | None = Field(default=None, description="New date of birth.")
+    email: SealedText = Field(default=None, description="New e-mail address. Sealed on the wire.")
+    first_name: SealedText = Field(default=None, description="New first name. Sealed on the wire.")
+    birth_date: SealedDate = Field(
+        default=None, description="New date of birth. Sealed on the wire."
+    )
     marketing_consent: bool | None = Field(default=None, description="New consent.")
     store_id: str | None = Field(default=None, description="New home store.")
 
@@ -110,8 +156,10 @@ class InteractionRecorded(_CustomerEvent):
     type: Literal["interaction_recorded"] = "interaction_recorded"
     interaction_type: str = Field(description="Lower-cased free text: support_ticket, ...")
     channel: str | None = Field(default=None, description="phone, email, web...")
-    details: dict[str, str | int | float | bool | None] = Field(
-        default_factory=dict, description="Flat details as sent (no card numbers)."
+    details: SealedDetails = Field(
+        default_factory=dict,
+        description="Flat details as sent (card numbers masked): free text, so sealed on the "
+        "wire as one value.",
     )
 
 
@@ -203,8 +251,10 @@ class ContactChanged(Event):
 
     type: Literal["contact_changed"] = "contact_changed"
     customer_id: str = Field(description="Pseudonymous customer id.")
-    email: str | None = Field(default=None, description="E-mail address.")
-    first_name: str | None = Field(default=None, description="First name for the salutation.")
+    email: SealedText = Field(default=None, description="E-mail address. Sealed on the wire.")
+    first_name: SealedText = Field(
+        default=None, description="First name for the salutation. Sealed on the wire."
+    )
     marketing_consent: bool = Field(description="Consent in force.")
     home_store_id: str | None = Field(default=None, description="Store for quiet-hour time zone.")
     changed_at: AwareDatetime = Field(description="Time of the event that caused the change.")

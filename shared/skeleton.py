@@ -104,6 +104,11 @@ class ServiceSpec(Generic[R, S]):
     secrets: tuple[str, ...] = ()
     """Environment variables of the secret keys the service uses (`shared.keys`): `crm run`
     refuses to start while one of them is a development key or shorter than 32 bytes."""
+    writes: tuple[str, ...] = ()
+    """Topics the service publishes to, its routes and dead letters included: what its Kafka
+    principal may write (deploy/k8s/overlays/prod/kafka-users.yaml is checked against it)."""
+    tables: tuple[str, ...] = ()
+    """Compacted topics every instance reads whole, outside its group (`GlobalTable`)."""
 
     @property
     def topics(self) -> tuple[str, ...]:

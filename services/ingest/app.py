@@ -16,7 +16,8 @@ from shared.edge import Source
 from shared.keys import CARD_KEY
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
-from shared.topics import GROUP_INGEST, RAW_TOPICS
+from shared.topics import DEADLETTER, EVENTS, GROUP_INGEST, RAW_TOPICS
+from shared.vault import KeyVault, vault_for, with_vault
 
 
 def decode_raw(source: Source) -> RawEvent:
@@ -35,11 +36,14 @@ async def open_pruned(
         yield repository
 
 
-def build(settings: Settings, repository: IngestRepository) -> IngestService:
+def build(
+    settings: Settings, repository: IngestRepository, vault: KeyVault | None = None
+) -> IngestService:
     return IngestService(
         repository,
         card_key=settings.privacy.card_key.get_secret_value().encode(),
         calendar=settings.calendar,
+        vault=vault or vault_for(settings.store),
     )
 
 
@@ -47,10 +51,11 @@ SPEC: ServiceSpec[IngestRepository, IngestService] = ServiceSpec(
     name="ingest",
     group=GROUP_INGEST,
     decoders={topic: decode_raw for topic in RAW_TOPICS},
-    open_store=open_pruned,
+    open_store=with_vault(open_pruned),
     build=build,
     order="publish_then_save",
     secrets=(CARD_KEY,),
+    writes=(EVENTS, DEADLETTER),
 )
 
 
@@ -59,10 +64,12 @@ def create_app(
     *,
     repository: IngestRepository | None = None,
     ingest_settings: IngestSettings | None = None,
+    vault: KeyVault | None = None,
 ) -> ServiceApp[IngestService]:
-    """The ingest service; a passed repository is used as is (not pruned, not closed)."""
+    """The ingest service; a passed repository is used as is (not pruned, not closed), and so
+    is a passed key vault (tests share one between services)."""
     spec = SPEC
     if ingest_settings is not None:
         own = ingest_settings
-        spec = dataclasses.replace(SPEC, open_store=lambda s: open_pruned(s, own))
-    return ServiceApp(spec, settings, repository=repository)
+        spec = dataclasses.replace(SPEC, open_store=with_vault(lambda s: open_pruned(s, own)))
+    return ServiceApp(spec, settings, repository=repository, build=lambda s, r: build(s, r, vault))

@@ -2,8 +2,9 @@
 
 The edge has decoded the records; `handle` orders the batch by event time, drops event ids
 seen before, resolves cards to customers (one look-up per batch), normalizes with the pure
-domain and hands back the events to publish, the events it rejected, and the `save` that
-records the event keys and card links once the events are published.
+domain, seals the personal fields with each customer's data key (erasures destroy the keys
+first: `shared.vault`) and hands back the events to publish, the events it rejected, and the
+`save` that records the event keys and card links once the events are published.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from services.ingest.domain import (
 from services.ingest.store import IngestRepository
 from shared.edge import Outgoing, Received, Source, dump
 from shared.errors import Rejected
-from shared.events import CardLinked, NormalizedEvent, PurchaseRecorded
+from shared.events import CardLinked, CustomerErased, NormalizedEvent, PurchaseRecorded
 from shared.privacy import InvalidCardNumber, card_id, customer_id_for_card
 from shared.raw import RawCheckout, RawCustomerEvent, RawInteraction
 from shared.settings import CalendarSettings
 from shared.skeleton import Handled
 from shared.topics import EVENTS
+from shared.vault import KeyVault, has_personal_data, seal, without_personal_data
 
 _LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
 
@@ -57,7 +59,9 @@ class IngestService:
     """Validates, normalizes, pseudonymizes and de-duplicates raw events, per batch.
 
     `stats` counts what it did: `duplicates`, `anonymous_interactions`,
-    `normalized_<event type>`, and (counted by the edge) `dead_lettered_<reason>`.
+    `normalized_<event type>`, `data_keys_destroyed`, `personal_data_dropped_erased` (an
+    event older than its customer's erasure goes out without its personal fields), and
+    (counted by the edge) `dead_lettered_<reason>`.
     """
 
     def __init__(
@@ -66,9 +70,11 @@ class IngestService:
         *,
         card_key: bytes,
         calendar: CalendarSettings,
+        vault: KeyVault,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         self.repository = repository
+        self.vault = vault
         self._key = card_key
         self._calendar = calendar
         self._clock = clock
@@ -103,6 +109,7 @@ class IngestService:
             return links.get(card) or customer_id_for_card(card)
 
         result = _Batch()
+        normalized: list[tuple[bytes, NormalizedEvent]] = []
         for item in items:
             key = _key(item)
             if key in already or key in result.keys:
@@ -120,8 +127,9 @@ class IngestService:
             routing = event.customer_id or (
                 event.store_id if isinstance(event, PurchaseRecorded) else ""
             )
-            result.outgoing.append((EVENTS, routing.encode(), dump(event)))
+            normalized.append((routing.encode(), event))
             self.stats[f"normalized_{event.type}"] += 1
+        result.outgoing.extend(await self._sealed(normalized, links))
 
         async def save() -> None:
             """Remember what the published batch contained, so a replay is a duplicate."""
@@ -129,6 +137,49 @@ class IngestService:
                 await self.repository.record(result.keys, result.links, self._clock())
 
         return Handled(outgoing=result.outgoing, rejected=result.rejected, save=save)
+
+    async def _sealed(
+        self, events: Sequence[tuple[bytes, NormalizedEvent]], links: dict[str, str]
+    ) -> list[Outgoing]:
+        """The batch's messages, personal fields sealed. Erasures go first: every key of the
+        customer (and of the customers merged into them) is destroyed before anything is
+        published, so a redelivered batch destroys them again rather than never. An event
+        that happened before its customer's latest erasure goes out without personal fields
+        (the erasure wins anyway); the others get their customer's key, created at need
+        before they are published (the same key under redelivery)."""
+        erasures: dict[str, dt.datetime] = {}
+        for _, event in events:
+            if isinstance(event, CustomerErased):
+                for cid in await self._merged_into(event.customer_id, links):
+                    erasures[cid] = max(erasures.get(cid, event.occurred_at), event.occurred_at)
+        if erasures:
+            self.stats["data_keys_destroyed"] += await self.vault.erase(erasures)
+        personal = [event for _, event in events if has_personal_data(event)]
+        owners = {str(event.customer_id) for event in personal}
+        erased = await self.vault.erased_at(owners) if owners else {}
+
+        def overtaken(event: NormalizedEvent) -> bool:
+            at = erased.get(str(event.customer_id))
+            return at is not None and event.occurred_at <= at
+
+        keyed = {str(e.customer_id) for e in personal if not overtaken(e)}
+        keys = await self.vault.create(keyed, self._clock()) if keyed else {}
+        outgoing: list[Outgoing] = []
+        for routing, event in events:
+            if not has_personal_data(event):
+                outgoing.append((EVENTS, routing, dump(event)))
+                continue
+            if overtaken(event):
+                event = without_personal_data(event)
+                self.stats["personal_data_dropped_erased"] += 1
+            outgoing.append((EVENTS, routing, seal(event, keys.get(str(event.customer_id)))))
+        return outgoing
+
+    async def _merged_into(self, customer_id: str, links: dict[str, str]) -> set[str]:
+        """The customer and every customer whose cards now feed them (merged by a link)."""
+        cards = set(await self.repository.cards_of_customer(customer_id))
+        cards |= {card for card, owner in links.items() if owner == customer_id}
+        return {customer_id} | {customer_id_for_card(card) for card in cards}
 
     def _event_time(self, item: Received[RawEvent]) -> dt.datetime:
         raw = item.event

@@ -26,7 +26,8 @@ from shared.keys import UNSUBSCRIBE_KEY
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
-from shared.topics import CONTACTS, GROUP_NOTIFIER, OFFERS
+from shared.topics import CONTACTS, DEADLETTER, DELIVERIES, EVENTS, GROUP_NOTIFIER, OFFERS
+from shared.vault import KeyReader, Pending, sealed_decoder, vault_for, with_vault
 
 log = get_logger(__name__)
 
@@ -65,17 +66,20 @@ def decode_offer(source: Source) -> OfferChange | None:
         raise Rejected("invalid_offer", describe(exc)) from None
 
 
-def decode_contact(source: Source) -> ContactUpdate:
-    """The contact update of a record; a tombstone erases the contact of the key's customer."""
+_decode_sealed_contact = sealed_decoder(ContactChanged, invalid="invalid_contact")
+
+
+def decode_contact(source: Source) -> ContactUpdate | tuple[str, Pending[ContactChanged]]:
+    """The contact update of a record; a tombstone erases the contact of the key's customer.
+    A sealed contact is opened by the service, at the edge of its handler."""
     if source.value is None:
         key = source.key.decode(errors="replace") if source.key else ""
         if not key:
             raise Rejected("missing_key", "tombstone without a key")
         return (key, None)
-    try:
-        contact = ContactChanged.model_validate_json(source.value)
-    except ValidationError as exc:
-        raise Rejected("invalid_contact", describe(exc)) from None
+    contact = _decode_sealed_contact(source)
+    if isinstance(contact, Pending):
+        return (contact.event.customer_id, contact)
     return (contact.customer_id, contact)
 
 
@@ -89,8 +93,10 @@ def build_service(
     transport: Transport | None = None,
     notifier_settings: NotifierSettings | None = None,
     clock: Clock = utc_now,
+    vault: KeyReader | None = None,
 ) -> NotifierService:
-    """The service object on an open repository (tests pass a transport, settings, a clock)."""
+    """The service object on an open repository (tests pass a transport, settings, a clock,
+    a key vault)."""
     calendar = settings.calendar
     return NotifierService(
         repository,
@@ -103,6 +109,7 @@ def build_service(
         quiet=QuietPolicy(window=calendar.quiet_window(), zone_of=calendar.zone_of),
         settings=notifier_settings or NotifierSettings(),
         clock=clock,
+        vault=vault or vault_for(settings.store),
     )
 
 
@@ -153,13 +160,14 @@ SPEC: ServiceSpec[NotifierRepository, NotifierService] = ServiceSpec(
     name="notifier",
     group=GROUP_NOTIFIER,
     decoders={OFFERS: decode_offer, CONTACTS: decode_contact},
-    open_store=lambda settings: open_repository(settings.store),
+    open_store=with_vault(lambda settings: open_repository(settings.store)),
     build=build,
     order="save_then_publish",
     routes=notifier_routes,
     check=check_smtp,
     background=due_poller,
     secrets=(UNSUBSCRIBE_KEY,),
+    writes=(DELIVERIES, EVENTS, DEADLETTER),
 )
 
 
@@ -171,11 +179,12 @@ def create_app(
     notifier_settings: NotifierSettings | None = None,
     clock: Clock | None = None,
     poll: bool = True,
+    vault: KeyReader | None = None,
 ) -> ServiceApp[NotifierService]:
     """The notifier; a passed repository is used as is (and not closed).
 
-    `transport`, `notifier_settings` and `clock` are for tests; `poll=False` leaves the
-    due poller off (tests drive `NotifierService.run_due` themselves).
+    `transport`, `notifier_settings`, `clock` and `vault` are for tests; `poll=False` leaves
+    the due poller off (tests drive `NotifierService.run_due` themselves).
     """
     spec = SPEC if poll else dataclasses.replace(SPEC, background=None)
     return ServiceApp(
@@ -188,5 +197,6 @@ def create_app(
             transport=transport,
             notifier_settings=notifier_settings,
             clock=clock or utc_now,
+            vault=vault,
         ),
     )

@@ -53,6 +53,7 @@ from shared.events import ConsentChanged, ContactChanged, OfferIssued, OfferRevo
 from shared.logging import get_logger
 from shared.skeleton import Handled
 from shared.topics import DELIVERIES, EVENTS
+from shared.vault import KeyReader, NoKeys, Opener, Pending
 
 log = get_logger(__name__)
 
@@ -83,8 +84,10 @@ class NotifierService:
         sleep: Sleep = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
+        vault: KeyReader | None = None,
     ) -> None:
         self.repository = repository
+        self.vault: KeyReader = vault or NoKeys()
         self.transport = transport
         self.renderer = renderer
         self.quiet = quiet
@@ -103,8 +106,10 @@ class NotifierService:
         emails_<state> (sent/written/bounced/suppressed/failed), suppressed_<reason>,
         deferred_grace, deferred_quiet_hours, waiting_contact, reissued, revoked_before_send,
         revoked_before_offer, revoked_after_send, revoked_after_final, send_retries,
-        unsubscribed; the edge adds `ignored` (offer events other than issued and revoked) and
+        unsubscribed, undecryptable (a sealed contact field whose key is gone: the customer
+        was erased); the edge adds `ignored` (offer events other than issued and revoked) and
         dead_lettered_<reason>."""
+        self._opener = Opener(self.vault, self.stats)
 
     # ------------------------------------------------------------ Kafka batches
 
@@ -114,6 +119,7 @@ class NotifierService:
 
         Returns only once every delivery of the batch is durable in a final or waiting state.
         """
+        batch = await self._opened(batch)
         updates: list[ContactUpdate] = []
         offers: list[OfferChange] = []
         for item in batch:
@@ -131,6 +137,22 @@ class NotifierService:
         self.stats["revocations_received"] += revocations
         async with self._lock:
             return Handled(outgoing=await self._fold(updates, offers))
+
+    async def _opened(self, batch: Sequence[Received[Any]]) -> list[Received[Any]]:
+        """The batch with the sealed fields of its contacts opened (one vault read)."""
+
+        def pending(event: Any) -> Pending[ContactChanged] | None:
+            if isinstance(event, tuple) and isinstance(event[1], Pending):
+                return event[1]
+            return None
+
+        sealed = [p for r in batch if (p := pending(r.event)) is not None]
+        if not sealed:
+            return list(batch)
+        opened = iter(await self._opener.open(sealed))
+        return [
+            Received((r.event[0], next(opened)), r.source) if pending(r.event) else r for r in batch
+        ]
 
     async def _fold(
         self, updates: Sequence[ContactUpdate], offers: Sequence[OfferChange]

@@ -35,6 +35,7 @@ from shared.skeleton import AfterReplay, ServiceApp, ServiceSpec
 from shared.topics import (
     CAMPAIGNS,
     CLOCK,
+    DEADLETTER,
     DELIVERIES,
     GROUP_OFFERS,
     OFFERS,
@@ -158,6 +159,8 @@ SPEC: ServiceSpec[OffersRepository, OffersService] = ServiceSpec(
     background=campaigns_table,
     after_replay=AfterReplay(OFFERS, OffersService.keep_published),
     secrets=(CARD_KEY, COUPON_KEY),  # the till API hashes card numbers; coupon codes
+    writes=(OFFERS, CAMPAIGNS, DEADLETTER),
+    tables=(CAMPAIGNS,),
 )
 
 

@@ -1,8 +1,9 @@
 """The profiles service, declared: it folds `crm.events` into profiles, `crm.offers` into
-each customer's coupons and the bounces on `crm.deliveries` into reachability, evaluates segments on every profile change and on each `crm.clock`
-day (their definitions read whole from `crm.segment-definitions` by every instance), publishes
-profile changes, contacts and segment entries and exits, then saves; it serves the
-call-centre look-up and marketing's segments API."""
+each customer's coupons and the bounces on `crm.deliveries` into reachability, evaluates
+segments on every profile change and on each `crm.clock` day (their definitions read whole from
+`crm.segment-definitions` by every instance), publishes profile changes, contacts and segment
+entries and exits, then saves; it serves the call-centre look-up and marketing's segments
+API."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from shared.keys import CARD_KEY
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
 from shared.topics import CLOCK, DELIVERIES, EVENTS, GROUP_PROFILES, OFFERS, SEGMENT_DEFINITIONS
+from shared.vault import KeyReader, sealed_decoder, vault_for, with_vault
 
 
 def build(settings: Settings, repository: ProfilesRepository) -> ProfilesService:
@@ -35,6 +37,7 @@ def build(settings: Settings, repository: ProfilesRepository) -> ProfilesService
         repository,
         options=ProfilesSettings().fold_options(),
         zone=ZoneInfo(settings.calendar.timezone),
+        vault=vault_for(settings.store),
     )
 
 
@@ -82,12 +85,12 @@ SPEC: ServiceSpec[ProfilesRepository, ProfilesService] = ServiceSpec(
     name="profiles",
     group=GROUP_PROFILES,
     decoders={
-        EVENTS: json_decoder(NORMALIZED_EVENT),
+        EVENTS: sealed_decoder(NORMALIZED_EVENT),
         OFFERS: foreign(json_decoder(OFFER_EVENT)),
         CLOCK: foreign(json_decoder(ClockTicked)),
         DELIVERIES: foreign(json_decoder(DeliveryRecorded)),
     },
-    open_store=lambda settings: open_repository(settings.store),
+    open_store=with_vault(lambda settings: open_repository(settings.store)),
     build=build,
     order="publish_then_save",
     routes=routes,
@@ -103,6 +106,7 @@ def create_app(
     profile_settings: ProfilesSettings | None = None,
     clock: Callable[[], dt.datetime] | None = None,
     page_size: int = PAGE_SIZE,
+    vault: KeyReader | None = None,
 ) -> ServiceApp[ProfilesService]:
     """The profiles service; a passed repository is used as is (and not closed). Without the
     background that reads `crm.segment-definitions`: tests hand definitions to
@@ -112,9 +116,14 @@ def create_app(
     zone = ZoneInfo(settings.calendar.timezone)
 
     def make(_settings: Settings, repo: ProfilesRepository) -> ProfilesService:
+        keys = vault or vault_for(_settings.store)
         if clock is None:
-            return ProfilesService(repo, options=options, zone=zone, page_size=page_size)
-        return ProfilesService(repo, options=options, zone=zone, clock=clock, page_size=page_size)
+            return ProfilesService(
+                repo, options=options, zone=zone, page_size=page_size, vault=keys
+            )
+        return ProfilesService(
+            repo, options=options, zone=zone, clock=clock, page_size=page_size, vault=keys
+        )
 
     return ServiceApp(
         dataclasses.replace(SPEC, background=None), settings, repository=repository, build=make

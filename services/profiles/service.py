@@ -53,10 +53,11 @@ from shared.campaigns import (
     SegmentRule,
 )
 from shared.edge import Outgoing, Received, dump
-from shared.events import ClockTicked, DeliveryRecorded
+from shared.events import ClockTicked, ContactChanged, DeliveryRecorded
 from shared.logging import get_logger
 from shared.skeleton import Handled
 from shared.topics import CLOCK, CONTACTS, DELIVERIES, OFFERS, PROFILES_CHANGED, SEGMENTS
+from shared.vault import KeyReader, NoKeys, Opener, Pending, seal, without_personal_data
 
 log = get_logger(__name__)
 
@@ -118,7 +119,10 @@ class ProfilesService:
     `segment_entered_published`, `segment_exited_published`, `clock_days_evaluated`,
     `clock_days_repeated` (a day already evaluated, or older), `clock_days_future` (more than
     a day ahead of the wall clock: ignored), `segment_definitions_applied`,
-    `segment_definitions_reserved` (a record naming a built-in segment: ignored).
+    `segment_definitions_reserved` (a record naming a built-in segment: ignored),
+    `undecryptable` (a sealed field whose key is gone: the customer was erased),
+    `contacts_without_key` (a contact published without its personal fields: the customer
+    has no data key, see `shared.vault`).
 
     `zone` is the calendar's time zone (days of recency, clock days); `clock` the wall clock
     (the API's "now", the check of clock days). `definitions_ready`, when set, is awaited
@@ -135,14 +139,17 @@ class ProfilesService:
         clock: Clock = _utcnow,
         page_size: int = PAGE_SIZE,
         definitions_ready: asyncio.Event | None = None,
+        vault: KeyReader | None = None,
     ) -> None:
         self.repository = repository
+        self.vault: KeyReader = vault or NoKeys()
         self.options = options or FoldOptions()
         self.zone = zone
         self.clock = clock
         self.page_size = page_size
         self.definitions_ready = definitions_ready
         self.stats: collections.Counter[str] = collections.Counter()
+        self._opener = Opener(self.vault, self.stats)
         self._defined: dict[str, SegmentDefined] = {}
         self._defined_loaded = False
         self._lock = asyncio.Lock()
@@ -436,7 +443,9 @@ class ProfilesService:
 
     # ------------------------------------------------------------ batches
 
-    def _publish(self, outcome: Outcome, outgoing: list[Outgoing]) -> None:
+    def _publish(
+        self, outcome: Outcome, outgoing: list[Outgoing], contacts: list[tuple[int, ContactChanged]]
+    ) -> None:
         changes = [outcome.profile_changed, *outcome.also_changed]
         for changed in changes:
             if changed is not None:
@@ -447,8 +456,35 @@ class ProfilesService:
                 outgoing.append((CONTACTS, customer_id.encode(), None))
                 self.stats["contact_tombstones_published"] += 1
             else:
-                outgoing.append((CONTACTS, customer_id.encode(), dump(contact)))
+                contacts.append((len(outgoing), contact))  # sealed once the keys are read
+                outgoing.append((CONTACTS, customer_id.encode(), None))
                 self.stats["contact_changed_published"] += 1
+
+    async def _seal_contacts(
+        self, outgoing: list[Outgoing], contacts: Sequence[tuple[int, ContactChanged]]
+    ) -> None:
+        """Seal the batch's contacts with their customers' current keys (one vault read); a
+        contact whose customer has no key goes out without its personal fields."""
+        if not contacts:
+            return
+        keys = await self.vault.current({c.customer_id for _, c in contacts})
+        for position, contact in contacts:
+            key = keys.get(contact.customer_id)
+            if key is None:
+                contact = without_personal_data(contact)
+                self.stats["contacts_without_key"] += 1
+            topic, record_key, _ = outgoing[position]
+            outgoing[position] = (topic, record_key, seal(contact, key))
+
+    async def _opened(self, batch: Sequence[Received[Any]]) -> list[Received[Any]]:
+        """The batch with the sealed fields of its events opened (one vault read)."""
+        pending = [r.event for r in batch if isinstance(r.event, Pending)]
+        if not pending:
+            return list(batch)
+        opened = iter(await self._opener.open(pending))
+        return [
+            Received(next(opened), r.source) if isinstance(r.event, Pending) else r for r in batch
+        ]
 
     async def handle(self, batch: Sequence[Received[Any]]) -> Handled:
         """Apply a batch in memory; nothing is saved until `Handled.save`.
@@ -468,7 +504,9 @@ class ProfilesService:
             raise
 
     async def _handle(self, batch: Sequence[Received[Any]], token: int) -> Handled:
+        batch = await self._opened(batch)
         outgoing: list[Outgoing] = []
+        contacts: list[tuple[int, ContactChanged]] = []
         offer_events = [r.event for r in batch if r.source.topic == OFFERS]
         ticks = [r.event for r in batch if r.source.topic == CLOCK]
         events = [r for r in batch if r.source.topic not in (OFFERS, CLOCK, DELIVERIES)]
@@ -494,7 +532,7 @@ class ProfilesService:
                 self.stats[f"applied_{event.type}"] += 1
                 if outcome.merged:
                     self.stats["merges"] += 1
-                self._publish(outcome, outgoing)
+                self._publish(outcome, outgoing, contacts)
                 stamp = (event.occurred_at, event.event_id)
                 for cid in (outcome.customer_id, *(c.customer_id for c in outcome.also_changed)):
                     if cid is not None and (cid not in causes or causes[cid] < stamp):
@@ -506,6 +544,7 @@ class ProfilesService:
             else:
                 self.stats["ignored_erased"] += 1
                 item.log.debug("event_ignored_erased")
+        await self._seal_contacts(outgoing, contacts)
         for bounce in bounces:
             if book.bounce(bounce.customer_id, bounce.recorded_at):
                 self.stats["bounces_applied"] += 1

@@ -24,6 +24,7 @@ from shared.events import NORMALIZED_EVENT, OFFER_EVENT, DeliveryRecorded
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
 from shared.topics import CAMPAIGNS, DELIVERIES, EVENTS, GROUP_REPORTS, OFFERS
+from shared.vault import sealed_decoder
 
 __all__ = [
     "SPEC",
@@ -44,7 +45,8 @@ SPEC: ServiceSpec[ReportsRepository, ReportsService] = ServiceSpec(
     name="reports",
     group=GROUP_REPORTS,
     decoders={
-        EVENTS: foreign(json_decoder(NORMALIZED_EVENT)),
+        # Blind: reports needs no personal field, and gets no data key to open one.
+        EVENTS: foreign(sealed_decoder(NORMALIZED_EVENT, blind=True)),
         OFFERS: foreign(json_decoder(OFFER_EVENT)),
         DELIVERIES: foreign(json_decoder(DeliveryRecorded)),
         # Offers owns it: each campaign's name, schedule and arms, for the per-campaign rows.

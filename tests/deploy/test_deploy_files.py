@@ -53,8 +53,10 @@ PARTITIONS = 6
 # The oldest Kubernetes the manifests support (CronJob timeZone, PDB
 # unhealthyPodEvictionPolicy), and the newest whose schemas are installed.
 KUBERNETES_VERSIONS = ("1.30", kubernetes_validate_utils.latest_version())
-# Custom resources: no schema in kubernetes-validate, checked field by field below.
-CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication"}
+# Custom resources: no schema in kubernetes-validate, checked field by field below (KafkaUser
+# against a JSON Schema beside this file, written from Strimzi's KafkaUser CRD).
+CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication", "KafkaUser"}
+CUSTOM_SCHEMAS = {("kafka.strimzi.io/v1beta2", "KafkaUser"): "kafkauser-v1beta2.schema.json"}
 # The settings the deployment relies on, as documented when it was written;
 # known_settings() reads the full list from the package's settings classes when it can.
 CONTRACT_SETTINGS = {
@@ -253,9 +255,33 @@ def known_settings() -> set[str]:
     return {f"CRM_{field.upper()}" for cls in SETTINGS_CLASSES for field in cls.model_fields}
 
 
+def secret_templates() -> dict[str, dict[str, str]]:
+    """The Secret templates, one per workload: name -> key -> placeholder value."""
+    text = (K8S / "base" / "secret.example.yaml").read_text(encoding="utf-8")
+    return {
+        doc["metadata"]["name"]: doc["stringData"]
+        for doc in yaml.safe_load_all(text)
+        if doc is not None
+    }
+
+
 def secret_template_keys() -> set[str]:
-    secret = yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text(encoding="utf-8"))
-    return set(secret["stringData"])
+    """Every key any Secret template holds."""
+    return {key for data in secret_templates().values() for key in data}
+
+
+def secret_of(workload: Resource, template: Resource) -> str:
+    """The one Secret a workload may read: crm-<component>-secrets."""
+    return f"crm-{template['metadata']['labels']['app.kubernetes.io/component']}-secrets"
+
+
+@cache
+def custom_schema(api_version: str, kind: str) -> dict[str, Any] | None:
+    name = CUSTOM_SCHEMAS.get((api_version, kind))
+    if name is None:
+        return None
+    schema: dict[str, Any] = json.loads(Path(__file__).with_name(name).read_text(encoding="utf-8"))
+    return schema
 
 
 def deployment_scalers(resources: list[Resource], deployment: str) -> list[Resource]:
@@ -402,6 +428,13 @@ def test_rendered_objects_match_the_kubernetes_schemas(name: str, version: str) 
     errors = []
     for resource in rendered(name):
         if resource["kind"] in CUSTOM_KINDS:
+            schema = custom_schema(resource["apiVersion"], resource["kind"])
+            if schema is not None:
+                validator = jsonschema.Draft7Validator(schema)
+                errors.extend(
+                    f"{workload_id(resource)}: {'.'.join(map(str, e.path))}: {e.message}"
+                    for e in validator.iter_errors(resource)
+                )
             continue
         try:
             kubernetes_validate.validate(resource, version, strict=True)
@@ -476,8 +509,8 @@ def test_prod_scales_ingest_and_profiles_with_keda_on_consumer_lag() -> None:
     for authentication in authentications.values():
         assert authentication["apiVersion"] == "keda.sh/v1alpha1"
         for ref in authentication["spec"]["secretTargetRef"]:
-            assert ref["name"] == "crm-secrets"
-            assert ref["key"] in secret_template_keys()
+            assert ref["name"] == "crm-keda-secrets", "KEDA logs in as a principal of its own"
+            assert ref["key"] in secret_templates()[ref["name"]]
             assert ref["parameter"] in ("username", "password", "sasl", "tls", "ca", "cert", "key")
 
 
@@ -636,20 +669,26 @@ def test_prod_pins_a_release_image_tag() -> None:
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
-def test_every_secret_reference_names_a_key_of_the_secret_template(name: str) -> None:
-    keys = secret_template_keys()
-    referenced = set()
-    for workload, _, container in containers(rendered(name)):
-        for variable in container.get("env", []):
-            ref = variable.get("valueFrom", {}).get("secretKeyRef")
-            if ref is not None:
-                assert ref["name"] == "crm-secrets", workload_id(workload)
-                assert ref["key"] == variable["name"], workload_id(workload)
-                assert ref["key"] in keys, workload_id(workload)
-                referenced.add(ref["key"])
-        for source in container.get("envFrom", []):
-            assert "secretRef" not in source, f"{workload_id(workload)}: take secrets key by key"
-    assert referenced == keys, "the secret template and the manifests list different keys"
+def test_every_workload_reads_only_its_own_secret_and_all_of_it(name: str) -> None:
+    templates = secret_templates()
+    referenced: dict[str, set[str]] = {}
+    for workload, template in pod_templates(rendered(name)):
+        own = secret_of(workload, template)
+        assert own in templates, f"{workload_id(workload)}: no template of {own}"
+        for container in (
+            template["spec"].get("initContainers", []) + template["spec"]["containers"]
+        ):
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref is not None:
+                    assert ref["name"] == own, f"{workload_id(workload)} reads {ref['name']}"
+                    assert ref["key"] == variable["name"], workload_id(workload)
+                    assert ref["key"] in templates[own], workload_id(workload)
+                    referenced.setdefault(own, set()).add(ref["key"])
+            for source in container.get("envFrom", []):
+                assert "secretRef" not in source, f"{workload_id(workload)}: key by key"
+    for secret, keys in referenced.items():
+        assert keys == set(templates[secret]), f"{secret}: template and manifests differ"
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
@@ -680,9 +719,13 @@ def test_smtp_port_and_tls_mode_agree(name: str) -> None:
 def test_secret_template_stays_out_of_every_rendering() -> None:
     for name in KUSTOMIZATIONS:
         assert not of_kind(rendered(name), "Secret"), name
-    secret = yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text(encoding="utf-8"))
-    assert secret["metadata"]["name"] == "crm-secrets"
-    assert all("CHANGE-ME" in value for value in secret["stringData"].values()), "placeholders only"
+    for secret, data in secret_templates().items():
+        assert re.fullmatch(r"crm-[a-z-]+-secrets", secret), secret
+        for key, value in data.items():
+            if key == "CRM_KAFKA_SASL_USERNAME":  # a principal's name, not a secret
+                assert value == secret.removesuffix("-secrets"), secret
+            else:
+                assert "CHANGE-ME" in value, f"{secret}: {key} must be a placeholder"
 
 
 @pytest.mark.parametrize(("name", "zone"), [("dev", "UTC"), ("prod", "Europe/Paris")])
@@ -829,7 +872,8 @@ def test_compose_cli_accepts_the_compose_file_with_every_profile(tmp_path: Path)
 
 
 def test_compose_creates_every_topic_with_its_partitions_and_retention() -> None:
-    script = " ".join(compose_file()["services"]["topics"]["command"])
+    # Shell line continuations joined: a long topic line may be folded.
+    script = " ".join(compose_file()["services"]["topics"]["command"]).replace("\\\n", " ")
     created = {}
     for line in script.splitlines():
         words = line.split()
@@ -924,8 +968,11 @@ def test_compose_credentials_are_marked_demo_only_and_agree() -> None:
     assert "DEMO ONLY" in text
     services = compose_file()["services"]
     environment = services["ingest"]["environment"]
-    for key in ("CRM_STORE_URL", "CRM_CARD_KEY", "CRM_COUPON_KEY"):
+    for key in ("CRM_STORE_URL", "CRM_CARD_KEY", "CRM_COUPON_KEY", "CRM_UNSUBSCRIBE_KEY"):
         assert "demo" in environment[key], f"{key} must read as a demo value"
+    for key in ("CRM_CARD_KEY", "CRM_COUPON_KEY", "CRM_UNSUBSCRIBE_KEY"):
+        default = environment[key].split(":-", 1)[1].rstrip("}")
+        assert len(default.encode()) >= 32, f"crm run refuses {key} under 32 bytes"
     mongo = services["mongo"]["environment"]
     user, password = mongo["MONGO_INITDB_ROOT_USERNAME"], mongo["MONGO_INITDB_ROOT_PASSWORD"]
     assert environment["CRM_STORE_URL"].startswith(f"mongodb://{user}:{password}@mongo:27017/")

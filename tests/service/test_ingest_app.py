@@ -27,6 +27,7 @@ from shared.settings import (
 from shared.skeleton import ServiceApp
 from shared.storage import StoreLocation
 from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, DEADLETTER, EVENTS, INTERACTIONS_RAW
+from shared.vault import SqliteVault
 
 CARD = "6035 1234 5678 9012"
 
@@ -145,7 +146,8 @@ async def test_batch_from_several_raw_topics_is_published_in_event_time_order() 
         "marketing_consent": True,
     }
     repository = await SqliteIngestRepository.open(StoreLocation.parse("memory://"))
-    service = IngestService(repository, card_key=b"k", calendar=CalendarSettings())
+    vault = await SqliteVault.open(StoreLocation.parse("memory://"))
+    service = IngestService(repository, card_key=b"k", calendar=CalendarSettings(), vault=vault)
 
     def received(topic: str, value: bytes, offset: int) -> Received[Any]:
         source = Source(topic=topic, partition=0, offset=offset, value=value)
@@ -158,6 +160,7 @@ async def test_batch_from_several_raw_topics_is_published_in_event_time_order() 
         ]
     )
     await repository.close()
+    await vault.close()
     assert [json.loads(value)["event_id"] for _, _, value in result.outgoing if value] == [
         "customer:s-1",
         "late",

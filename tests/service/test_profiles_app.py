@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,6 +19,7 @@ from services.profiles.app import create_app
 from services.profiles.service import ProfilesService
 from services.profiles.store_sqlite import SqliteProfilesRepository
 from shared.campaigns import SegmentDefined, SegmentRule
+from shared.edge import Source
 from shared.events import (
     BasketLine,
     CardLinked,
@@ -38,6 +40,7 @@ from shared.settings import KafkaSettings, Settings, StoreSettings
 from shared.skeleton import ServiceApp
 from shared.storage import StoreLocation
 from shared.topics import CLOCK, CONTACTS, DEADLETTER, EVENTS, OFFERS, PROFILES_CHANGED, SEGMENTS
+from shared.vault import Opener, Pending, SqliteVault, sealed_decoder
 
 T0 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
 NOW = T0 + dt.timedelta(days=60)
@@ -239,14 +242,34 @@ async def test_anonymous_purchase_builds_no_profile(harness: Harness) -> None:
     assert harness.app.service.stats["anonymous_purchases"] == 1
 
 
-async def test_signup_publishes_contact_details(harness: Harness) -> None:
+async def test_signup_publishes_contact_details_sealed_with_the_customers_key(
+    harness: Harness,
+) -> None:
+    vault = harness.app.service.vault
+    assert isinstance(vault, SqliteVault)
+    await vault.create(["c-1"], T0)  # as ingest does on the customer's first personal data
     await harness.send(signup())
     [(key, body)] = harness.out.contacts
     assert key == b"c-1"
-    contact = ContactChanged.model_validate_json(body)
+    assert b"ana@example.com" not in body
+    assert b"Ana" not in body
+    pending = sealed_decoder(ContactChanged)(Source(CONTACTS, 0, 0, key, body))
+    assert isinstance(pending, Pending)
+    [contact] = await Opener(vault, Counter()).open([pending])
     assert contact.email == "ana@example.com"
+    assert contact.first_name == "Ana"
     assert contact.marketing_consent
     assert harness.out.changed[0].has_email
+
+
+async def test_a_contact_without_a_data_key_goes_out_without_personal_fields(
+    harness: Harness,
+) -> None:
+    await harness.send(signup())
+    [(_, body)] = harness.out.contacts
+    assert b"ana@example.com" not in body
+    assert ContactChanged.model_validate_json(body).email is None
+    assert harness.app.service.stats["contacts_without_key"] == 1
 
 
 async def test_erasure_publishes_a_contact_tombstone_and_blocks_later_events(
