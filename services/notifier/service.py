@@ -249,6 +249,10 @@ class NotifierService:
             if delivery is None or delivery.state not in {"sent", "bounced"}:
                 self.stats["bounce_reports_unknown"] += 1
                 return "unknown_message", []
+            if delivery.offer is None:
+                # The customer was erased since: nothing is linked to them any more.
+                self.stats["bounce_reports_erased"] += 1
+                return "unknown_message", []
             if delivery.state == "bounced":
                 # Reported again (a retry after a failed publish): the same outcome again.
                 return "already_bounced", [self._outcome(delivery)]

@@ -266,3 +266,13 @@ async def test_a_large_dsn_with_the_whole_message_is_taken_and_an_oversized_body
     assert len(report) > 100 * 1024
     response = await post_dsn(b, report)
     assert (response.status_code, response.json()) == (202, {"result": "bounced"})
+
+
+async def test_a_dsn_after_the_customer_was_erased_links_nothing_to_them(b: Bounces) -> None:
+    sent = await first_email(b)
+    await b.broker.publish(None, CONTACTS, key=b"c-1")  # the erasure's tombstone
+
+    response = await post_dsn(b, dsn(sent))
+
+    assert response.json() == {"result": "unknown_message"}
+    assert b.outcomes() == [("of-1", "sent", None)]
