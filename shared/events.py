@@ -219,7 +219,13 @@ class ProfileChanged(Event):
         description="Set when a card link merged this customer into another profile: the "
         "customer no longer exists on its own.",
     )
-    birth_date: dt.date | None = Field(default=None, description="Date of birth.")
+    birthday: str | None = Field(
+        default=None,
+        pattern=r"^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$",
+        description="Month and day of birth, `MM-DD` (29 February kept as `02-29`): what the "
+        "birthday rule needs. The year is not published (data minimisation: this topic is kept "
+        "400 days and is not sealed).",
+    )
     first_purchase_at: AwareDatetime | None = Field(default=None, description="First purchase.")
     last_purchase_at: AwareDatetime | None = Field(default=None, description="Latest purchase.")
     visits: int = Field(default=0, description="Checkouts so far.")
@@ -239,7 +245,7 @@ class ProfileChanged(Event):
         default=False, description="Whether this event gives an e-mail address."
     )
     birth_date_given: bool = Field(
-        default=False, description="Whether this event sets the date of birth."
+        default=False, description="Whether this event sets the date of birth (`birthday`)."
     )
 
 

@@ -33,6 +33,7 @@ import datetime as dt
 import os
 import secrets
 import sqlite3
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -493,17 +494,28 @@ async def open_vault(store: StoreSettings) -> AsyncIterator[KeyVault]:
             await shared.vault.close()
 
 
+_PRIVATE: dict[int, tuple[weakref.ref[StoreSettings], KeyVault]] = {}
+"""Vaults made for a store setting no service opened (see `vault_for`), by that object."""
+
+
 def vault_for(store: StoreSettings) -> KeyVault:
-    """The vault this process has open for `store`; without one (a test that passes its own
-    repository), a private in-memory vault for `memory://`, and a SQLite vault in the folder
-    for `sqlite://` (MongoDB needs `open_vault`)."""
+    """The vault this process has open for `store`. Without one (tests and tools that pass
+    their own repository), the vault of this very settings object, made at first use: one
+    in memory for `memory://` or no store at all, `vault.sqlite3` in the folder for
+    `sqlite://` (MongoDB needs `open_vault`). Services built on one settings object share it."""
     shared = _OPEN.get(_where(store))
     if shared is not None:
         return shared.vault
-    location = StoreLocation.parse(store.store_url)
+    made = _PRIVATE.get(id(store))
+    if made is not None and made[0]() is store:
+        return made[1]
+    location = StoreLocation.parse(store.store_url or "memory://")
     if location.kind == "mongodb":
         raise RuntimeError("open the MongoDB key vault with open_vault first")
-    return SqliteVault(connect(location, SqliteVault.SERVICE))
+    vault = SqliteVault(connect(location, SqliteVault.SERVICE))
+    key = id(store)
+    _PRIVATE[key] = (weakref.ref(store, lambda _: _PRIVATE.pop(key, None)), vault)
+    return vault
 
 
 R = TypeVar("R")

@@ -143,6 +143,8 @@ class Ledger(BaseModel):
     signups: list[Stamp] = Field(default_factory=list)
     erasures: list[Stamp] = Field(default_factory=list)
     birth_date: dt.date | None = None
+    """Month and day of birth, as a day of the leap year 2000 (`crm.profiles.changed` carries
+    no year): only the month and day are ever read."""
     birth_known: Stamp | None = None
     merged_into: str | None = None
     merged_at: AwareDatetime | None = None
@@ -258,6 +260,14 @@ class Ledger(BaseModel):
 _S = TypeVar("_S", bound=Stamp)
 
 
+def birthday_in_2000(birthday: str | None) -> dt.date | None:
+    """A `MM-DD` birthday as a day of the leap year 2000 (so 29 February exists)."""
+    if not birthday:
+        return None
+    month, day = birthday.split("-")
+    return dt.date(2000, int(month), int(day))
+
+
 def _insert(items: list[_S], item: _S) -> bool:
     """Insert keeping (time, event id) order; False when that stamp is already there."""
     keys = [i.key for i in items]
@@ -335,11 +345,12 @@ def fold(
             affected.append(at)
     if change.email_given and _insert(ledger.emails, stamp):
         affected.append(at)
-    if change.birth_date_given and change.birth_date is not None:
+    born = birthday_in_2000(change.birthday) if change.birth_date_given else None
+    if born is not None:
         known = ledger.birth_known
-        if known is None or stamp.key < known.key or change.birth_date != ledger.birth_date:
+        if known is None or stamp.key < known.key or born != ledger.birth_date:
             ledger.birth_known = stamp if known is None or stamp.key < known.key else known
-            ledger.birth_date = change.birth_date
+            ledger.birth_date = born
             affected.append(min(at, ledger.birth_known.at))
     if change.first_purchase_at is not None and (
         ledger.first_purchase_at is None or change.first_purchase_at < ledger.first_purchase_at

@@ -607,7 +607,7 @@ class ProfileBook:
             occurred_at=event.occurred_at,
             marketing_consent=doc.marketing_consent,
             has_email=doc.email is not None,
-            birth_date=doc.birth_date,
+            birthday=f"{doc.birth_date:%m-%d}" if doc.birth_date else None,
             first_purchase_at=doc.first_purchase_at,
             last_purchase_at=doc.last_purchase_at,
             visits=doc.visits,

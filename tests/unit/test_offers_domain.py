@@ -146,7 +146,7 @@ def signup(
         customer,
         consent_given=consent,
         email_given=email,
-        birth_date=birth,
+        birthday=f"{birth:%m-%d}" if birth else None,
         birth_date_given=birth is not None,
     )
 

@@ -633,7 +633,14 @@ def test_a_change_says_whether_its_event_sets_the_birth_date() -> None:
         ]
     )
     assert [c.birth_date_given for c in changes] == [False, True, False, True, False]
-    assert changes[-1].birth_date == dt.date(1991, 1, 1)  # the newer update's, not s2's
+    assert changes[-1].birthday == "01-01"  # the newer update's, not s2's
+    assert all(c.birthday in (None, "01-01", "05-17") for c in changes)  # never the year
+
+
+def test_a_profile_change_carries_the_birthday_without_the_year_and_keeps_29_february() -> None:
+    (change,) = _changes([signup("s1", at(0), birth_date=dt.date(1992, 2, 29))])
+    assert change.birthday == "02-29"
+    assert b"1992" not in change.model_dump_json().encode()
 
 
 def test_a_purchase_change_carries_the_basket_per_sku_and_category() -> None:
