@@ -294,6 +294,7 @@ async def _run(
             "CRM_SEND_GRACE_S": "10",
             "CRM_DUE_POLL_INTERVAL_S": "1",
             "CRM_HTTP_PORT": "0",
+            "CRM_HTTP_HOST": "127.0.0.1",  # the demo's APIs are for this machine only
             # Marketing's token for the campaign the demo creates while it runs.
             "CRM_API_TOKENS": f"marketing:{hashlib.sha256(MARKETING_TOKEN.encode()).hexdigest()}",
             **demo_keys(options.simulation.seed),
@@ -541,7 +542,12 @@ def _serve(env: dict[str, str], data: Path, port: int, console: Console) -> None
     token = secrets.token_urlsafe(18)
     digest = hashlib.sha256(token.encode()).hexdigest()
     serving = ServiceProcesses(
-        {**env, "CRM_HTTP_PORT": str(port), "CRM_API_TOKENS": f"admin:{digest}"},
+        {
+            **env,
+            "CRM_HTTP_HOST": "127.0.0.1",  # as printed: reachable from this machine only
+            "CRM_HTTP_PORT": str(port),
+            "CRM_API_TOKENS": f"admin:{digest}",
+        },
         data / "logs",
         names=("all",),
     )

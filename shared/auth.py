@@ -2,7 +2,10 @@
 
 `CRM_API_TOKENS` holds comma-separated `role:sha256hex` pairs: the SHA-256 of each token, never
 the token itself. Roles: `agent` (customer look-up), `marketing` (reports), `till` (coupons at
-the checkout), `admin` (all of them, and the audit log). A missing or unknown token gets 401, a known token with the wrong role 403.
+the checkout), `admin` (all of them, and the audit log). A missing or unknown token gets 401, a
+known token with the wrong role 403. Each refusal is logged (the token's short hash id or
+`missing`, the route, the client address; never the token) and counted, and a 401 is charged to
+the client address (`shared.http_guard`).
 
 Every customer look-up is written to the audit log (who: the role and a short id of the token's
 hash; which customer: the pseudonymous id; when), kept in the store named by `CRM_STORE_URL`.
@@ -18,11 +21,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol, get_args
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pymongo import DESCENDING, IndexModel
 
+from shared.http_guard import failed_auth
 from shared.logging import get_logger
 from shared.settings import StoreSettings
 from shared.storage import Indexes, MongoStore, SqliteStore, StoreLocation
@@ -100,21 +104,30 @@ _bearer = HTTPBearer(auto_error=False, description="A token whose SHA-256 is in 
 
 def require(
     tokens: TokenTable, *roles: Role
-) -> Callable[[HTTPAuthorizationCredentials | None], Awaitable[Principal]]:
+) -> Callable[[Request, HTTPAuthorizationCredentials | None], Awaitable[Principal]]:
     """A FastAPI dependency: the caller's principal, or 401 / 403."""
 
     async def dependency(
+        request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
     ) -> Principal:
-        principal = tokens.identify(credentials.credentials) if credentials is not None else None
+        token = credentials.credentials if credentials is not None else None
+        principal = tokens.identify(token) if token is not None else None
+        route = getattr(request.scope.get("route"), "path", "?")  # the template, no ids
         if principal is None:
+            failed_auth(
+                request.scope,
+                outcome="unknown" if token else "missing",
+                token=token,
+                route=route,
+            )
             raise HTTPException(
                 status_code=status.HTTP_401_UNAUTHORIZED,
                 detail="missing or unknown bearer token",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         if not allows(principal, roles):
-            log.info("api_forbidden", role=principal.role, token_id=principal.token_id)
+            failed_auth(request.scope, outcome="forbidden", token=token, route=route)
             raise HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail="role not allowed")
         return principal
 

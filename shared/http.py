@@ -1,9 +1,16 @@
-"""HTTP endpoints of a running process: `/healthz`, `/readyz`, `/metrics`, plus service routes.
+"""HTTP endpoints of a running process: `/healthz`, `/readyz` and the service routes on the public
+port (`CRM_HTTP_PORT`), `/metrics` on the ops port (`CRM_METRICS_PORT`).
 
 FastStream's Prometheus middleware (added to every broker) measures messages received,
 processed, published and their latency per topic; this module adds each service's own counters
 (dead letters per reason, offers per kind, e-mails per outcome) and consumer lag, and serves
 them with prometheus_client. `crm run all` serves every service's endpoints on one port.
+
+The public port is guarded (`shared.http_guard`): body limits, security headers, rate limits.
+Metrics go on a port of their own, as Prometheus exporters do: the ingress never routes it and
+the NetworkPolicy opens it to the monitoring namespace only, and Prometheus needs no API token.
+The OpenAPI document is served to the `admin` role only; no Swagger UI (it loads its scripts
+from a CDN).
 """
 
 from __future__ import annotations
@@ -15,14 +22,24 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, make_asgi_app
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
+from shared.auth import TokenTable, require
+from shared.http_guard import (
+    DEFAULT_BODY_LIMIT,
+    AuthFailures,
+    RateLimitMiddleware,
+    SecurityHeadersMiddleware,
+    TokenBuckets,
+)
 from shared.kafka import consumer_lag
 from shared.logging import get_logger
-from shared.settings import Settings
+from shared.settings import HttpSettings, Settings
 from shared.skeleton import ServiceApp
 
 log = get_logger(__name__)
@@ -89,8 +106,11 @@ class HttpEndpoints:
         self.started = False
         self.api = FastAPI(
             title="crm-stream",
-            description="Health, metrics and APIs of crm-stream services.",
+            description="Health and APIs of crm-stream services.",
             version="1",
+            docs_url=None,
+            redoc_url=None,
+            openapi_url=None,
         )
         self._lag = (
             Gauge(
@@ -106,10 +126,24 @@ class HttpEndpoints:
             registry.register(ServiceStatsCollector(apps))
         self.api.add_api_route("/healthz", self.healthz, methods=["GET"], tags=["ops"])
         self.api.add_api_route("/readyz", self.readyz, methods=["GET"], tags=["ops"])
-        self.api.mount("/metrics", make_asgi_app(registry))
+        self.metrics = make_asgi_app(registry)
         for app in apps:
             if app.spec.routes is not None:
                 self.api.include_router(app.spec.routes(app))
+        http = settings.http
+        tokens = TokenTable.parse(http.api_tokens.get_secret_value() if http.api_tokens else None)
+        self.api.add_api_route(
+            "/openapi.json",
+            self.openapi,
+            methods=["GET"],
+            include_in_schema=False,
+            dependencies=[Depends(require(tokens, "admin"))],
+        )
+        guard(self.api, tokens, http)
+
+    async def openapi(self) -> JSONResponse:
+        """The OpenAPI document of this process's routes (admin only)."""
+        return JSONResponse(self.api.openapi())
 
     async def healthz(self) -> dict[str, str]:
         """The process is alive."""
@@ -148,8 +182,43 @@ class HttpEndpoints:
             lifespan="off",
             log_config=None,
             access_log=False,  # access logs would carry URLs; the API keeps personal data out of them anyway
+            server_header=False,
         )
         return _QuietServer(config)
+
+    def metrics_server(self) -> uvicorn.Server | None:
+        """The ops port's server (`/metrics`), or None when `CRM_METRICS_PORT` is unset."""
+        port = self.settings.http.metrics_port
+        if port is None:
+            return None
+        config = uvicorn.Config(
+            self.metrics,
+            host=self.settings.http.http_host,
+            port=port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+        return _QuietServer(config)
+
+
+def guard(api: FastAPI, tokens: TokenTable, http: HttpSettings) -> None:
+    """Put the guards in front of an app's routes. The last added runs first: security headers
+    on every answer (a 413 and a 429 included), the rate limits, then the body limit (the
+    default here; a route's own `max_body_size` replaces it), all before routing, parsing and
+    authentication."""
+    api.add_middleware(RequestBodyLimitMiddleware, max_body_size=DEFAULT_BODY_LIMIT)
+    per_token = (
+        TokenBuckets(http.api_rate_limit, http.api_rate_burst) if http.api_rate_limit > 0 else None
+    )
+    api.add_middleware(
+        RateLimitMiddleware,
+        identify=tokens.identify,
+        per_token=per_token,
+        failures=AuthFailures(http.api_failed_auth_limit),
+    )
+    api.add_middleware(SecurityHeadersMiddleware)
 
 
 class _QuietServer(uvicorn.Server):

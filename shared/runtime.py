@@ -63,6 +63,12 @@ async def serve(
     endpoints = HttpEndpoints(apps, settings)
     server = endpoints.server()
     http_task = asyncio.create_task(server.serve(), name="http")
+    metrics_server = endpoints.metrics_server()
+    metrics_task = (
+        asyncio.create_task(metrics_server.serve(), name="metrics")
+        if metrics_server is not None
+        else None
+    )
     lag_task = asyncio.create_task(endpoints.measure_lag(), name="lag")
     started: list[ServiceApp[Any]] = []
     try:
@@ -84,7 +90,11 @@ async def serve(
             await app.stop()
         lag_task.cancel()
         server.should_exit = True
+        if metrics_server is not None:
+            metrics_server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await lag_task
         await http_task
+        if metrics_task is not None:
+            await metrics_task
         log.info("services_stopped", services=[spec.name for spec in specs])

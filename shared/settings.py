@@ -221,10 +221,29 @@ class CalendarSettings(_Env):
 class HttpSettings(_Env):
     """The HTTP endpoints of a service."""
 
-    http_port: int = Field(default=8080, description="Port of health, metrics, API and web page.")
+    http_port: int = Field(default=8080, description="Port of health, API and web page.")
     http_host: str = Field(default="0.0.0.0", description="Address the HTTP server binds.")  # noqa: S104
+    metrics_port: int | None = Field(
+        default=None,
+        description="Port of `/metrics` (Prometheus), apart from the public port; the image "
+        "and the manifests set 9090. Unset: no metrics served.",
+    )
     api_tokens: SecretStr | None = Field(
         default=None, description="Comma-separated `role:sha256hex` bearer token hashes."
+    )
+    api_rate_limit: float = Field(
+        default=100.0,
+        ge=0,
+        description="API requests per second allowed per token (a token bucket); 0 = no limit.",
+    )
+    api_rate_burst: int = Field(
+        default=200, ge=1, description="Requests a token may make at once before the rate applies."
+    )
+    api_failed_auth_limit: int = Field(
+        default=30,
+        ge=0,
+        description="Failed authentications per minute allowed per client address; beyond, "
+        "the API answers 429 to that address unless it shows a valid token. 0 = no limit.",
     )
 
 

@@ -40,6 +40,8 @@ from shared.skeleton import NotStarted, ServiceApp
 log = get_logger(__name__)
 
 MAX_LINES = 1000
+BASKET_BODY_LIMIT = 128 * 1024
+"""Bytes of a till request's body: a basket of up to `MAX_LINES` lines (about 100 bytes each)."""
 
 
 class _Basket(BaseModel):
@@ -173,7 +175,9 @@ def build_router(api: TillApi, tokens: TokenTable) -> APIRouter:
     till = require(tokens, "till")
     agent = require(tokens, "agent")
 
-    @router.post("/api/coupons/validate", response_model=Validation)
+    @router.post(
+        "/api/coupons/validate", response_model=Validation, max_body_size=BASKET_BODY_LIMIT
+    )
     async def validate(
         body: ValidateRequest, principal: Annotated[Principal, Depends(till)]
     ) -> Validation:
@@ -215,7 +219,9 @@ def build_router(api: TillApi, tokens: TokenTable) -> APIRouter:
             held_until=held_until,
         )
 
-    @router.post("/api/coupons/applicable", response_model=Applicable)
+    @router.post(
+        "/api/coupons/applicable", response_model=Applicable, max_body_size=BASKET_BODY_LIMIT
+    )
     async def applicable(
         body: ApplicableRequest, _: Annotated[Principal, Depends(till)]
     ) -> Applicable:

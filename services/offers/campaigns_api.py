@@ -33,6 +33,9 @@ from shared.topics import CAMPAIGNS
 
 log = get_logger(__name__)
 
+CAMPAIGN_BODY_LIMIT = 16 * 1024
+"""Bytes of a campaign definition (a name, a trigger, an audience, an offer, A/B arms)."""
+
 
 class CampaignList(BaseModel):
     campaigns: list[CampaignView] = Field(description="Every campaign, by id.")
@@ -138,7 +141,10 @@ def build_router(api: CampaignsApi, tokens: TokenTable) -> APIRouter:
     marketing = require(tokens, "marketing")
 
     @router.post(
-        "/api/campaigns", response_model=CampaignCreated, status_code=status.HTTP_201_CREATED
+        "/api/campaigns",
+        response_model=CampaignCreated,
+        status_code=status.HTTP_201_CREATED,
+        max_body_size=CAMPAIGN_BODY_LIMIT,
     )
     async def create(
         spec: CampaignSpec, principal: Annotated[Principal, Depends(marketing)]
@@ -165,7 +171,11 @@ def build_router(api: CampaignsApi, tokens: TokenTable) -> APIRouter:
         """One campaign, its history and its counts (issued, redeemed, held out...)."""
         return await api.view(campaign_id)
 
-    @router.put("/api/campaigns/{campaign_id}", response_model=CampaignView)
+    @router.put(
+        "/api/campaigns/{campaign_id}",
+        response_model=CampaignView,
+        max_body_size=CAMPAIGN_BODY_LIMIT,
+    )
     async def update(
         campaign_id: str, spec: CampaignSpec, principal: Annotated[Principal, Depends(marketing)]
     ) -> CampaignView:

@@ -47,6 +47,9 @@ from shared.skeleton import NotStarted, ServiceApp
 
 log = get_logger(__name__)
 
+LOOKUP_BODY_LIMIT = 1024
+"""Bytes of a look-up's body: a card number in JSON."""
+
 MAX_ALIAS_HOPS = 8
 """Aliases followed from a merged customer id to the live profile."""
 
@@ -334,7 +337,9 @@ def build_router(api: LookupApi, tokens: TokenTable) -> APIRouter:
     agent = require(tokens, "agent")
     admin = require(tokens, "admin")
 
-    @router.post("/api/customers/lookup", response_model=CustomerView)
+    @router.post(
+        "/api/customers/lookup", response_model=CustomerView, max_body_size=LOOKUP_BODY_LIMIT
+    )
     async def lookup(
         body: LookupRequest, principal: Annotated[Principal, Depends(agent)]
     ) -> CustomerView:

@@ -40,6 +40,9 @@ from shared.topics import SEGMENT_DEFINITIONS
 
 log = get_logger(__name__)
 
+SEGMENT_BODY_LIMIT = 16 * 1024
+"""Bytes of a segment definition (a name and a rule of predicates)."""
+
 CSV_COLUMNS = ("customer_id", "first_name", "email")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """A cell starting with one of these is read as a formula by spreadsheets (CSV injection)."""
@@ -165,7 +168,12 @@ def build_router(api: SegmentsApi, tokens: TokenTable) -> APIRouter:
     marketing = require(tokens, "marketing")
     Name = Annotated[str, Path(min_length=1, max_length=64, description="Segment name.")]
 
-    @router.post("/api/segments", response_model=SegmentView, status_code=status.HTTP_201_CREATED)
+    @router.post(
+        "/api/segments",
+        response_model=SegmentView,
+        status_code=status.HTTP_201_CREATED,
+        max_body_size=SEGMENT_BODY_LIMIT,
+    )
     async def define(
         body: SegmentDefinition, principal: Annotated[Principal, Depends(marketing)]
     ) -> SegmentView:
@@ -200,7 +208,9 @@ def build_router(api: SegmentsApi, tokens: TokenTable) -> APIRouter:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
         return await api.view(record.name)
 
-    @router.post("/api/segments/preview", response_model=SegmentCount)
+    @router.post(
+        "/api/segments/preview", response_model=SegmentCount, max_body_size=SEGMENT_BODY_LIMIT
+    )
     async def preview(
         body: PreviewRequest, _: Annotated[Principal, Depends(marketing)]
     ) -> SegmentCount:

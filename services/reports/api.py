@@ -32,6 +32,7 @@ from services.reports.service import ReportsService
 from services.reports.settings import ReportsSettings
 from services.reports.store import ReportsRepository
 from shared.auth import Principal, TokenTable, require
+from shared.csv_cells import csv_cell
 from shared.skeleton import NotStarted, ServiceApp
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -67,8 +68,9 @@ def report_csv(report: AnyReport) -> str:
         if n:
             buffer.write("\n")
         buffer.write(f"# {table.title}\n")
-        writer.writerow(table.columns)
-        writer.writerows(["" if v is None else v for v in row] for row in table.rows)
+        writer.writerow([csv_cell(c) for c in table.columns])
+        # SKUs, names and store ids come from tills: a cell like `=HYPERLINK(...)` is text
+        writer.writerows([csv_cell(v) for v in row] for row in table.rows)
     return buffer.getvalue()
 
 

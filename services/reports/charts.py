@@ -3,6 +3,11 @@
 Why server-side SVG: the page and the static demo report then work offline with no JavaScript
 chart library to vendor, the SVG is inlined in the static HTML as is, and each chart carries a
 `<title>` for screen readers. matplotlib is not thread-safe: one lock around every drawing.
+
+Labels come from tills (SKUs, store ids): matplotlib's math text is off (`text.parse_math`), so
+a SKU like `$X^$` is drawn as written instead of failing the chart. Figures are made with
+`Figure` directly, never through pyplot, so none is kept in pyplot's global registry (an error
+half way leaks nothing).
 """
 
 from __future__ import annotations
@@ -10,13 +15,15 @@ from __future__ import annotations
 import io
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display: render to files only
 
-import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from services.reports.domain import ALL_WEEKS, CampaignsReport, ProductsReport, StoresReport
@@ -28,7 +35,6 @@ _COLOURS = ("#1f6feb", "#d9480f", "#2f9e44", "#9c36b5", "#868e96")
 def _svg(fig: Figure, title: str) -> str:
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Title": title})
-    plt.close(fig)
     text = buffer.getvalue()
     start = text.index("<svg")
     svg = text[start:]
@@ -36,8 +42,20 @@ def _svg(fig: Figure, title: str) -> str:
     return svg.replace("<svg ", f'<svg role="img" aria-label="{title}" ', 1)
 
 
+@contextmanager
+def _drawing() -> Iterator[None]:
+    """One drawing at a time, with math text off."""
+    with _LOCK, matplotlib.rc_context({"text.parse_math": False}):
+        yield
+
+
+def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
+
+
 def _empty(title: str) -> str:
-    fig, ax = plt.subplots(figsize=(6, 1.5))
+    fig, ax = _figure(6, 1.5)
     ax.axis("off")
     ax.text(0.5, 0.5, "no data yet", ha="center", va="center")
     return _svg(fig, title)
@@ -46,7 +64,7 @@ def _empty(title: str) -> str:
 def issued_redeemed_chart(report: CampaignsReport) -> str:
     """Offers issued and redeemed per campaign week (all kinds)."""
     title = "Offers issued and redeemed per week"
-    with _LOCK:
+    with _drawing():
         weeks: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         for row in report.rows:
             if row.week != ALL_WEEKS:
@@ -57,7 +75,7 @@ def issued_redeemed_chart(report: CampaignsReport) -> str:
             return _empty(title)
         labels = sorted(weeks)
         x = range(len(labels))
-        fig, ax = plt.subplots(figsize=(7, 3.2))
+        fig, ax = _figure(7, 3.2)
         width = 0.28
         ax.bar(
             [i - width for i in x],
@@ -85,7 +103,7 @@ def issued_redeemed_chart(report: CampaignsReport) -> str:
 def lift_chart(report: CampaignsReport) -> str:
     """Lift per kind and week, with the 95 % interval where there is one."""
     title = "Lift over time: spend per customer, treated minus held out"
-    with _LOCK:
+    with _drawing():
         series: dict[str, list[tuple[str, Decimal, Decimal | None, Decimal | None]]] = defaultdict(
             list
         )
@@ -96,7 +114,7 @@ def lift_chart(report: CampaignsReport) -> str:
             return _empty(title)
         weeks = sorted({w for points in series.values() for w, *_ in points})
         index = {w: i for i, w in enumerate(weeks)}
-        fig, ax = plt.subplots(figsize=(7, 3.2))
+        fig, ax = _figure(7, 3.2)
         for n, (kind, points) in enumerate(sorted(series.items())):
             xs = [index[w] + (n - len(series) / 2) * 0.08 for w, *_ in points]
             ys = [float(lift) for _, lift, _, _ in points]  # drawing only: figures stay Decimal
@@ -116,11 +134,11 @@ def lift_chart(report: CampaignsReport) -> str:
 
 def products_chart(report: ProductsReport) -> str:
     title = f"Top SKUs by revenue, {report.start} to {report.as_of}"
-    with _LOCK:
+    with _drawing():
         if not report.skus:
             return _empty(title)
         rows = list(reversed(report.skus))
-        fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1))
+        fig, ax = _figure(7, 0.4 * len(rows) + 1)
         ax.barh(
             [r.key for r in rows],
             [float(r.revenue) for r in rows],
@@ -143,11 +161,11 @@ def products_chart(report: ProductsReport) -> str:
 
 def stores_chart(report: StoresReport) -> str:
     title = f"Store revenue against goal, {report.month}"
-    with _LOCK:
+    with _drawing():
         if not report.rows:
             return _empty(title)
         labels = [r.store_id for r in report.rows]
-        fig, ax = plt.subplots(figsize=(7, 3.2))
+        fig, ax = _figure(7, 3.2)
         ax.bar(labels, [float(r.revenue) for r in report.rows], color=_COLOURS[0], label="revenue")
         goals = [(i, float(r.revenue_goal)) for i, r in enumerate(report.rows) if r.revenue_goal]
         if goals:

@@ -26,6 +26,7 @@ from services.reports.store import campaign_fact, delivery_fact, purchase_fact, 
 from services.reports.store_sqlite import SqliteReportsRepository
 from shared.auth import SqliteAuditLog, TokenTable, token_hash
 from shared.events import OfferIssued, OfferRedeemed
+from shared.http import guard
 from shared.privacy import card_id, customer_id_for_card
 from shared.settings import HttpSettings, PrivacySettings, Settings
 from shared.storage import StoreLocation
@@ -79,6 +80,7 @@ class World:
         add_web_routes(router)
         app.include_router(router)
         app.include_router(self.marketing.router(tokens))
+        guard(app, tokens, self.settings.http)  # the headers and limits of a real process
         return app
 
 

@@ -46,10 +46,5 @@ def test_data_reaches_the_dom_as_text_only() -> None:
         assert "outerHTML" not in text
         assert "document.write" not in text
         assert "eval(" not in text
-        uses = re.findall(r"^.*innerHTML.*$", text, flags=re.MULTILINE)
-        if name == "campaigns.js":
-            assert uses == []
-        else:  # the chart: SVG our own server drew (matplotlib escapes its text)
-            assert [u.strip() for u in uses] == [
-                'box.innerHTML = response.ok ? await response.text() : "";'
-            ]
+        # not even the charts: they are images of the SVG (a blob: URL), never parsed into the page
+        assert "innerHTML" not in text
