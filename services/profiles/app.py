@@ -1,8 +1,9 @@
-"""The profiles service, declared: it folds `crm.events` into profiles and `crm.offers` into
-each customer's coupons, evaluates segments on every profile change and on each `crm.clock`
-day (their definitions read whole from `crm.segment-definitions` by every instance), publishes
-profile changes, contacts and segment entries and exits, then saves; it serves the
-call-centre look-up and marketing's segments API."""
+"""The profiles service, declared: it folds `crm.events` into profiles, `crm.offers` into
+each customer's coupons and the bounces on `crm.deliveries` into reachability, evaluates
+segments on every profile change and on each `crm.clock` day (their definitions read whole from
+`crm.segment-definitions` by every instance), publishes profile changes, contacts and segment
+entries and exits, then saves; it serves the call-centre look-up and marketing's segments
+API."""
 
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ from services.profiles.settings import ProfilesSettings
 from services.profiles.store import ProfilesRepository, open_repository
 from shared.campaigns import SegmentDefined
 from shared.edge import foreign, json_decoder
-from shared.events import NORMALIZED_EVENT, OFFER_EVENT, ClockTicked
+from shared.events import NORMALIZED_EVENT, OFFER_EVENT, ClockTicked, DeliveryRecorded
 from shared.global_table import GlobalTable
 from shared.keys import CARD_KEY
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
-from shared.topics import CLOCK, EVENTS, GROUP_PROFILES, OFFERS, SEGMENT_DEFINITIONS
+from shared.topics import CLOCK, DELIVERIES, EVENTS, GROUP_PROFILES, OFFERS, SEGMENT_DEFINITIONS
 from shared.vault import KeyReader, sealed_decoder, vault_for, with_vault
 
 
@@ -87,6 +88,7 @@ SPEC: ServiceSpec[ProfilesRepository, ProfilesService] = ServiceSpec(
         EVENTS: sealed_decoder(NORMALIZED_EVENT),
         OFFERS: foreign(json_decoder(OFFER_EVENT)),
         CLOCK: foreign(json_decoder(ClockTicked)),
+        DELIVERIES: foreign(json_decoder(DeliveryRecorded)),
     },
     open_store=with_vault(lambda settings: open_repository(settings.store)),
     build=build,

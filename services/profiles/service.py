@@ -53,10 +53,10 @@ from shared.campaigns import (
     SegmentRule,
 )
 from shared.edge import Outgoing, Received, dump
-from shared.events import ClockTicked, ContactChanged
+from shared.events import ClockTicked, ContactChanged, DeliveryRecorded
 from shared.logging import get_logger
 from shared.skeleton import Handled
-from shared.topics import CLOCK, CONTACTS, OFFERS, PROFILES_CHANGED, SEGMENTS
+from shared.topics import CLOCK, CONTACTS, DELIVERIES, OFFERS, PROFILES_CHANGED, SEGMENTS
 from shared.vault import KeyReader, NoKeys, Opener, Pending, seal, without_personal_data
 
 log = get_logger(__name__)
@@ -509,9 +509,18 @@ class ProfilesService:
         contacts: list[tuple[int, ContactChanged]] = []
         offer_events = [r.event for r in batch if r.source.topic == OFFERS]
         ticks = [r.event for r in batch if r.source.topic == CLOCK]
-        events = [r for r in batch if r.source.topic not in (OFFERS, CLOCK)]
+        events = [r for r in batch if r.source.topic not in (OFFERS, CLOCK, DELIVERIES)]
+        # E-mails that bounced (during or after the SMTP conversation): the look-up shows
+        # the customer as not reachable.
+        bounces = [
+            r.event
+            for r in batch
+            if isinstance(r.event, DeliveryRecorded) and r.event.state == "bounced"
+        ]
         book = ProfileBook(self.options)
-        await self._load(book, book.ids_of(r.event for r in events))
+        await self._load(
+            book, book.ids_of(r.event for r in events) | {b.customer_id for b in bounces}
+        )
         # Per customer, the latest event folded into it: the cause of its segment changes.
         causes: dict[str, tuple[dt.datetime, str]] = {}
         for item in events:
@@ -536,6 +545,9 @@ class ProfilesService:
                 self.stats["ignored_erased"] += 1
                 item.log.debug("event_ignored_erased")
         await self._seal_contacts(outgoing, contacts)
+        for bounce in bounces:
+            if book.bounce(bounce.customer_id, bounce.recorded_at):
+                self.stats["bounces_applied"] += 1
         # A rejection of an unknown code names no offer.
         offer_ids = {e.offer_id for e in offer_events if isinstance(e.offer_id, str)}
         known = await self.repository.get_coupons(offer_ids)
