@@ -1,7 +1,8 @@
 """Right of access and card-key rotation: tools over every service's store, used by the CLI.
 
 `export_customer` gathers what each service keeps of one customer (ingest's card links,
-the profile, the offers and the notifier's contact and deliveries) as plain JSON.
+the profile, the offers, the notifier's contact and deliveries, the reports' facts) and the
+audit log's entries about them, as plain JSON.
 `rotate_card_keys` lets `CRM_CARD_KEY` change without losing profiles: a keyed hash cannot
 be recomputed without the card number, so the card numbers (from the card registry) are read
 once, each card's new id is linked to the customer its old id fed, and ingest resolves the
@@ -15,31 +16,22 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-from pydantic import BaseModel
-
+from services.ingest.store import customer_export as ingest_export
 from services.ingest.store import open_repository as open_ingest
+from services.notifier.store import customer_export as notifier_export
 from services.notifier.store import open_repository as open_notifier
+from services.offers.store import customer_export as offers_export
 from services.offers.store import open_repository as open_offers
 from services.profiles.store import open_repository as open_profiles
+from services.reports.store import customer_export as reports_export
+from services.reports.store import open_repository as open_reports
+from shared.auth import open_audit_log
+from shared.export import plain
 from shared.logging import get_logger
 from shared.privacy import InvalidCardNumber, card_id, customer_id_for_card
 from shared.settings import StoreSettings
 
 log = get_logger(__name__)
-
-
-def _plain(value: Any) -> Any:
-    """JSON types only: pydantic models, dataclasses, dates and Decimals flattened."""
-
-    def default(item: Any) -> Any:
-        if isinstance(item, BaseModel):
-            return item.model_dump(mode="json")
-        if dataclasses.is_dataclass(item) and not isinstance(item, type):
-            return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
-        return str(item)
-
-    return orjson.loads(orjson.dumps(value, default=default))
 
 
 async def resolve_customer(store: StoreSettings, *, card_number: str, card_key: bytes) -> str:
@@ -51,34 +43,32 @@ async def resolve_customer(store: StoreSettings, *, card_number: str, card_key: 
 
 
 async def export_customer(store: StoreSettings, customer_id: str) -> dict[str, Any]:
-    """Everything the services store of one customer, per service, as JSON types."""
+    """Everything the services store of one customer, per service, as JSON types: each part as
+    that service's admin API answers it (`shared.export`), and the audit log's entries about
+    the customer (who looked them up, when)."""
     async with open_ingest(store) as ingest:
-        cards = await ingest.cards_of_customer(customer_id)
+        cards = await ingest_export(ingest, customer_id)
     async with open_profiles(store) as profiles:
         profile = await profiles.export(customer_id)
-    async with open_offers(store) as offers_repo:
-        offers = await offers_repo.offers_of(customer_id)
-        ledger = (await offers_repo.ledgers([customer_id])).get(customer_id)
+    async with open_offers(store) as offers:
+        offered = await offers_export(offers, customer_id)
     async with open_notifier(store) as notifier:
-        contacts = await notifier.get_contacts([customer_id])
-        deliveries = await notifier.get_deliveries([o.offer_id for o in offers])
+        notified = await notifier_export(notifier, customer_id)
+    async with open_reports(store) as reports:
+        facts = await reports_export(reports, customer_id)
+    audit = await open_audit_log(store)
+    try:
+        entries = await audit.of_customer(customer_id)
+    finally:
+        await audit.close()
     return {
         "customer_id": customer_id,
-        "ingest": {"linked_card_ids": sorted(cards)},
-        "profiles": _plain(profile),
-        "offers": {
-            "offers": _plain(offers),
-            "decisions": _plain(sorted(ledger.decisions.values(), key=lambda d: (d.at, d.key)))
-            if ledger
-            else [],
-            "redemptions": _plain(sorted(ledger.redemptions.values(), key=lambda r: (r.at, r.key)))
-            if ledger
-            else [],
-        },
-        "notifier": {
-            "contact": _plain(contacts.get(customer_id)),
-            "deliveries": _plain(sorted(deliveries.values(), key=lambda d: d.offer_id)),
-        },
+        "ingest": plain(cards),
+        "profiles": plain(profile),
+        "offers": plain(offered),
+        "notifier": plain(notified),
+        "reports": plain(facts),
+        "audit": plain(entries),
     }
 
 

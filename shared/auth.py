@@ -161,6 +161,10 @@ class AuditLog(Protocol):
 
     async def latest(self, limit: int) -> list[AuditEntry]: ...
 
+    async def of_customer(self, customer_id: str) -> list[AuditEntry]:
+        """Every entry about this customer, oldest first (right of access)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -185,6 +189,15 @@ class SqliteAuditLog(SqliteStore):
         )
         return [AuditEntry.model_validate_json(doc) for (doc,) in rows]
 
+    async def of_customer(self, customer_id: str) -> list[AuditEntry]:
+        rows = await self.read(
+            lambda db: db.execute(
+                "SELECT doc FROM audit WHERE json_extract(doc, '$.customer_id') = ? ORDER BY id",
+                (str(customer_id),),
+            ).fetchall()
+        )
+        return [AuditEntry.model_validate_json(doc) for (doc,) in rows]
+
 
 class MongoAuditLog(MongoStore):
     """The audit log as a MongoDB collection `audit`."""
@@ -197,6 +210,11 @@ class MongoAuditLog(MongoStore):
 
     async def latest(self, limit: int) -> list[AuditEntry]:
         cursor = self.database["audit"].find({}, {"_id": 0}).sort("at", DESCENDING).limit(limit)
+        return [AuditEntry.model_validate(doc) async for doc in cursor]
+
+    async def of_customer(self, customer_id: str) -> list[AuditEntry]:
+        query = {"customer_id": str(customer_id)}
+        cursor = self.database["audit"].find(query, {"_id": 0}).sort([("at", 1), ("_id", 1)])
         return [AuditEntry.model_validate(doc) async for doc in cursor]
 
 

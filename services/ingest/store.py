@@ -11,7 +11,7 @@ import datetime as dt
 import functools
 from collections.abc import Collection, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.ingest.settings import IngestSettings
 from shared.settings import StoreSettings
@@ -44,6 +44,11 @@ class IngestRepository(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def customer_export(repository: IngestRepository, customer_id: str) -> dict[str, Any]:
+    """What ingest keeps of one customer (right of access): the card ids linked to it."""
+    return {"linked_card_ids": sorted(await repository.cards_of_customer(customer_id))}
 
 
 def open_repository(

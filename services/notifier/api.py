@@ -23,7 +23,9 @@ from pydantic import BaseModel, Field
 from services.notifier.bounces import NotADeliveryReport, parse_dsn
 from services.notifier.domain import verify_unsubscribe_token
 from services.notifier.service import BounceResult, NotifierService
+from services.notifier.store import customer_export
 from shared.auth import Principal, TokenTable, require
+from shared.export import export_routes
 from shared.skeleton import NotStarted, ServiceApp
 
 BOUNCE_BODY_LIMIT = 256 * 1024
@@ -157,4 +159,10 @@ def notifier_routes(app: ServiceApp[NotifierService]) -> APIRouter:
     """Everything the notifier serves on CRM_HTTP_PORT."""
     router = unsubscribe_routes(app)
     router.include_router(bounce_routes(app))
+    router.include_router(export_routes(app, notifier_export))
     return router
+
+
+async def notifier_export(service: NotifierService, customer_id: str) -> dict[str, object]:
+    """Right of access: the contact and the deliveries of one customer."""
+    return await customer_export(service.repository, customer_id)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.notifier.domain import Contact, Delivery
 from shared.settings import StoreSettings
@@ -86,6 +86,13 @@ class NotifierRepository(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def customer_export(repository: NotifierRepository, customer_id: str) -> dict[str, Any]:
+    """What the notifier keeps of one customer (right of access): the contact and every
+    delivery with its offer and outcome."""
+    contact = (await repository.get_contacts([customer_id])).get(customer_id)
+    return {"contact": contact, "deliveries": await repository.deliveries_of(customer_id)}
 
 
 def open_repository(store: StoreSettings) -> AbstractAsyncContextManager[NotifierRepository]:

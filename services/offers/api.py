@@ -27,10 +27,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from services.offers.domain import OfferRecord, check_code, discount_for, normalize_code
 from services.offers.service import OffersService
 from services.offers.settings import OffersSettings
-from services.offers.store import OffersRepository
+from services.offers.store import OffersRepository, customer_export
 from shared.auth import Principal, TokenTable, require
 from shared.basket import basket_lines, normalize_line
 from shared.events import BasketLine, OfferKind, OfferTrigger, RejectionReason
+from shared.export import export_router
 from shared.logging import get_logger
 from shared.privacy import InvalidCardNumber, card_id
 from shared.raw import RawLine
@@ -278,6 +279,10 @@ def build_router(api: TillApi, tokens: TokenTable) -> APIRouter:
             )
         return Decisions(customer_id=customer_id, decisions=views)
 
+    async def export(customer_id: str) -> dict[str, object]:
+        return await customer_export(api.repository(), customer_id)
+
+    router.include_router(export_router("offers", tokens, export))
     return router
 
 

@@ -213,6 +213,22 @@ def open_repository(store: StoreSettings) -> AbstractAsyncContextManager[OffersR
     return open_store(store, sqlite=SqliteOffersRepository.open, mongo=MongoOffersRepository.open)
 
 
+async def customer_export(repository: OffersRepository, customer_id: str) -> dict[str, Any]:
+    """What offers keeps of one customer (right of access): the offers in every state with
+    their redemption and e-mail outcome, and every decision taken for them (issued, held out,
+    not made and why) with the redemptions and rejections of the codes they listed."""
+    ledger = (await repository.ledgers([customer_id])).get(customer_id)
+    return {
+        "offers": await repository.offers_of(customer_id),
+        "decisions": sorted(ledger.decisions.values(), key=lambda d: (d.at, d.key))
+        if ledger
+        else [],
+        "redemptions": sorted(ledger.redemptions.values(), key=lambda r: (r.at, r.key))
+        if ledger
+        else [],
+    }
+
+
 def iso(day: dt.date | None) -> str | None:
     """A day as stored by both adapters: ISO text, which sorts and compares like the day."""
     return day.isoformat() if day is not None else None

@@ -39,6 +39,7 @@ from shared.auth import (
     require,
 )
 from shared.events import OfferKind
+from shared.export import export_router
 from shared.logging import get_logger
 from shared.marketing import Segment
 from shared.privacy import InvalidCardNumber, card_id
@@ -369,6 +370,12 @@ def build_router(api: LookupApi, tokens: TokenTable) -> APIRouter:
         """The latest customer look-ups, newest first (admin only)."""
         return await (await api.audit()).latest(limit)
 
+    async def export(customer_id: str) -> dict[str, object]:
+        # The profile (or its tombstone), its coupons and segments; who looked it up, when.
+        profile = await api.profiles().export(customer_id)
+        return {**profile, "audit": await (await api.audit()).of_customer(customer_id)}
+
+    router.include_router(export_router("profiles", tokens, export))
     return router
 
 

@@ -30,9 +30,10 @@ from services.reports.domain import (
 )
 from services.reports.service import ReportsService
 from services.reports.settings import ReportsSettings
-from services.reports.store import ReportsRepository
+from services.reports.store import ReportsRepository, customer_export
 from shared.auth import Principal, TokenTable, require
 from shared.csv_cells import csv_cell
+from shared.export import export_router
 from shared.skeleton import NotStarted, ServiceApp
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -97,7 +98,7 @@ class ReportsLoader:
         self._app = app
         self._repository = repository
 
-    async def __call__(self) -> Facts:
+    def repository(self) -> ReportsRepository:
         repository = self._repository
         if repository is None and self._app is not None:
             try:
@@ -106,7 +107,10 @@ class ReportsLoader:
                 repository = None
         if repository is None:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "not started")
-        return await repository.load()
+        return repository
+
+    async def __call__(self) -> Facts:
+        return await self.repository().load()
 
 
 def build_reports_router(
@@ -142,6 +146,10 @@ def build_reports_router(
     async def home() -> RedirectResponse:
         return RedirectResponse("/ui/", status_code=status.HTTP_307_TEMPORARY_REDIRECT)
 
+    async def export(customer_id: str) -> dict[str, object]:
+        return await customer_export(load.repository(), customer_id)
+
+    router.include_router(export_router("reports", tokens, export))
     return router
 
 

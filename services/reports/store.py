@@ -99,6 +99,13 @@ def open_repository(store: StoreSettings) -> AbstractAsyncContextManager[Reports
     return open_store(store, sqlite=SqliteReportsRepository.open, mongo=MongoReportsRepository.open)
 
 
+async def customer_export(repository: ReportsRepository, customer_id: str) -> dict[str, Any]:
+    """What the reports keep of one customer (right of access): every fact under their id
+    (purchases, offers issued or held out, redemptions, deliveries, revocations)."""
+    facts = await repository.facts_of_customer(customer_id)
+    return {"facts": [{"kind": f.kind, "id": f.id, "figures": f.doc} for f in facts]}
+
+
 def erased_ids(facts: Iterable[Fact]) -> list[str]:
     """The customers a batch erases, whose facts the adapters unlink after writing it."""
     return sorted({f.customer_id for f in facts if f.kind == "erased" and f.customer_id})

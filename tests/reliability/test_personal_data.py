@@ -140,7 +140,8 @@ def test_rotating_the_card_key_keeps_every_card_on_its_customer(tmp_path: Path) 
     assert exported["customer_id"] == ana_customer
     assert exported["profiles"]["document"]["visits"] == 2
     assert card_id(ANA, NEW_KEY.encode()) in exported["ingest"]["linked_card_ids"]
-    assert set(exported) == {"customer_id", "ingest", "profiles", "offers", "notifier"}
+    parts = {"customer_id", "ingest", "profiles", "offers", "notifier", "reports", "audit"}
+    assert set(exported) == parts
 
 
 def test_without_rotation_a_new_key_would_orphan_the_profiles(tmp_path: Path) -> None:
