@@ -79,6 +79,7 @@ CONTRACT_SETTINGS = {
     "CRM_TIMEZONE",
     "CRM_QUIET_HOURS",
     "CRM_HTTP_PORT",
+    "CRM_METRICS_PORT",
     "CRM_API_TOKENS",
     "CRM_CREATE_TOPICS",
     "CRM_TOPIC_PARTITIONS",
@@ -451,6 +452,25 @@ def test_schema_validation_is_strict_about_unknown_fields() -> None:
         kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[0], strict=True)
 
 
+def test_kafka_user_schema_is_strict_about_unknown_fields_and_values() -> None:
+    user = of_kind(rendered("prod"), "KafkaUser")[0]
+    schema = custom_schema(user["apiVersion"], user["kind"])
+    assert schema is not None
+    validator = jsonschema.Draft7Validator(schema)
+    assert not list(validator.iter_errors(user))
+    acl = user["spec"]["authorization"]["acls"][0]
+    for broken_acl in (
+        {**acl, "operations": ["Reed"]},
+        {**acl, "resource": {**acl["resource"], "patternType": "prefixed"}},
+        {**acl, "hosts": "*"},
+    ):
+        broken = {
+            **user,
+            "spec": {**user["spec"], "authorization": {"type": "simple", "acls": [broken_acl]}},
+        }
+        assert list(validator.iter_errors(broken)), broken_acl
+
+
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_only_the_known_custom_resources_lack_a_schema(name: str) -> None:
     for resource in rendered(name):
@@ -467,7 +487,8 @@ def test_service_monitor_scrapes_metrics_of_every_service(name: str) -> None:
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     endpoints = monitor["spec"]["endpoints"]
     assert endpoints
-    assert all(e["port"] == "http" and e["path"] == "/metrics" for e in endpoints)
+    # /metrics is on a port of its own, never on the public `http` port
+    assert all(e["port"] == "metrics" and e["path"] == "/metrics" for e in endpoints)
     selected = [
         s
         for s in of_kind(resources, "Service")
@@ -475,7 +496,7 @@ def test_service_monitor_scrapes_metrics_of_every_service(name: str) -> None:
     ]
     assert sorted(s["metadata"]["name"] for s in selected) == sorted(f"crm-{s}" for s in SERVICES)
     for service in selected:
-        assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+        assert [p["name"] for p in service["spec"]["ports"]] == ["http", "metrics"]
 
 
 def test_prod_scales_ingest_and_profiles_with_keda_on_consumer_lag() -> None:
@@ -568,12 +589,18 @@ def test_every_container_sets_requests_within_limits(name: str) -> None:
 def test_every_service_is_probed_on_its_http_port(name: str) -> None:
     resources = rendered(name)
     port = int(config_map(resources)["CRM_HTTP_PORT"])
+    metrics = int(config_map(resources)["CRM_METRICS_PORT"])
     for deployment in of_kind(resources, "Deployment"):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         where = workload_id(deployment)
         assert {"name": "http", "containerPort": port, "protocol": "TCP"} in container["ports"], (
             where
         )
+        assert {
+            "name": "metrics",
+            "containerPort": metrics,
+            "protocol": "TCP",
+        } in container["ports"], where
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, where
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, where
 
@@ -782,7 +809,12 @@ def test_network_policies_deny_by_default_and_allow_only_what_is_needed(name: st
         component = labels["app.kubernetes.io/component"]
         if component in SERVICES:
             assert egress_allowed(policies, labels, 27017), f"{where}: MongoDB"
-            assert ingress_allowed(policies, labels, "http", "monitoring"), f"{where}: Prometheus"
+            assert ingress_allowed(policies, labels, "metrics", "monitoring"), (
+                f"{where}: Prometheus"
+            )
+            assert not ingress_allowed(policies, labels, "metrics", "ingress-nginx"), (
+                f"{where}: /metrics is never public"
+            )
             smtp = egress_allowed(policies, labels, int(settings["CRM_SMTP_PORT"]))
             assert smtp == (component == "notifier"), f"{where}: only the notifier sends e-mail"
             from_ingress = ingress_allowed(policies, labels, "http", "ingress-nginx")
