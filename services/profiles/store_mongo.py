@@ -125,6 +125,14 @@ class MongoProfilesRepository(MongoStore):
                 [ReplaceOne({"_id": c.offer_id}, _coupon_doc(c), upsert=True) for c in coupons],
                 ordered=False,
             )
+        # An erased customer keeps no coupon: neither those it had nor those that offers'
+        # revocations (for the erasure) announce after it.
+        owners = sorted({c.customer_id for c in coupons} | {p.customer_id for p in profiles})
+        if owners:
+            query = {"_id": {"$in": owners}, "kind": "erased"}
+            erased = [d["_id"] async for d in self.database[PROFILES].find(query, {"_id": 1})]
+            if erased:
+                await self.database[COUPONS].delete_many({"customer_id": {"$in": erased}})
         if clock_day is not None:
             # ISO dates order as strings: `$max` keeps the latest day.
             await self.database[META].update_one(

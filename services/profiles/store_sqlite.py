@@ -105,6 +105,7 @@ class SqliteProfilesRepository(SqliteStore):
         ]
         dropped = [(p.customer_id,) for p in profiles if kind_of(p) != "profile"]
         coupon_rows = [(c.offer_id, c.customer_id, c.model_dump_json()) for c in coupons]
+        owners = in_list({c.customer_id for c in coupons} | {p.customer_id for p in profiles})
         entered = [
             (segment, customer, at.astimezone(dt.UTC).isoformat())
             for (segment, customer), at in (memberships or {}).items()
@@ -134,6 +135,13 @@ class SqliteProfilesRepository(SqliteStore):
             db.executemany(
                 "INSERT OR REPLACE INTO coupons (offer_id, customer_id, doc) VALUES (?, ?, ?)",
                 coupon_rows,
+            )
+            # An erased customer keeps no coupon: neither those it had nor those that offers'
+            # revocations (for the erasure) announce after it.
+            db.execute(
+                "DELETE FROM coupons WHERE customer_id IN (SELECT customer_id FROM profiles"  # noqa: S608
+                f" WHERE kind = 'erased' AND customer_id IN {IN_LIST})",
+                (owners,),
             )
             db.executemany(
                 "INSERT INTO segment_members (segment, customer_id, entered_at) VALUES (?, ?, ?)"

@@ -225,6 +225,41 @@ async def test_coupons_are_saved_with_the_batch_and_read_per_customer(
     assert (await repo.export("c-2"))["coupons"][0]["coupon_code"] == "CODE-o3"
 
 
+async def test_an_erased_customer_keeps_no_coupon_even_one_announced_after_the_erasure(
+    repo: ProfilesRepository,
+) -> None:
+    def coupon(offer_id: str, customer: str, state: str = "issued") -> Coupon:
+        return Coupon.model_validate(
+            {
+                "offer_id": offer_id,
+                "customer_id": customer,
+                "kind": "frequent_item",
+                "coupon_code": f"CODE-{offer_id}",
+                "discount_percent": "10",
+                "valid_from": dt.date(2026, 3, 1),
+                "valid_until": dt.date(2026, 3, 15),
+                "state": state,
+            }
+        )
+
+    await apply(
+        repo,
+        [
+            signup("s1", "c-1", "card-1", dt.date(1990, 5, 17)),
+            signup("s2", "c-2", "card-2", dt.date(1991, 6, 18)),
+        ],
+    )
+    await repo.save_many([], [coupon("o1", "c-1"), coupon("o2", "c-2")])
+    erase = CustomerErased(event_id="x1", occurred_at=T0 + dt.timedelta(hours=1), customer_id="c-1")
+    await apply(repo, [erase])
+    assert await repo.coupons_of("c-1") == []
+    # Offers revokes the erased customer's coupon after the erasure: profiles keeps none.
+    await repo.save_many([], [coupon("o1", "c-1", "revoked")])
+    assert await repo.coupons_of("c-1") == []
+    assert await repo.get_coupons(["o1"]) == {}
+    assert [c.offer_id for c in await repo.coupons_of("c-2")] == ["o2"]
+
+
 async def test_lookup_values_are_data_not_queries(repo: ProfilesRepository) -> None:
     await apply(repo, [purchase("e1", "c-1", T0, "card-1")])
     with pytest.raises(TypeError):
