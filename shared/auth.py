@@ -192,7 +192,8 @@ class SqliteAuditLog(SqliteStore):
     async def of_customer(self, customer_id: str) -> list[AuditEntry]:
         rows = await self.read(
             lambda db: db.execute(
-                "SELECT doc FROM audit WHERE json_extract(doc, '$.customer_id') = ? ORDER BY id",
+                "SELECT doc FROM audit WHERE json_extract(doc, '$.customer_id') = ?"
+                " ORDER BY at, id",
                 (str(customer_id),),
             ).fetchall()
         )
