@@ -28,7 +28,18 @@ from shared.global_table import GlobalTable
 from shared.keys import CARD_KEY
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
-from shared.topics import CLOCK, DELIVERIES, EVENTS, GROUP_PROFILES, OFFERS, SEGMENT_DEFINITIONS
+from shared.topics import (
+    CLOCK,
+    CONTACTS,
+    DEADLETTER,
+    DELIVERIES,
+    EVENTS,
+    GROUP_PROFILES,
+    OFFERS,
+    PROFILES_CHANGED,
+    SEGMENT_DEFINITIONS,
+    SEGMENTS,
+)
 from shared.vault import KeyReader, sealed_decoder, vault_for, with_vault
 
 
@@ -96,6 +107,8 @@ SPEC: ServiceSpec[ProfilesRepository, ProfilesService] = ServiceSpec(
     routes=routes,
     background=definitions_table,
     secrets=(CARD_KEY,),  # the look-up API hashes the card number it is given
+    writes=(PROFILES_CHANGED, CONTACTS, SEGMENTS, SEGMENT_DEFINITIONS, DEADLETTER),
+    tables=(SEGMENT_DEFINITIONS,),
 )
 
 
