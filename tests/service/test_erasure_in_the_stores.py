@@ -17,6 +17,7 @@ from faststream.kafka.annotations import KafkaMessage
 from services.notifier.app import create_app as notifier_app
 from services.notifier.settings import NotifierSettings
 from services.notifier.store_sqlite import SqliteNotifierRepository
+from services.offers.app import SPEC
 from services.offers.app import create_app as offers_app
 from services.offers.settings import OffersSettings
 from services.offers.store_sqlite import SqliteOffersRepository
@@ -38,7 +39,7 @@ from shared.settings import CalendarSettings, KafkaSettings, Settings, SmtpSetti
 from shared.storage import StoreLocation
 from shared.topics import CONTACTS, DELIVERIES, EVENTS, OFFERS, PROFILES_CHANGED
 from tests.integration.test_profiles_store import apply
-from tests.service.test_offers_app import DAY1, bought, signed_up
+from tests.service.test_offers_app import DAY1, bought, milk_three_times, signed_up, start
 from tests.unit.test_offers_domain import change
 
 CUSTOMER = "cust-7f3a9c"
@@ -242,3 +243,31 @@ async def test_profiles_leave_no_erased_value_in_the_database_or_its_wal(tmp_pat
     await repository.close()
     # The tombstone keeps the customer id (later events of the card are ignored by it).
     assert [v for v in (EMAIL, NAME) if v.encode() in content] == []
+
+
+async def test_a_rebuild_brings_back_no_offer_of_an_erased_customer() -> None:
+    # The first run issued the offer, then the customer was erased.
+    async for first in start():
+        await milk_three_times(first, CUSTOMER)
+        erasure = change("x-1", DAY1 + dt.timedelta(days=1), "customer_erased", CUSTOMER)
+        await first.broker.publish(
+            dump(erasure.model_copy(update={"erased": True})),
+            PROFILES_CHANGED,
+            key=CUSTOMER.encode(),
+        )
+        published = [dump(event) for _, event in first.offers]
+        [issued] = first.of_type("offer_issued")
+    # `crm replay offers`: the store rebuilt from crm.profiles.changed, then the offers
+    # published before are kept (as revoked) unless they belong to an erased customer.
+    async for rebuilt in start():
+        await rebuilt.broker.publish(signed_up(CUSTOMER), PROFILES_CHANGED, key=CUSTOMER.encode())
+        await rebuilt.broker.publish(
+            dump(erasure.model_copy(update={"erased": True})),
+            PROFILES_CHANGED,
+            key=CUSTOMER.encode(),
+        )
+        handled = await SPEC.after_replay.keep(rebuilt.app.service, published)  # type: ignore[union-attr]
+        await handled.save()
+        assert handled.outgoing == []
+        assert await rebuilt.repository.offers_of(CUSTOMER) == []
+        assert await rebuilt.repository.offer_by_code(issued.coupon_code) is None  # type: ignore[union-attr]
