@@ -8,11 +8,14 @@ import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 
+from fastapi import APIRouter
+
 from services.ingest.domain import RawEvent, decode
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
-from services.ingest.store import IngestRepository, open_repository
+from services.ingest.store import IngestRepository, customer_export, open_repository
 from shared.edge import Source
+from shared.export import export_routes
 from shared.keys import CARD_KEY
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
@@ -47,6 +50,16 @@ def build(
     )
 
 
+async def export(service: IngestService, customer_id: str) -> dict[str, object]:
+    """Right of access: the card ids ingest links to the customer."""
+    return await customer_export(service.repository, customer_id)
+
+
+def routes(app: ServiceApp[IngestService]) -> APIRouter:
+    """The admin's export of what ingest keeps of a customer (its only API route)."""
+    return export_routes(app, export)
+
+
 SPEC: ServiceSpec[IngestRepository, IngestService] = ServiceSpec(
     name="ingest",
     group=GROUP_INGEST,
@@ -54,6 +67,7 @@ SPEC: ServiceSpec[IngestRepository, IngestService] = ServiceSpec(
     open_store=with_vault(open_pruned),
     build=build,
     order="publish_then_save",
+    routes=routes,
     secrets=(CARD_KEY,),
     writes=(EVENTS, DEADLETTER),
 )

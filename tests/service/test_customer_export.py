@@ -20,6 +20,9 @@ from faststream.kafka import TestKafkaBroker
 from typer.testing import CliRunner
 
 from crm.cli import cli
+from services.ingest.app import create_app as create_ingest_app
+from services.ingest.app import routes as ingest_routes
+from services.ingest.store_sqlite import SqliteIngestRepository
 from services.notifier.api import notifier_routes
 from services.notifier.app import create_app as notifier_app
 from services.notifier.domain import Contact, new_delivery
@@ -48,7 +51,7 @@ CUSTOMER = "cust-export-1"
 EMAIL = "ana.export@example.com"
 AT = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
 TOKENS = {"admin": "admin-token", "agent": "agent-token", "marketing": "marketing-token"}
-SERVICES = ("profiles", "offers", "notifier", "reports")
+SERVICES = ("ingest", "profiles", "offers", "notifier", "reports")
 
 
 def auth(role: str) -> dict[str, str]:
@@ -68,6 +71,9 @@ def settings(folder: Path) -> Settings:
 async def fill(folder: Path) -> None:
     """A customer with a profile, a redeemed offer with its e-mail sent, and its facts."""
     location = StoreLocation.parse(f"sqlite://{folder}")
+    ingest = await SqliteIngestRepository.open(location)
+    await ingest.record(set(), {"card-2": CUSTOMER}, AT)  # a second card linked to the customer
+    await ingest.close()
     profiles = await SqliteProfilesRepository.open(location)
     signup = CustomerSignedUp(
         event_id="s-1",
@@ -139,7 +145,9 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
     offers = await SqliteOffersRepository.open(location)
     reports = await SqliteReportsRepository.open(location)
     notifier = await SqliteNotifierRepository.open(location)
+    ingest = await SqliteIngestRepository.open(location)
     app = notifier_app(config, repository=notifier, poll=False)
+    ingest_app = create_ingest_app(config, repository=ingest)
     api = FastAPI()
     api.include_router(profiles_router(LookupApi(config, profiles, audit=audit), tokens))
     api.include_router(offers_router(TillApi(config, repository=offers), tokens))
@@ -147,12 +155,14 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
         build_reports_router(ReportsLoader(repository=reports), tokens, ReportsSettings())
     )
     api.include_router(notifier_routes(app))
+    api.include_router(ingest_routes(ingest_app))
     async with (
         TestKafkaBroker(app.broker),
+        TestKafkaBroker(ingest_app.broker),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://crm") as http,
     ):
         yield Services(http, folder)
-    for store in (profiles, audit, offers, reports, notifier):
+    for store in (profiles, audit, offers, reports, notifier, ingest):
         await store.close()
 
 
@@ -186,6 +196,7 @@ async def test_each_services_admin_export_holds_what_it_keeps_of_the_customer(
     assert (delivery["offer_id"], delivery["state"]) == (offered["issued"]["offer_id"], "sent")
     kinds = sorted(fact["kind"] for fact in parts["reports"]["facts"])
     assert kinds == ["campaign", "delivery", "redemption"]
+    assert parts["ingest"]["linked_card_ids"] == ["card-2"]
 
 
 async def test_the_export_routes_need_the_admin_role(services: Services) -> None:
@@ -225,6 +236,7 @@ def test_crm_export_customer_holds_every_store_and_the_audit_log(tmp_path: Path)
     )
     assert result.exit_code == 0, result.output
     exported = json.loads(result.stdout)
+    assert exported["ingest"]["linked_card_ids"] == ["card-2"]
     assert exported["profiles"]["document"]["email"] == EMAIL
     [offered] = exported["offers"]["offers"]
     assert offered["redemption"]["checkout_event_id"] == "checkout-9"
