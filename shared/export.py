@@ -1,11 +1,11 @@
 """Right of access over HTTP: what one service keeps of one customer, from its own store.
 
 `GET /api/admin/customers/{customer_id}/export/{service}` (role `admin`) on every service that
-keeps data of customers (profiles, offers, notifier, reports) answers
+keeps data of customers (ingest, profiles, offers, notifier, reports) answers
 `{"customer_id": ..., "service": ..., "data": {...}}`: that service's part only, read from its
 own store (services never read each other's). The service's name is in the path, so that
 `crm run all` serves every service's route on its one port. `crm export-customer` puts every
-service's part together (and ingest's card links). The answer is personal data: `Cache-Control: no-store`,
+service's part together. The answer is personal data: `Cache-Control: no-store`,
 and each export is logged (role, token id and the pseudonymous customer id; nothing personal).
 """
 
