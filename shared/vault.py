@@ -13,7 +13,8 @@ restore of the topics or a copy of a retained segment then finds only unreadable
   their first personal data and destroys it when it processes their erasure (and the keys of
   every customer merged into them); profiles and the notifier only read keys. A customer who
   signs up again after an erasure gets a new key with a new id, so the old ciphertexts stay
-  unreadable.
+  unreadable. The port is `KeyVault`; its adapters are `shared.vault_sqlite` and
+  `shared.vault_mongo`.
 - **On the wire** a sealed field holds an envelope instead of its value:
   `{"enc": "aes256gcm", "kid": "<key id>", "ct": "<base64 of nonce, ciphertext and tag>"}`,
   the plaintext being the value's JSON. AES-256-GCM (the `cryptography` package) with the
@@ -32,31 +33,28 @@ import contextlib
 import datetime as dt
 import os
 import secrets
-import sqlite3
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from pymongo import ASCENDING, IndexModel
-from pymongo.errors import BulkWriteError
 
 from shared.edge import Source, describe, failing_field
 from shared.errors import Rejected
-from shared.events import SEALED_FIELDS
+from shared.events import ENVELOPE_ALGORITHM, SEALED_FIELDS
 from shared.logging import get_logger
 from shared.settings import StoreSettings
-from shared.storage import IN_LIST, Indexes, MongoStore, SqliteStore, StoreLocation, in_list
+from shared.storage import StoreLocation
 from shared.storage.sqlite import connect
 
 log = get_logger(__name__)
 
-ALGORITHM: Final = "aes256gcm"
+ALGORITHM: Final = ENVELOPE_ALGORITHM
 NONCE_BYTES: Final = 12
 KEY_BYTES: Final = 32
 
@@ -287,164 +285,6 @@ class KeyVault(KeyReader, Protocol):
     async def close(self) -> None: ...
 
 
-def _later(a: dt.datetime | None, b: dt.datetime) -> dt.datetime:
-    return b if a is None or b > a else a
-
-
-class SqliteVault(SqliteStore):
-    """Tables `data_keys` (one row per live key, one per customer) and `erasures`. Destroyed
-    keys are overwritten on disk (`secure_delete`) and the WAL is checkpointed at once."""
-
-    SERVICE = "vault"
-    SCHEMA = """
-    CREATE TABLE IF NOT EXISTS data_keys (
-        kid TEXT PRIMARY KEY, customer_id TEXT NOT NULL UNIQUE, key BLOB NOT NULL,
-        created_at TEXT NOT NULL) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS erasures (
-        customer_id TEXT PRIMARY KEY, erased_at TEXT NOT NULL) WITHOUT ROWID;
-    """
-
-    async def keys(self, kids: Collection[str]) -> dict[str, DataKey]:
-        values = in_list(kids)
-
-        def work(db: sqlite3.Connection) -> dict[str, DataKey]:
-            rows = db.execute(
-                f"SELECT kid, customer_id, key FROM data_keys WHERE kid IN {IN_LIST}",  # noqa: S608
-                (values,),
-            )
-            return {kid: DataKey(cid, kid, bytes(key)) for kid, cid, key in rows}
-
-        return await self.read(work) if kids else {}
-
-    @staticmethod
-    def _current(db: sqlite3.Connection, values: str) -> dict[str, DataKey]:
-        rows = db.execute(
-            f"SELECT kid, customer_id, key FROM data_keys WHERE customer_id IN {IN_LIST}",  # noqa: S608
-            (values,),
-        )
-        return {cid: DataKey(cid, kid, bytes(key)) for kid, cid, key in rows}
-
-    async def current(self, customer_ids: Collection[str]) -> dict[str, DataKey]:
-        values = in_list(customer_ids)
-        return await self.read(lambda db: self._current(db, values)) if customer_ids else {}
-
-    async def create(self, customer_ids: Collection[str], at: dt.datetime) -> dict[str, DataKey]:
-        fresh = [DataKey.new(str(cid)) for cid in set(customer_ids)]
-        rows = [(k.kid, k.customer_id, k.key, at.isoformat()) for k in fresh]
-        values = in_list(customer_ids)
-
-        def work(db: sqlite3.Connection) -> dict[str, DataKey]:
-            db.executemany(
-                "INSERT OR IGNORE INTO data_keys (kid, customer_id, key, created_at) "
-                "VALUES (?, ?, ?, ?)",
-                rows,
-            )
-            return self._current(db, values)
-
-        return await self.write(work) if customer_ids else {}
-
-    async def erase(self, erasures: Mapping[str, dt.datetime]) -> int:
-        values = in_list(erasures)
-        marks = [(str(cid), at.isoformat()) for cid, at in erasures.items()]
-
-        def work(db: sqlite3.Connection) -> int:
-            gone = db.execute(
-                f"DELETE FROM data_keys WHERE customer_id IN {IN_LIST}",  # noqa: S608
-                (values,),
-            ).rowcount
-            db.executemany(
-                "INSERT INTO erasures (customer_id, erased_at) VALUES (?, ?) "
-                "ON CONFLICT (customer_id) DO UPDATE SET erased_at = "
-                "max(erased_at, excluded.erased_at)",
-                marks,
-            )
-            return gone
-
-        if not erasures:
-            return 0
-        gone = await self.write(work)
-        # The destroyed keys must not linger in the write-ahead log either.
-        await self.read(lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
-        return gone
-
-    async def erased_at(self, customer_ids: Collection[str]) -> dict[str, dt.datetime]:
-        values = in_list(customer_ids)
-
-        def work(db: sqlite3.Connection) -> dict[str, dt.datetime]:
-            rows = db.execute(
-                f"SELECT customer_id, erased_at FROM erasures WHERE customer_id IN {IN_LIST}",  # noqa: S608
-                (values,),
-            )
-            return {cid: dt.datetime.fromisoformat(at) for cid, at in rows}
-
-        return await self.read(work) if customer_ids else {}
-
-
-class MongoVault(MongoStore):
-    """Collections `vault_keys` (`_id` the key id, a unique index on the customer: one live
-    key each) and `vault_erasures` (`_id` the customer id). Their own collections, so each
-    service's MongoDB user can be given exactly its access: ingest writes, others read."""
-
-    SERVICE = "vault"
-    INDEXES: ClassVar[Indexes] = {
-        "vault_keys": [IndexModel([("customer_id", ASCENDING)], unique=True)],
-        "vault_erasures": [],
-    }
-
-    @staticmethod
-    def _key(doc: Mapping[str, Any]) -> DataKey:
-        return DataKey(str(doc["customer_id"]), str(doc["_id"]), bytes(doc["key"]))
-
-    async def keys(self, kids: Collection[str]) -> dict[str, DataKey]:
-        if not kids:
-            return {}
-        cursor = self.database["vault_keys"].find({"_id": {"$in": [str(k) for k in kids]}})
-        return {str(doc["_id"]): self._key(doc) async for doc in cursor}
-
-    async def current(self, customer_ids: Collection[str]) -> dict[str, DataKey]:
-        if not customer_ids:
-            return {}
-        ids = [str(c) for c in customer_ids]
-        cursor = self.database["vault_keys"].find({"customer_id": {"$in": ids}})
-        return {str(doc["customer_id"]): self._key(doc) async for doc in cursor}
-
-    async def create(self, customer_ids: Collection[str], at: dt.datetime) -> dict[str, DataKey]:
-        if not customer_ids:
-            return {}
-        have = await self.current(customer_ids)
-        fresh = [DataKey.new(str(c)) for c in set(customer_ids) if str(c) not in have]
-        if fresh:
-            docs = [
-                {"_id": k.kid, "customer_id": k.customer_id, "key": k.key, "created_at": at}
-                for k in fresh
-            ]
-            with contextlib.suppress(BulkWriteError):  # another instance was first: re-read
-                await self.database["vault_keys"].insert_many(docs, ordered=False)
-            have = await self.current(customer_ids)
-        return have
-
-    async def erase(self, erasures: Mapping[str, dt.datetime]) -> int:
-        if not erasures:
-            return 0
-        ids = [str(c) for c in erasures]
-        result = await self.database["vault_erasures"].find({"_id": {"$in": ids}}).to_list()
-        known = {str(doc["_id"]): doc["erased_at"] for doc in result}
-        gone = await self.database["vault_keys"].delete_many({"customer_id": {"$in": ids}})
-        for cid, at in erasures.items():
-            latest = _later(known.get(str(cid)), at)
-            await self.database["vault_erasures"].update_one(
-                {"_id": str(cid)}, {"$set": {"erased_at": latest}}, upsert=True
-            )
-        return int(gone.deleted_count)
-
-    async def erased_at(self, customer_ids: Collection[str]) -> dict[str, dt.datetime]:
-        if not customer_ids:
-            return {}
-        ids = [str(c) for c in customer_ids]
-        cursor = self.database["vault_erasures"].find({"_id": {"$in": ids}})
-        return {str(doc["_id"]): doc["erased_at"] async for doc in cursor}
-
-
 # ---------------------------------------------------------------- opening
 
 
@@ -464,6 +304,9 @@ def _where(store: StoreSettings) -> tuple[str, str]:
 
 
 async def _connect(store: StoreSettings) -> KeyVault:
+    from shared.vault_mongo import MongoVault
+    from shared.vault_sqlite import SqliteVault
+
     location = StoreLocation.parse(store.store_url)
     if location.kind == "mongodb":
         return await MongoVault.open(location, store.mongo_database)
@@ -509,6 +352,8 @@ def vault_for(store: StoreSettings) -> KeyVault:
     made = _PRIVATE.get(id(store))
     if made is not None and made[0]() is store:
         return made[1]
+    from shared.vault_sqlite import SqliteVault
+
     location = StoreLocation.parse(store.store_url or "memory://")
     if location.kind == "mongodb":
         raise RuntimeError("open the MongoDB key vault with open_vault first")

@@ -29,7 +29,8 @@ from shared.privacy import card_id, customer_id_for_card
 from shared.settings import DEV_CARD_KEY, KafkaSettings, Settings, StoreSettings
 from shared.storage import StoreLocation
 from shared.topics import CONTACTS, CUSTOMERS_RAW, EVENTS, INTERACTIONS_RAW
-from shared.vault import Opener, Pending, SqliteVault, sealed_decoder
+from shared.vault import Opener, Pending, sealed_decoder
+from shared.vault_sqlite import SqliteVault
 
 CARD = "6035 1234 5678 9012"
 EMAIL = "ana.pereira@example.com"

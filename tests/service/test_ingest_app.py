@@ -27,7 +27,7 @@ from shared.settings import (
 from shared.skeleton import ServiceApp
 from shared.storage import StoreLocation
 from shared.topics import CHECKOUTS_RAW, CUSTOMERS_RAW, DEADLETTER, EVENTS, INTERACTIONS_RAW
-from shared.vault import SqliteVault
+from shared.vault_sqlite import SqliteVault
 
 CARD = "6035 1234 5678 9012"
 
@@ -187,4 +187,3 @@ async def test_opening_the_store_forgets_event_ids_older_than_the_dedup_window(
         assert await opened.seen(["old", "new"]) == {"new"}
     async with SPEC.open_store(store) as opened:  # the default window (30 days) keeps it
         assert await opened.seen(["old", "new"]) == {"new"}
-

@@ -40,7 +40,8 @@ from shared.settings import KafkaSettings, Settings, StoreSettings
 from shared.skeleton import ServiceApp
 from shared.storage import StoreLocation
 from shared.topics import CLOCK, CONTACTS, DEADLETTER, EVENTS, OFFERS, PROFILES_CHANGED, SEGMENTS
-from shared.vault import Opener, Pending, SqliteVault, sealed_decoder
+from shared.vault import Opener, Pending, sealed_decoder
+from shared.vault_sqlite import SqliteVault
 
 T0 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
 NOW = T0 + dt.timedelta(days=60)
