@@ -73,7 +73,7 @@ class OffersService:
     `stats`: `profiles_applied`, `duplicates`, `clock_days`, `issued_<kind>`, `held_out_<kind>`,
     `suppressed_<reason>`, `revoked`, `redeemed`, `rejected_<reason>`, `expired`,
     `deliveries_recorded`, `segment_changes`, `campaign_changes`, `budget_refusals`,
-    `erased`; the edge adds `dead_lettered_<reason>`.
+    `erased`, `erased_ignored`; the edge adds `dead_lettered_<reason>`.
 
     `campaigns_ready`: set once the campaigns saved before start-up are read (the running
     service waits for it before deciding anything; tests without the topic pass none).
@@ -178,9 +178,13 @@ class OffersService:
 
         # Segment entries and exits (a segment_entered campaign's triggers, audiences).
         await self._load(batch_state, {r.event.customer_id for r in segments})  # type: ignore[union-attr]
+        gone = await self._erased_without_ledger(batch_state, segments)
         for item in segments:
             entry = item.event
             assert isinstance(entry, SegmentMembershipChanged)
+            if entry.customer_id in gone:
+                self.stats["erased_ignored"] += 1
+                continue
             target_id = self._resolve(batch_state, entry.customer_id)
             since = fold_segment(batch_state.ledgers[target_id], entry)
             if since is None:
@@ -262,6 +266,20 @@ class OffersService:
                 for ledger in found.values()
                 if ledger.merged_into is not None and ledger.merged_into not in batch.ledgers
             }
+
+    async def _erased_without_ledger(
+        self, batch: _Batch, segments: Sequence[Received[object]]
+    ) -> set[str]:
+        """The customers of these segment changes that were erased and have no ledger since
+        (no sign-up again): profiles publishes their segment exits with the erasure, and
+        those must not build a ledger, keyed by the customer id, again."""
+        fresh = set()
+        for item in segments:
+            assert isinstance(item.event, SegmentMembershipChanged)
+            ledger = batch.ledgers.get(item.event.customer_id)
+            if ledger is not None and ledger.version == 0 and not ledger.seen:
+                fresh.add(ledger.customer_id)
+        return await self.repository.erased(fresh) if fresh else set()
 
     def _resolve(self, batch: _Batch, customer_id: str) -> str:
         """The customer whose ledger receives facts addressed to `customer_id`."""

@@ -26,6 +26,7 @@ from shared.settings import PrivacySettings, Settings, StoreSettings
 from shared.skeleton import ServiceApp
 from shared.topics import CHECKOUTS_RAW, CONTACTS, CUSTOMERS_RAW, EVENTS
 from tests.e2e.conftest import Mailbox
+from tests.keys import CARD_KEY
 from tests.reliability.harness import (
     TODAY,
     Cluster,
@@ -193,7 +194,7 @@ def test_erased_customer_leaves_no_personal_data_and_a_replay_does_not_resurrect
     run(wait_drained(broker.bootstrap))
     pipeline.stop_all()
 
-    customer = customer_id_for_card(card_id(ANA, b"reliability-card-key"))
+    customer = customer_id_for_card(card_id(ANA, CARD_KEY.encode()))
     contacts = [r for r in run(read_topic(kafka(broker.bootstrap), CONTACTS)) if r.key]
     assert contacts[-1].key == customer.encode()
     assert contacts[-1].value is None, "no tombstone on crm.contacts"
@@ -209,6 +210,11 @@ def test_erased_customer_leaves_no_personal_data_and_a_replay_does_not_resurrect
     assert profile["erased"] is True
     assert profile["visits"] == 0, "the replay rebuilt the profile"
     assert document["notifier"]["contact"] is None
+    # Offers and the notifier kept the e-mail's offer for their counts, unlinked from the card.
+    assert document["offers"]["offers"] == []
+    assert document["notifier"]["deliveries"] == []
+    for path in [*store_dir.glob("offers.sqlite3*"), *store_dir.glob("notifier.sqlite3*")]:
+        assert customer.encode() not in path.read_bytes(), path.name
     assert mailbox.count() == 1, "the replay e-mailed the erased customer"
 
 

@@ -25,6 +25,7 @@ from services.profiles.store_sqlite import SqliteProfilesRepository
 from services.reports.app import create_app as reports_app
 from services.reports.domain import campaigns_report
 from services.reports.store_sqlite import SqliteReportsRepository
+from shared.campaigns import SegmentMembershipChanged
 from shared.edge import dump
 from shared.events import (
     OFFER_EVENT,
@@ -37,7 +38,7 @@ from shared.events import (
 )
 from shared.settings import CalendarSettings, KafkaSettings, Settings, SmtpSettings, StoreSettings
 from shared.storage import StoreLocation
-from shared.topics import CONTACTS, DELIVERIES, EVENTS, OFFERS, PROFILES_CHANGED
+from shared.topics import CONTACTS, DELIVERIES, EVENTS, OFFERS, PROFILES_CHANGED, SEGMENTS
 from tests.integration.test_profiles_store import apply
 from tests.service.test_offers_app import DAY1, bought, milk_three_times, signed_up, start
 from tests.unit.test_offers_domain import change
@@ -105,6 +106,17 @@ async def test_offers_keep_no_link_to_an_erased_customer_and_still_count_the_off
         await broker.publish(
             dump(erasure.model_copy(update={"erased": True})), PROFILES_CHANGED, key=key
         )
+        # Profiles publishes the erased customer's segment exits with the erasure.
+        left = SegmentMembershipChanged(
+            type="segment_exited",
+            customer_id=CUSTOMER,
+            segment="all",
+            at=later + dt.timedelta(hours=1),
+            cause_event_id="x-1",
+            segment_version=1,
+        )
+        await broker.publish(dump(left), SEGMENTS, key=key)
+        assert await repository.ledgers([CUSTOMER]) == {}
         content = stored_bytes(folder, "offers")
         # Another customer's checkout listing the erased customer's code: not a code any more.
         await broker.publish(signed_up("c-2"), PROFILES_CHANGED, key=b"c-2")
