@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    WithJsonSchema,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 
@@ -247,6 +255,19 @@ class ProfileChanged(Event):
     birth_date_given: bool = Field(
         default=False, description="Whether this event sets the date of birth (`birthday`)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _birthday_of_older_records(cls, data: Any) -> Any:
+        """Records written before `birthday` carry `birth_date` (`YYYY-MM-DD`): read as its
+        month and day, so `crm replay offers` still reads what the topic retains."""
+        if isinstance(data, dict) and "birth_date" in data:
+            data = dict(data)
+            born = data.pop("birth_date")
+            text = born.isoformat() if isinstance(born, dt.date) else born
+            if isinstance(text, str) and len(text) >= 10 and "birthday" not in data:
+                data["birthday"] = text[5:10]
+        return data
 
 
 # ---------------------------------------------------------------- crm.contacts (compacted)

@@ -766,3 +766,17 @@ def test_the_look_up_shows_revoked_coupons_neither_open_nor_used() -> None:
         CouponView.model_validate({**coupons["o-x"].model_dump(), "discount": None}).state
         == "revoked"
     )
+
+
+def test_a_profile_change_written_before_the_birthday_field_reads_as_its_month_and_day() -> None:
+    from shared.events import ProfileChanged
+
+    old = (
+        b'{"type": "profile_changed", "customer_id": "c-1", "cause_event_id": "s1",'
+        b' "cause_type": "customer_signed_up", "occurred_at": "2026-03-01T10:00:00Z",'
+        b' "marketing_consent": true, "has_email": true, "birth_date": "1992-02-29",'
+        b' "birth_date_given": true}'
+    )
+    change = ProfileChanged.model_validate_json(old)
+    assert change.birthday == "02-29"
+    assert "1992" not in change.model_dump_json()
