@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from services.notifier.domain import Contact, Delivery
+from services.notifier.domain import Contact, Delivery, erase_delivery
 from shared.settings import StoreSettings
 from shared.storage import open_store
 
@@ -46,7 +46,9 @@ def unlinked_delivery(delivery: Delivery, token: str) -> Delivery:
     """An erased customer's delivery as it is kept: its state, offer id and Message-ID (one
     offer, one e-mail, whatever is redelivered), under a random token instead of the customer,
     without the offer's content and without an error text that may quote the address (an
-    error code such as `offer_revoked` stays)."""
+    error code such as `offer_revoked` stays). One not sent yet is never sent."""
+    if not delivery.is_final:
+        delivery = erase_delivery(delivery, delivery.updated_at)
     error = delivery.last_error
     return replace(
         delivery,

@@ -185,17 +185,23 @@ async def test_an_erased_customers_deliveries_keep_no_content_and_no_link(
     bounced = delivery("of-2", "bounced", last_error="550 5.1.1 <c-1@example.com> unknown")
     revoked = delivery("of-3", "suppressed", last_error="offer_revoked")
     other = delivery("of-4", "sent", customer_id="c-2")
-    await repo.apply(StoreChanges(contacts=[contact("c-1")], deliveries=[sent, bounced, other]))
+    waiting = delivery("of-5", "pending", not_before=T0 + dt.timedelta(hours=1))
+    stored = [sent, bounced, other, waiting]
+    await repo.apply(StoreChanges(contacts=[contact("c-1")], deliveries=stored))
     await repo.apply(StoreChanges(erased=["c-1"], deliveries=[revoked], forgotten=["c-1"]))
     assert await repo.deliveries_of("c-1") == []
     assert await repo.get_contacts(["c-1"]) == {}
-    kept = await repo.get_deliveries(["of-1", "of-2", "of-3"])
-    # One offer, one e-mail: the offer id, its Message-ID and its outcome stay, nothing else.
+    kept = await repo.get_deliveries(["of-1", "of-2", "of-3", "of-5"])
+    # One offer, one e-mail: the offer id, its Message-ID and its outcome stay, nothing else;
+    # one not sent yet never will be.
     assert {k: (d.state, d.message_id) for k, d in kept.items()} == {
-        d.offer_id: (d.state, d.message_id) for d in (sent, bounced, revoked)
+        **{d.offer_id: (d.state, d.message_id) for d in (sent, bounced, revoked)},
+        "of-5": ("suppressed", waiting.message_id),
     }
-    assert [d.offer for d in kept.values()] == [None, None, None]
-    assert [kept[k].last_error for k in ("of-1", "of-2", "of-3")] == [None, None, "offer_revoked"]
+    assert [d.offer for d in kept.values()] == [None, None, None, None]
+    errors = [kept[k].last_error for k in ("of-1", "of-2", "of-3", "of-5")]
+    assert errors == [None, None, "offer_revoked", "customer_erased"]
+    assert await repo.due_deliveries(T0 + dt.timedelta(days=1), limit=10) == []
     (token,) = {d.customer_id for d in kept.values()}
     assert token.startswith("erased-")
     assert await repo.deliveries_of("c-2") == [other]
