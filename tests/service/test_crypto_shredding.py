@@ -8,11 +8,13 @@ bytes to a fresh profiles service as a replay (or a restore of the topics) would
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,14 +23,17 @@ from faststream.kafka.annotations import KafkaMessage
 
 from services.ingest.app import create_app as create_ingest
 from services.ingest.store_sqlite import SqliteIngestRepository
+from services.notifier.app import create_app as create_notifier
+from services.notifier.settings import NotifierSettings
+from services.notifier.store_sqlite import SqliteNotifierRepository
 from services.profiles.app import create_app as create_profiles
 from services.profiles.store_sqlite import SqliteProfilesRepository
 from shared.edge import Source
 from shared.events import NORMALIZED_EVENT
 from shared.privacy import card_id, customer_id_for_card
-from shared.settings import DEV_CARD_KEY, KafkaSettings, Settings, StoreSettings
+from shared.settings import DEV_CARD_KEY, KafkaSettings, Settings, SmtpSettings, StoreSettings
 from shared.storage import StoreLocation
-from shared.topics import CONTACTS, CUSTOMERS_RAW, EVENTS, INTERACTIONS_RAW
+from shared.topics import CONTACTS, CUSTOMERS_RAW, EVENTS, INTERACTIONS_RAW, OFFERS
 from shared.vault import Opener, Pending, sealed_decoder
 from shared.vault_sqlite import SqliteVault
 
@@ -250,3 +255,61 @@ async def test_a_redelivered_batch_seals_with_the_same_key(pipeline: Pipeline) -
     await pipeline.ingest_repo.close()
     assert kids(first) == kids(again)
     assert len(kids(first)) == 1
+
+
+def written(outbox: Path) -> list[Path]:
+    """The e-mails the notifier wrote to its outbox."""
+    return sorted(outbox.glob("*.eml")) if outbox.exists() else []
+
+
+async def notified(
+    pipeline: Pipeline, contacts: list[Record], outbox: Path
+) -> tuple[list[Path], Counter[str]]:
+    """crm.contacts records, then an offer for the customer, through a fresh notifier that
+    writes .eml files: the e-mails written and its counters."""
+    repo = await SqliteNotifierRepository.open(StoreLocation.parse("memory://"))
+    app = create_notifier(
+        settings().model_copy(update={"smtp": SmtpSettings(smtp_host=None, outbox_dir=outbox)}),
+        repository=repo,
+        clock=lambda: NOW,
+        notifier_settings=NotifierSettings(send_grace_s=0),
+        poll=False,
+        vault=pipeline.vault,
+    )
+    offer = {
+        "type": "offer_issued",
+        "offer_id": "of-1",
+        "customer_id": customer(),
+        "kind": "frequent_item",
+        "coupon_code": "CPN-OF-1",
+        "discount_percent": "10",
+        "sku": "MILK-1L",
+        "product_name": "Milk 1 l",
+        "valid_from": NOW.date().isoformat(),
+        "valid_until": (NOW + dt.timedelta(days=14)).date().isoformat(),
+        "issued_at": NOW.isoformat(),
+        "template": "frequent_item",
+    }
+    async with TestKafkaBroker(app.broker) as broker:
+        for key, value in contacts:
+            await broker.publish(value, CONTACTS, key=key)
+        await broker.publish(json.dumps(offer).encode(), OFFERS, key=customer().encode())
+    await repo.close()
+    return written(outbox), app.service.stats
+
+
+async def test_the_notifier_opens_a_sealed_contact_and_not_once_its_key_is_destroyed(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    events = await pipeline.ingest((CUSTOMERS_RAW, signup("s-1", T0)))
+    repo, contacts, _ = await pipeline.profiles(events)
+    await repo.close()
+    assert_nothing_personal(contacts)
+
+    [email], _ = await notified(pipeline, contacts, tmp_path / "before")
+    assert EMAIL.encode() in await asyncio.to_thread(email.read_bytes)
+
+    await pipeline.ingest((CUSTOMERS_RAW, raw_customer("x-1", "erase", T0 + dt.timedelta(days=1))))
+    emails, stats = await notified(pipeline, contacts, tmp_path / "after")
+    assert emails == []
+    assert stats["undecryptable"] == 2  # the e-mail address and the first name
