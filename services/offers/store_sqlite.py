@@ -88,8 +88,8 @@ def _erase(db: sqlite3.Connection, erasure: Erasure) -> None:
 
 
 class SqliteOffersRepository(SqliteStore):
-    """Tables `ledgers`, `offers`, `cards`, `days`, `reservations`, `campaigns` and
-    `budget_spends`."""
+    """Tables `ledgers`, `offers`, `cards`, `days`, `reservations`, `campaigns`,
+    `budget_spends` and `erasures` (the erased customers' one-way marks)."""
 
     SERVICE = "offers"
     SCHEMA = """
