@@ -57,7 +57,7 @@ async def test_every_topic_is_created_with_the_configs_of_its_spec(
 def test_compose_creates_the_topics_with_the_same_configs() -> None:
     script = " ".join(yaml.safe_load(COMPOSE.read_text())["services"]["topics"]["command"])
     created: dict[str, dict[str, str]] = {}
-    for line in script.splitlines():
+    for line in script.replace("\\\n", " ").splitlines():  # a line may go on after a \
         words = line.split()
         if words and words[0] == "topic":
             created[words[1]] = dict(
