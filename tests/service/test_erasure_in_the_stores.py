@@ -34,6 +34,7 @@ from shared.events import (
     DeliveryRecorded,
     OfferIssued,
     OfferRedeemed,
+    OfferRevoked,
     RedemptionRejected,
 )
 from shared.settings import CalendarSettings, KafkaSettings, Settings, SmtpSettings, StoreSettings
@@ -192,6 +193,47 @@ async def test_the_notifier_keeps_no_address_name_or_offer_of_an_erased_customer
     await repository.close()
     assert personal(content) == []
     assert b"K7QX-M2PA-9FHT" not in content
+
+
+async def test_a_revocation_for_an_erasure_unlinks_the_notifiers_deliveries(tmp_path: Path) -> None:
+    # Offers revokes the erased customer's open coupons; that may reach the notifier before
+    # the tombstone on crm.contacts (another topic).
+    repository = await SqliteNotifierRepository.open(StoreLocation.parse("memory://"))
+    app = notifier_app(
+        settings(tmp_path),
+        repository=repository,
+        clock=lambda: AT,
+        notifier_settings=NotifierSettings(send_grace_s=60),
+        poll=False,
+    )
+    offer = OfferIssued(
+        offer_id="offer-2",
+        customer_id=CUSTOMER,
+        kind="birthday",
+        coupon_code="K7QX-M2PA-9FHU",
+        discount_percent=Decimal(15),
+        valid_from=AT.date(),
+        valid_until=AT.date() + dt.timedelta(days=7),
+        issued_at=AT,
+        template="birthday",
+    )
+    revoked = OfferRevoked(
+        offer_id="offer-2",
+        customer_id=CUSTOMER,
+        kind="birthday",
+        coupon_code="K7QX-M2PA-9FHU",
+        reason="erased",
+        revoked_at=AT,
+    )
+    key = CUSTOMER.encode()
+    async with TestKafkaBroker(app.broker) as broker:
+        await broker.publish(dump(offer), OFFERS, key=key)
+        assert [d.state for d in await repository.deliveries_of(CUSTOMER)] == ["waiting_contact"]
+        await broker.publish(dump(revoked), OFFERS, key=key)
+    assert await repository.deliveries_of(CUSTOMER) == []
+    [kept] = (await repository.get_deliveries(["offer-2"])).values()
+    assert (kept.state, kept.last_error, kept.offer) == ("suppressed", "offer_revoked", None)
+    await repository.close()
 
 
 async def test_reports_keep_no_customer_id_of_an_erased_customer(tmp_path: Path) -> None:
