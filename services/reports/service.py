@@ -16,6 +16,7 @@ from services.reports.domain import UNCATEGORIZED, Campaign, Line, Purchase, Red
 from services.reports.store import (
     Fact,
     ReportsRepository,
+    alias_fact,
     campaign_fact,
     definition_fact,
     delivery_fact,
@@ -27,6 +28,7 @@ from services.reports.store import (
 from shared.campaigns import CampaignChanged
 from shared.edge import Received
 from shared.events import (
+    CardLinked,
     CustomerErased,
     DeliveryRecorded,
     OfferHeldOut,
@@ -71,6 +73,8 @@ class ReportsService:
             return purchase_fact(self.purchase(event))
         if isinstance(event, CustomerErased):
             return erased_fact(event.customer_id)
+        if isinstance(event, CardLinked) and event.merged_customer_id:
+            return alias_fact(event.merged_customer_id, event.customer_id)
         if isinstance(event, OfferIssued):
             return campaign_fact(
                 Campaign(

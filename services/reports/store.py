@@ -8,9 +8,9 @@ one with the longest history whatever order they arrive in). A fact is written o
 redelivered event changes nothing); a delivery's latest state wins, and so does a revocation's.
 
 Erasing a customer unlinks every fact of theirs (purchases, offers issued or held out,
-redemptions, deliveries, revocations): their customer id is replaced by one random token
-(`shared.erasure`), so the figures and the lift still add up and nothing leads back to the
-card. The erasure itself is kept as the customer id's one-way mark, so a fact of the customer
+redemptions, deliveries, revocations), and those of the customers a card link merged into them
+(`alias` facts): their customer ids are replaced by one random token (`shared.erasure`), so the
+figures and the lift still add up and nothing leads back to the card. The erasure itself is kept as the customer id's one-way mark, so a fact of the customer
 that arrives after the erasure (another topic, another partition) is unlinked too. Two
 adapters hold one contract (tests/integration/test_reports_store.py): `store_sqlite.py` and
 `store_mongo.py`.
@@ -44,7 +44,7 @@ from shared.settings import StoreSettings
 from shared.storage import open_store
 
 FactKind = Literal[
-    "purchase", "campaign", "redemption", "delivery", "revocation", "erased", "definition"
+    "purchase", "campaign", "redemption", "delivery", "revocation", "erased", "definition", "alias"
 ]
 LATEST_KINDS: frozenset[str] = frozenset({"delivery", "revocation"})
 """Kinds whose latest write wins; every other fact is written once."""
@@ -191,6 +191,12 @@ def delivery_fact(offer_id: str, customer_id: str, state: str) -> Fact:
     return Fact("delivery", offer_id, customer_id, {"st": state})
 
 
+def alias_fact(merged_customer_id: str, customer_id: str) -> Fact:
+    """A card link merged `merged_customer_id` into `customer_id`: erasing the customer unlinks
+    the facts kept under the merged id too (those from before the link)."""
+    return Fact("alias", merged_customer_id, customer_id, {})
+
+
 def erased_fact(customer_id: str) -> Fact:
     """The erasure, keyed by the customer id's one-way mark; the id itself is not stored."""
     return Fact("erased", erasure_mark(customer_id), customer_id, {})
@@ -241,6 +247,7 @@ def facts_of(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> Facts:
             facts.revoked.add(fact_id)
         elif kind == "erased":
             facts.erased.add(fact_id)
+        # "alias": for erasures only, no figure
         elif kind == "definition":
             definition = _definition(d)
             known = facts.definitions.get(definition.campaign_id)

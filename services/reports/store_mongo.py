@@ -9,7 +9,7 @@ from pymongo import DeleteOne, IndexModel, ReplaceOne, UpdateOne
 
 from services.reports.domain import Facts
 from services.reports.store import Fact, erased_ids, facts_of, linked_ids, stored_row
-from shared.erasure import unlinked_token
+from shared.erasure import erasure_mark, unlinked_token
 from shared.storage import Indexes, MongoStore
 
 FACTS = "reports_facts"
@@ -66,15 +66,31 @@ class MongoReportsRepository(MongoStore):
             cursor = collection.find({"kind": "erased", "id": {"$in": sorted(linked)}}, {"id": 1})
             unlink |= {linked[d["id"]] async for d in cursor}
         for customer_id in sorted(unlink):
+            # The customers a card link merged into this one go with it, under its token;
+            # their later facts are recognised by their own marks.
+            aliases = {"kind": "alias", "customer_id": customer_id}
+            merged = [d["id"] async for d in collection.find(aliases, {"id": 1})]
             token = unlinked_token()
-            await collection.update_many(
-                {"customer_id": customer_id, "kind": {"$ne": "erased"}, "doc.c": {"$exists": True}},
-                {"$set": {"customer_id": token, "doc.c": token}},
-            )
-            await collection.update_many(
-                {"customer_id": customer_id, "kind": {"$ne": "erased"}},
-                {"$set": {"customer_id": token}},
-            )
+            kinds = {"$nin": ["erased", "alias"]}
+            for who in (customer_id, *merged):
+                await collection.update_many(
+                    {"customer_id": who, "kind": kinds, "doc.c": {"$exists": True}},
+                    {"$set": {"customer_id": token, "doc.c": token}},
+                )
+                await collection.update_many(
+                    {"customer_id": who, "kind": kinds}, {"$set": {"customer_id": token}}
+                )
+            for mark in map(erasure_mark, merged):
+                document: dict[str, Any] = {
+                    "kind": "erased",
+                    "id": mark,
+                    "customer_id": None,
+                    "doc": {},
+                }
+                await collection.update_one(
+                    {"_id": f"erased:{mark}"}, {"$setOnInsert": document}, upsert=True
+                )
+            await collection.delete_many(aliases)
 
     async def facts_of_customer(self, customer_id: str) -> list[Fact]:
         if not isinstance(customer_id, str):  # a dict such as {"$gt": ""} stays out of the filter

@@ -17,15 +17,22 @@ from services.reports.store import (
     linked_ids,
     stored_row,
 )
-from shared.erasure import unlinked_token
+from shared.erasure import erasure_mark, unlinked_token
 from shared.storage import IN_LIST, SqliteStore, in_list
 
 _UNLINK = (
     "UPDATE facts SET customer_id = ?1, doc = CASE WHEN json_type(doc, '$.c') IS NULL"
-    " THEN doc ELSE json_set(doc, '$.c', ?1) END WHERE customer_id = ?2 AND kind != 'erased'"
+    " THEN doc ELSE json_set(doc, '$.c', ?1) END"
+    " WHERE customer_id = ?2 AND kind NOT IN ('erased', 'alias')"
 )
 """Unlinks every fact of one customer (an erasure): its id becomes the token, in the row and
 in the figures."""
+_ALIASES = "SELECT id FROM facts WHERE kind = 'alias' AND customer_id = ?"
+_FORGET_ALIASES = "DELETE FROM facts WHERE kind = 'alias' AND customer_id = ?"
+_MARK = (
+    "INSERT INTO facts (kind, id, customer_id, doc) VALUES ('erased', ?, NULL, '{}')"
+    " ON CONFLICT (kind, id) DO NOTHING"
+)
 _ERASED = f"SELECT id FROM facts WHERE kind = 'erased' AND id IN {IN_LIST}"  # noqa: S608
 _ONCE = (
     "INSERT INTO facts (kind, id, customer_id, doc) VALUES (?, ?, ?, ?) "
@@ -84,7 +91,14 @@ class SqliteReportsRepository(SqliteStore):
             found = db.execute(_ERASED, (in_list(linked),)).fetchall() if linked else []
             unlink = sorted({*erased, *(linked[mark] for (mark,) in found)})
             for customer_id in unlink:
-                db.execute(_UNLINK, (unlinked_token(), customer_id))
+                # The customers a card link merged into this one go with it, under its token;
+                # their later facts are recognised by their own marks.
+                merged = [row[0] for row in db.execute(_ALIASES, (customer_id,))]
+                token = unlinked_token()
+                for who in (customer_id, *merged):
+                    db.execute(_UNLINK, (token, who))
+                db.executemany(_MARK, [(erasure_mark(m),) for m in merged])
+                db.execute(_FORGET_ALIASES, (customer_id,))
             return bool(unlink)
 
         if not rows:

@@ -17,6 +17,7 @@ from services.reports.domain import Campaign, Line, Purchase, Redemption
 from services.reports.store import (
     Fact,
     ReportsRepository,
+    alias_fact,
     campaign_fact,
     definition_fact,
     delivery_fact,
@@ -199,6 +200,24 @@ async def test_a_fact_arriving_after_the_erasure_is_unlinked_too(repo: ReportsRe
     # The erasure delivered again changes nothing.
     await repo.add([erased_fact("c1")])
     assert await repo.facts_of_customer("c1") == []
+
+
+async def test_an_erasure_unlinks_the_facts_of_a_card_merged_into_the_customer(
+    repo: ReportsRepository,
+) -> None:
+    # c9 was the customer of a second card until a card link merged it into c1.
+    await repo.add([purchase_fact(purchase("p1", "c9")), campaign_fact(campaign("o9", "c9"))])
+    await repo.add([alias_fact("c9", "c1"), purchase_fact(purchase("p2", "c1", hours=1))])
+    await repo.add([erased_fact("c1")])
+    assert await repo.facts_of_customer("c1") == []
+    assert await repo.facts_of_customer("c9") == []
+    facts = await repo.load()
+    (token,) = {p.customer_id for p in facts.purchases} | {c.customer_id for c in facts.campaigns}
+    assert token is not None
+    assert token.startswith("erased-")
+    # A fact of the merged id that arrives after the erasure is unlinked too.
+    await repo.add([delivery_fact("o9", "c9", "sent")])
+    assert await repo.facts_of_customer("c9") == []
 
 
 def revocation(offer_id: str, customer: str) -> Fact:

@@ -29,12 +29,15 @@ from shared.campaigns import SegmentMembershipChanged
 from shared.edge import dump
 from shared.events import (
     OFFER_EVENT,
+    CardLinked,
     CustomerErased,
     CustomerSignedUp,
     DeliveryRecorded,
     OfferIssued,
     OfferRedeemed,
     OfferRevoked,
+    PurchaseLine,
+    PurchaseRecorded,
     RedemptionRejected,
 )
 from shared.settings import CalendarSettings, KafkaSettings, Settings, SmtpSettings, StoreSettings
@@ -45,6 +48,7 @@ from tests.service.test_offers_app import DAY1, bought, milk_three_times, signed
 from tests.unit.test_offers_domain import change
 
 CUSTOMER = "cust-7f3a9c"
+MERGED = "cust-merged-2b7e"
 EMAIL = "anastasia.quill@example.com"
 NAME = "Anastasia"
 AT = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
@@ -252,7 +256,31 @@ async def test_reports_keep_no_customer_id_of_an_erased_customer(tmp_path: Path)
         template="birthday",
     )
     key = CUSTOMER.encode()
+    bought_before = PurchaseRecorded(
+        event_id="p-1",
+        occurred_at=AT - dt.timedelta(days=3),
+        customer_id=MERGED,
+        card_id="card-2",
+        store_id="S001",
+        currency="EUR",
+        total=Decimal("2.00"),
+        lines=(
+            PurchaseLine(
+                sku="MILK", quantity=Decimal(1), unit_price=Decimal("2.00"), amount=Decimal("2.00")
+            ),
+        ),
+    )
+    linked = CardLinked(
+        event_id="l-1",
+        occurred_at=AT - dt.timedelta(days=2),
+        customer_id=CUSTOMER,
+        card_id="card-2",
+        merged_customer_id=MERGED,
+    )
     async with TestKafkaBroker(app.broker) as broker:
+        # A second card's customer, merged into this one by a card link before the erasure.
+        await broker.publish(dump(bought_before), EVENTS, key=MERGED.encode())
+        await broker.publish(dump(linked), EVENTS, key=key)
         await broker.publish(dump(offer), OFFERS, key=key)
         erased = CustomerErased(event_id="x-1", occurred_at=AT, customer_id=CUSTOMER)
         await broker.publish(dump(erased), EVENTS, key=key)
@@ -272,6 +300,7 @@ async def test_reports_keep_no_customer_id_of_an_erased_customer(tmp_path: Path)
     content = stored_bytes(folder, "reports")
     await repository.close()
     assert personal(content) == []
+    assert MERGED.encode() not in content
 
 
 async def test_profiles_leave_no_erased_value_in_the_database_or_its_wal(tmp_path: Path) -> None:
