@@ -46,6 +46,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     CRM_HTTP_PORT=8080 \
+    CRM_METRICS_PORT=9090 \
     CRM_LOG_FORMAT=json
 
 # uid/gid 10001: above the range of any user of the base image or the host.
@@ -59,7 +60,8 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /var/lib/crm
 USER 10001:10001
 
-EXPOSE 8080
+# 8080: health, APIs, web page; 9090: /metrics (for Prometheus, never published)
+EXPOSE 8080 9090
 
 # No curl in the slim image: Python's urllib asks /healthz on the service's own
 # port, and fails on a refused connection, a time-out or an HTTP error.

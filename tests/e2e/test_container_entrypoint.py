@@ -57,7 +57,7 @@ def test_image_command_serves_health_readiness_and_moving_metrics(tmp_path: Path
     command = image_command()
     assert command == ["crm", "run", "all"]
     executable = shutil.which("crm", path=str(Path(sys.executable).parent)) or "crm"
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     with EmbeddedKafka(log_file=tmp_path / "broker.log") as broker:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
         env.update(
@@ -66,6 +66,7 @@ def test_image_command_serves_health_readiness_and_moving_metrics(tmp_path: Path
                 "CRM_STORE_URL": f"sqlite:///{tmp_path / 'data'}",
                 "CRM_OUTBOX_DIR": str(tmp_path / "outbox"),
                 "CRM_HTTP_PORT": str(port),
+                "CRM_METRICS_PORT": str(metrics_port),
                 "CRM_LOG_FORMAT": "json",
                 **SERVICE_KEYS,
             }
@@ -75,6 +76,7 @@ def test_image_command_serves_health_readiness_and_moving_metrics(tmp_path: Path
             [executable, *command[1:]], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         base = f"http://127.0.0.1:{port}"
+        ops = f"http://127.0.0.1:{metrics_port}"  # /metrics, apart from the public port
         try:
             deadline = time.monotonic() + 60
             ready = (0, "")
@@ -92,12 +94,13 @@ def test_image_command_serves_health_readiness_and_moving_metrics(tmp_path: Path
                 "reports": True,
             }
             assert get(f"{base}/healthz") == (200, '{"status":"ok"}')
-            before = get(f"{base}/metrics")[1]
+            assert get(f"{base}/metrics")[0] == 404
+            before = get(f"{ops}/metrics")[1]
 
             asyncio.run(send_checkouts(broker.bootstrap))
 
             def moved() -> bool:
-                text = get(f"{base}/metrics")[1]
+                text = get(f"{ops}/metrics")[1]
                 return (
                     metric(
                         text, "crm_received_messages_total", handler=CHECKOUTS_RAW.replace(".", "_")
@@ -115,7 +118,7 @@ def test_image_command_serves_health_readiness_and_moving_metrics(tmp_path: Path
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not moved():
                 time.sleep(0.5)
-            after = get(f"{base}/metrics")[1]
+            after = get(f"{ops}/metrics")[1]
             assert moved(), after[-3000:]
             assert "crm_consumer_lag" in after
             assert "crm_received_processed_messages_duration_seconds_bucket" in after
