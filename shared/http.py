@@ -22,7 +22,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Response
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, make_asgi_app
 from prometheus_client.core import CounterMetricFamily
@@ -209,6 +210,7 @@ def guard(api: FastAPI, tokens: TokenTable, http: HttpSettings) -> None:
     default here; a route's own `max_body_size` replaces it), all before routing, parsing and
     authentication."""
     api.add_middleware(RequestBodyLimitMiddleware, max_body_size=DEFAULT_BODY_LIMIT)
+    api.add_exception_handler(RequestValidationError, _invalid_request)
     per_token = (
         TokenBuckets(http.api_rate_limit, http.api_rate_burst) if http.api_rate_limit > 0 else None
     )
@@ -219,6 +221,16 @@ def guard(api: FastAPI, tokens: TokenTable, http: HttpSettings) -> None:
         failures=AuthFailures(http.api_failed_auth_limit),
     )
     api.add_middleware(SecurityHeadersMiddleware)
+
+
+async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    """422 with where and why, not the input: FastAPI's default echoes it, which fails on a
+    number JSON cannot carry (a 500 for `Infinity`) and would send a card number back."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 class _QuietServer(uvicorn.Server):

@@ -256,3 +256,19 @@ def test_failed_logins_are_logged_counted_and_limited_per_address() -> None:
     assert all(e["client"] == "127.0.0.1" for e in failed)
     assert all("role" not in e for e in failed)
     assert "guess-1" not in repr(logs)
+
+
+def test_a_number_json_cannot_carry_back_gets_422_not_500(port: int) -> None:
+    # 1e999 parses as infinity: FastAPI's own 422 would echo it and fail to encode it (a 500)
+    body = (
+        b'{"card_number": "6035", "store_id": "S001", "code": "X",'
+        b' "lines": [{"sku": "A", "quantity": 1e999, "unit_price": "1"}]}'
+    )
+    with connect(port) as sock:
+        sock.sendall(
+            b"POST /api/coupons/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + TOKENS["admin"].encode() + b"\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        head = read_head(sock)
+    assert head.startswith(b"HTTP/1.1 422 "), head
