@@ -285,6 +285,11 @@ class ContactChanged(Event):
     marketing_consent: bool = Field(description="Consent in force.")
     home_store_id: str | None = Field(default=None, description="Store for quiet-hour time zone.")
     changed_at: AwareDatetime = Field(description="Time of the event that caused the change.")
+    personal_withheld: bool = Field(
+        default=False,
+        description="The e-mail address and first name were left out because the customer has "
+        "no data key yet (details stated before the key vault existed): keep the ones known.",
+    )
 
 
 # ---------------------------------------------------------------- crm.offers

@@ -110,7 +110,8 @@ class Delivery:
 def contact_from_event(event: ContactChanged, previous: Contact | None) -> Contact | None:
     """The contact after `event`, or None when the event is older than what is known.
 
-    The bounce flag belongs to an address: a new address clears it.
+    The bounce flag belongs to an address: a new address clears it. A contact whose personal
+    fields profiles withheld (no data key yet) keeps the address and name already known.
     """
     if (
         previous is not None
@@ -118,6 +119,10 @@ def contact_from_event(event: ContactChanged, previous: Contact | None) -> Conta
         and event.changed_at < previous.changed_at
     ):
         return None
+    if event.personal_withheld and previous is not None:
+        event = event.model_copy(
+            update={"email": previous.email, "first_name": previous.first_name}
+        )
     email_address = event.email.strip().lower() if event.email else None
     bounced = previous is not None and previous.bounced and previous.email == email_address
     return Contact(

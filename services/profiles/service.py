@@ -471,7 +471,9 @@ class ProfilesService:
         for position, contact in contacts:
             key = keys.get(contact.customer_id)
             if key is None:
-                contact = without_personal_data(contact)
+                contact = without_personal_data(contact).model_copy(
+                    update={"personal_withheld": True}
+                )
                 self.stats["contacts_without_key"] += 1
             topic, record_key, _ = outgoing[position]
             outgoing[position] = (topic, record_key, seal(contact, key))

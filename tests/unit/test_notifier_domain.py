@@ -302,6 +302,25 @@ def test_newer_contact_wins_and_a_new_address_clears_the_bounce() -> None:
     assert fresh.email == "ana@new.example"
 
 
+def test_a_contact_sent_without_its_personal_fields_keeps_the_known_address() -> None:
+    # A customer from before the key vault has no data key: profiles withholds the address.
+    withheld = changed(at=3, consent=False).model_copy(
+        update={"email": None, "first_name": None, "personal_withheld": True}
+    )
+    kept = contact_from_event(withheld, contact())
+    assert kept is not None
+    assert (kept.email, kept.first_name, kept.marketing_consent) == (
+        "ana@example.com",
+        "Ana",
+        False,
+    )
+    cleared = contact_from_event(
+        withheld.model_copy(update={"personal_withheld": False}), contact()
+    )
+    assert cleared is not None
+    assert cleared.email is None
+
+
 def replace_time(c: Contact, day: int) -> Contact:
     return Contact(
         customer_id=c.customer_id,
