@@ -77,6 +77,28 @@ def demo_keys(seed: int) -> dict[str, str]:
     return keys
 
 
+def demo_store_goals(config: SimulationConfig) -> dict[str, str]:
+    """Monthly goals for the simulated stores (`CRM_STORE_GOALS`), near what their customers
+    spend (about 550 and 9 visits a customer a month, shared by the stores), some above it and
+    some below; and two teams (`CRM_STORE_TEAMS`): the first half of the stores and the rest."""
+    stores = [f"S{n:03d}" for n in range(1, config.stores + 1)]
+    goals = {
+        store: {
+            "revenue": str(
+                int(round(config.customers * 550 * (0.9 + 0.1 * (n % 4)) / len(stores), -2))
+            ),
+            "visits": round(config.customers * 9 * (0.9 + 0.1 * (n % 4)) / len(stores)),
+        }
+        for n, store in enumerate(stores)
+    }
+    half = (len(stores) + 1) // 2
+    teams = {"North": stores[:half], "South": stores[half:]} if len(stores) > 1 else {}
+    return {
+        "CRM_STORE_GOALS": orjson.dumps(goals).decode(),
+        "CRM_STORE_TEAMS": orjson.dumps(teams).decode(),
+    }
+
+
 class DemoError(RuntimeError):
     """The demo cannot run here (a missing development extra), with what to do."""
 
@@ -298,6 +320,8 @@ async def _run(
             # Marketing's token for the campaign the demo creates while it runs.
             "CRM_API_TOKENS": f"marketing:{hashlib.sha256(MARKETING_TOKEN.encode()).hexdigest()}",
             **demo_keys(options.simulation.seed),
+            # The reports' stores and teams against goals (the stores chart draws them).
+            **demo_store_goals(options.simulation),
         }
         env.pop("CRM_SMTP_HOST", None)
         services = ServiceProcesses(env, data / "logs")
