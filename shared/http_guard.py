@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import time
@@ -44,6 +45,15 @@ CONTENT_SECURITY_POLICY = (
 )
 """No inline script or style, nothing from another origin, never framed. The page draws charts
 as `<img>` of the SVG it fetched (a `blob:` URL), so the SVG's own styles need no exception."""
+
+
+def policy_with_style(style: str) -> str:
+    """The policy for a page that carries its own `<style>` element: that one, by its hash."""
+    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    return CONTENT_SECURITY_POLICY.replace(
+        "style-src 'self'", f"style-src 'self' 'sha256-{digest}'", 1
+    )
+
 
 STATIC_PREFIX = "/ui/"
 """The page's own files: the only responses that may be cached (they hold no personal data)."""
@@ -267,4 +277,5 @@ __all__ = [
     "SecurityHeadersMiddleware",
     "TokenBuckets",
     "failed_auth",
+    "policy_with_style",
 ]

@@ -26,6 +26,7 @@ from services.notifier.service import BounceResult, NotifierService
 from services.notifier.store import customer_export
 from shared.auth import Principal, TokenTable, require
 from shared.export import export_routes
+from shared.http_guard import policy_with_style
 from shared.skeleton import NotStarted, ServiceApp
 
 BOUNCE_BODY_LIMIT = 256 * 1024
@@ -41,8 +42,16 @@ button{{font-size:1rem;padding:.6rem 1.2rem}}</style></head>
 <body><h1>{title}</h1>{body}</body></html>"""
 
 
+# The page's one inline style, allowed by its hash (the Content-Security-Policy allows no other).
+_POLICY = policy_with_style(_PAGE.split("<style>")[1].split("</style>")[0].format())
+
+
 def _page(title: str, body: str, code: int = 200) -> HTMLResponse:
-    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=code)
+    return HTMLResponse(
+        _PAGE.format(title=html.escape(title), body=body),
+        status_code=code,
+        headers={"Content-Security-Policy": _POLICY},
+    )
 
 
 def unsubscribe_routes(app: ServiceApp[NotifierService]) -> APIRouter:

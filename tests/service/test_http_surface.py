@@ -4,6 +4,8 @@ no-store, the docs and metrics off the public port, rate limits and failed login
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import socket
 import threading
 import time
@@ -17,6 +19,7 @@ import structlog
 import uvicorn
 from prometheus_client import REGISTRY
 
+from services.notifier.app import SPEC as NOTIFIER
 from services.offers.app import SPEC as OFFERS
 from services.profiles.app import SPEC as PROFILES
 from services.reports.app import SPEC as REPORTS
@@ -40,7 +43,7 @@ def settings(**http: Any) -> Settings:
 
 def endpoints(**http: Any) -> HttpEndpoints:
     config = settings(http_host="127.0.0.1", http_port=0, **http)
-    apps = [ServiceApp(spec, config) for spec in (PROFILES, OFFERS, REPORTS)]
+    apps = [ServiceApp(spec, config) for spec in (PROFILES, OFFERS, NOTIFIER, REPORTS)]
     return HttpEndpoints(apps, config)
 
 
@@ -161,6 +164,7 @@ SECURITY = {
         ("GET", "/api/audit", "admin"),  # 200: personal data
         ("GET", "/api/reports/products?format=csv", "marketing"),
         ("GET", "/ui/", None),
+        ("GET", "/unsubscribe?token=not-valid", None),
     ],
 )
 def test_every_response_carries_the_security_headers(
@@ -272,3 +276,21 @@ def test_a_number_json_cannot_carry_back_gets_422_not_500(port: int) -> None:
         )
         head = read_head(sock)
     assert head.startswith(b"HTTP/1.1 422 "), head
+
+
+def test_the_unsubscribe_page_allows_its_one_inline_style_by_hash_only(port: int) -> None:
+    with connect(port) as sock:
+        sock.sendall(b"GET /unsubscribe?token=not-valid HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"</html>" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    policy = headers_of(head)["content-security-policy"]
+    style = body.split(b"<style>")[1].split(b"</style>")[0]
+    digest = base64.b64encode(hashlib.sha256(style).digest()).decode()
+    assert f"style-src 'self' 'sha256-{digest}'" in policy
+    assert "'unsafe-inline'" not in policy
+    assert "script-src 'self'" in policy
