@@ -1,5 +1,6 @@
 """HTTP endpoints of a running process: `/healthz`, `/readyz` and the service routes on the public
-port (`CRM_HTTP_PORT`), `/metrics` on the ops port (`CRM_METRICS_PORT`).
+port (`CRM_HTTP_PORT`), `/metrics` on the ops port (`CRM_METRICS_PORT`), or, without one, on the
+HTTP port for an admin token only.
 
 FastStream's Prometheus middleware (added to every broker) measures messages received,
 processed, published and their latency per topic; this module adds each service's own counters
@@ -25,7 +26,14 @@ import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge, make_asgi_app
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Gauge,
+    generate_latest,
+    make_asgi_app,
+)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
@@ -140,7 +148,22 @@ class HttpEndpoints:
             include_in_schema=False,
             dependencies=[Depends(require(tokens, "admin"))],
         )
+        if http.metrics_port is None:
+            # No ops port: the metrics stay on the HTTP port, as the contract says, but only
+            # for an admin token (Prometheus sends it with `authorization: credentials`).
+            self.api.add_api_route(
+                "/metrics",
+                self.metrics_for_admins,
+                methods=["GET"],
+                include_in_schema=False,
+                dependencies=[Depends(require(tokens, "admin"))],
+            )
+        self._registry = registry
         guard(self.api, tokens, http)
+
+    async def metrics_for_admins(self) -> Response:
+        """The Prometheus exposition of this process (admin only, when there is no ops port)."""
+        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(self) -> JSONResponse:
         """The OpenAPI document of this process's routes (admin only)."""

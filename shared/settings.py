@@ -226,7 +226,7 @@ class HttpSettings(_Env):
     metrics_port: int | None = Field(
         default=None,
         description="Port of `/metrics` (Prometheus), apart from the public port; the image "
-        "and the manifests set 9090. Unset: no metrics served.",
+        "and the manifests set 9090. Unset: `/metrics` on the HTTP port, for an admin token only.",
     )
     api_tokens: SecretStr | None = Field(
         default=None, description="Comma-separated `role:sha256hex` bearer token hashes."

@@ -205,15 +205,32 @@ def test_docs_are_not_served_and_the_openapi_document_is_for_admins_only(port: i
     assert "/api/customers/lookup" in admin.json()["paths"]
 
 
-def test_metrics_are_on_the_ops_port_only(port: int) -> None:
-    assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
-    ops = endpoints(metrics_port=0).metrics_server()
+def test_metrics_are_on_the_ops_port_when_there_is_one_and_never_public() -> None:
+    ops_endpoints = endpoints(metrics_port=0)
+    with serving(ops_endpoints.server()) as public:
+        on_public = httpx.get(
+            f"http://127.0.0.1:{public}/metrics",
+            headers={"Authorization": f"Bearer {TOKENS['admin']}"},
+        )
+    assert on_public.status_code == 404  # an ops port: nothing on the public one
+    ops = ops_endpoints.metrics_server()
     assert ops is not None
     with serving(ops) as metrics_port:
         response = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
     assert response.status_code == 200
     assert b"crm_api_auth_failures" in response.content
-    assert endpoints().metrics_server() is None  # CRM_METRICS_PORT unset: no metrics server
+
+
+def test_without_an_ops_port_metrics_are_on_the_http_port_for_admins_only(port: int) -> None:
+    assert endpoints().metrics_server() is None  # CRM_METRICS_PORT unset: no ops server
+    url = f"http://127.0.0.1:{port}/metrics"
+    assert httpx.get(url).status_code == 401
+    marketing = httpx.get(url, headers={"Authorization": f"Bearer {TOKENS['marketing']}"})
+    assert marketing.status_code == 403
+    admin = httpx.get(url, headers={"Authorization": f"Bearer {TOKENS['admin']}"})
+    assert admin.status_code == 200
+    assert admin.headers["content-type"].startswith("text/plain")
+    assert b"crm_api_auth_failures" in admin.content
 
 
 def _failures(outcome: str) -> float:
