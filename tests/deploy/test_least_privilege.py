@@ -32,7 +32,7 @@ from shared.edge import Foreign
 from shared.skeleton import ServiceSpec
 from shared.storage import MongoStore
 from shared.storage.mongo import Indexes
-from shared.vault import MongoVault
+from shared.vault_mongo import MongoVault
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
