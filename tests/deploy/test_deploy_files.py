@@ -43,9 +43,10 @@ KUSTOMIZATIONS = {
 }
 OVERLAYS = ("dev", "prod")
 SERVICES = ("ingest", "profiles", "offers", "notifier", "reports")
-# What the ingress controller may reach: the look-up API, the reports API and web
-# page, and the unsubscribe link of the e-mails.
-PUBLIC_SERVICES = ("profiles", "reports", "notifier")
+# What the ingress controller may reach: the customer and segment APIs, the coupon and
+# campaign APIs, the reports API and web page, the bounces and the unsubscribe link of the
+# e-mails (the overlays' Ingress crm-web; tests/deploy/test_routing.py checks its paths).
+PUBLIC_SERVICES = ("profiles", "offers", "reports", "notifier")
 IMAGE = "ghcr.io/crm-stream/crm-stream"
 APP_UID = 10001
 # Every topic a consumer group reads has 6 partitions: a 7th consumer would idle.
@@ -985,6 +986,7 @@ def test_compose_keeps_tick_and_simulator_behind_profiles() -> None:
         "mongo",
         "mailpit",
         *SERVICES,
+        "web",
     ]
 
 
