@@ -110,9 +110,9 @@ def ingress_route(overlay: str, path: str) -> str | None:
     for rule_path, kind, service in rules:
         assert kind in ("Exact", "Prefix"), f"{rule_path}: {kind} is controller-specific"
         prefix = rule_path.rstrip("/")
-        if kind == "Prefix" and (path == prefix or path.startswith(prefix + "/")):
-            if best is None or len(prefix) > best[0]:
-                best = (len(prefix), service)
+        matches = kind == "Prefix" and (path == prefix or path.startswith(prefix + "/"))
+        if matches and (best is None or len(prefix) > best[0]):
+            best = (len(prefix), service)
     return best[1] if best else None
 
 
@@ -205,7 +205,8 @@ def test_prod_ingress_serves_every_host_over_tls() -> None:
     ingress = by_name(rendered("prod"), "Ingress", "crm-web")
     hosts = {rule["host"] for rule in ingress["spec"]["rules"]}
     covered = {host for tls in ingress["spec"]["tls"] for host in tls["hosts"]}
-    assert hosts and hosts <= covered
+    assert hosts
+    assert hosts <= covered
     assert all(tls["secretName"] for tls in ingress["spec"]["tls"])
 
 
@@ -240,7 +241,8 @@ def test_compose_proxy_serves_the_caddyfile_and_the_unsubscribe_links() -> None:
 
 def test_caddyfile_needs_no_state_and_hides_nothing_else() -> None:
     text = CADDYFILE.read_text(encoding="utf-8")
-    assert "admin off" in text and "auto_https off" in text
+    assert "admin off" in text
+    assert "auto_https off" in text
     # Anything not routed answers 404 from the proxy itself.
     assert re.search(r"handle \{\s*respond 404\s*\}", text)
 
