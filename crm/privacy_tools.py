@@ -1,7 +1,7 @@
 """Right of access and card-key rotation: tools over every service's store, used by the CLI.
 
 `export_customer` gathers what each service keeps of one customer (ingest's card links,
-the profile, the offers, the notifier's contact and deliveries, the reports' facts) and the
+the profile and its journey, the offers, the notifier's contact and deliveries, the reports' facts) and the
 audit log's entries about them, as plain JSON.
 `rotate_card_keys` lets `CRM_CARD_KEY` change without losing profiles: a keyed hash cannot
 be recomputed without the card number, so the card numbers (from the card registry) are read
@@ -22,6 +22,7 @@ from services.notifier.store import customer_export as notifier_export
 from services.notifier.store import open_repository as open_notifier
 from services.offers.store import customer_export as offers_export
 from services.offers.store import open_repository as open_offers
+from services.profiles.store import customer_export as profiles_export
 from services.profiles.store import open_repository as open_profiles
 from services.reports.store import customer_export as reports_export
 from services.reports.store import open_repository as open_reports
@@ -49,7 +50,7 @@ async def export_customer(store: StoreSettings, customer_id: str) -> dict[str, A
     async with open_ingest(store) as ingest:
         cards = await ingest_export(ingest, customer_id)
     async with open_profiles(store) as profiles:
-        profile = await profiles.export(customer_id)
+        profile = await profiles_export(profiles, customer_id)
     async with open_offers(store) as offers:
         offered = await offers_export(offers, customer_id)
     async with open_notifier(store) as notifier:

@@ -33,6 +33,7 @@ SEALED_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "customer_updated": ("email", "first_name", "birth_date"),
     "interaction_recorded": ("details",),
     "contact_changed": ("email", "first_name"),
+    "note_added": ("text",),
 }
 """Event type -> its personal fields, which travel sealed with the customer's data key
 (`shared.vault`): the models hold the plain values, the wire an envelope."""
@@ -81,6 +82,28 @@ class _CustomerEvent(Event):
     customer_id: str = Field(description="Pseudonymous customer id (from the card's keyed hash).")
 
 
+class _ConsentRecord(Event):
+    """Where a consent statement came from: what a data-protection audit asks to be shown."""
+
+    source: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Where the consent was stated: `till`, `desk`, `web`, `unsubscribe_link`, "
+        "`admin`...; null when the producer did not say.",
+    )
+    channel: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The marketing channel the consent is about (`email`, `sms`...); null "
+        "when not given.",
+    )
+    consent_text_version: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Version of the consent wording the customer was shown; null when not given.",
+    )
+
+
 class PurchaseLine(Event):
     """One normalized basket line."""
 
@@ -108,11 +131,15 @@ class PurchaseRecorded(Event):
     coupons: tuple[str, ...] = Field(default=(), description="Coupon codes listed, upper case.")
 
 
-class CustomerSignedUp(_CustomerEvent):
-    """A card was registered to a person."""
+class CustomerSignedUp(_CustomerEvent, _ConsentRecord):
+    """A card was registered to a person, or a person signed up without a card (a lead)."""
 
     type: Literal["customer_signed_up"] = "customer_signed_up"
-    card_id: str = Field(description="Keyed hash of the card registered.")
+    card_id: str | None = Field(
+        default=None,
+        description="Keyed hash of the card registered; null for a lead (no card), whose id "
+        "is the keyed hash of its e-mail address.",
+    )
     email: SealedText = Field(
         default=None, description="Lower-cased e-mail address. Sealed on the wire."
     )
@@ -120,9 +147,14 @@ class CustomerSignedUp(_CustomerEvent):
     birth_date: SealedDate = Field(default=None, description="Date of birth. Sealed on the wire.")
     marketing_consent: bool = Field(default=False, description="Opt-in to marketing.")
     store_id: str | None = Field(default=None, description="Store where the customer signed up.")
+    merged_customer_id: str | None = Field(
+        default=None,
+        description="The lead whose e-mail address this sign-up matches (exact normalised "
+        "address), whose profile merges in; null when there is none.",
+    )
 
 
-class CustomerUpdated(_CustomerEvent):
+class CustomerUpdated(_CustomerEvent, _ConsentRecord):
     """Changed fields only; a null field is unchanged."""
 
     type: Literal["customer_updated"] = "customer_updated"
@@ -135,7 +167,7 @@ class CustomerUpdated(_CustomerEvent):
     store_id: str | None = Field(default=None, description="New home store.")
 
 
-class ConsentChanged(_CustomerEvent):
+class ConsentChanged(_CustomerEvent, _ConsentRecord):
     """The customer gave or withdrew marketing consent."""
 
     type: Literal["consent_changed"] = "consent_changed"
@@ -158,6 +190,12 @@ class CustomerErased(_CustomerEvent):
     type: Literal["customer_erased"] = "customer_erased"
 
 
+Sentiment = Literal["positive", "neutral", "negative"]
+"""An interaction's opinion, normalised by ingest."""
+LABEL_MAX: Final = 40
+"""Characters of an interaction's brand or category label."""
+
+
 class InteractionRecorded(_CustomerEvent):
     """A support ticket, e-mail open or click, web visit, social like..."""
 
@@ -169,6 +207,35 @@ class InteractionRecorded(_CustomerEvent):
         description="Flat details as sent (card numbers masked): free text, so sealed on the "
         "wire as one value.",
     )
+    # Taken out of `details` by ingest from an allow-list, not free text: open on the wire.
+    sentiment: Sentiment | None = Field(
+        default=None,
+        description="The opinion the interaction carries (`details.sentiment` in common "
+        "spellings, or a like or dislike type), normalised; null when none or unknown.",
+    )
+    brand: str | None = Field(
+        default=None,
+        max_length=LABEL_MAX,
+        description="Brand it is about (`details.brand`): a short label, trimmed, lower-case; "
+        "null when none.",
+    )
+    category: str | None = Field(
+        default=None,
+        max_length=LABEL_MAX,
+        description="Product category it is about (`details.category`): a short label, "
+        "trimmed, lower-case; null when none.",
+    )
+
+
+class NoteAdded(_CustomerEvent):
+    """An agent wrote a note about the customer (the call centre's `POST .../notes`)."""
+
+    type: Literal["note_added"] = "note_added"
+    text: SealedText = Field(
+        default=None,
+        description="The note: free text, so sealed on the wire (null once unreadable).",
+    )
+    author: str = Field(description="Token id of the agent who wrote it (never a name).")
 
 
 NormalizedEvent = Annotated[
@@ -178,7 +245,8 @@ NormalizedEvent = Annotated[
     | ConsentChanged
     | CardLinked
     | CustomerErased
-    | InteractionRecorded,
+    | InteractionRecorded
+    | NoteAdded,
     Field(discriminator="type"),
 ]
 NORMALIZED_EVENT: TypeAdapter[NormalizedEvent] = TypeAdapter(NormalizedEvent)

@@ -220,6 +220,8 @@ class NotifierService:
             occurred_at=now,
             customer_id=customer_id,
             marketing_consent=False,
+            source="unsubscribe_link",
+            channel="email",
         )
         outgoing.append((EVENTS, customer_id.encode(), dump(consent)))
         self.stats["unsubscribed"] += 1

@@ -14,6 +14,7 @@ from its profiles; nothing here reads another service's store.
 # dependencies, which name local variables, at definition time.
 
 import datetime as dt
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Annotated
 
@@ -24,11 +25,12 @@ from services.profiles.domain import (
     Coupon,
     CouponState,
     CustomerProfile,
+    SentimentCounts,
     UnreachableReason,
     reachability,
 )
 from services.profiles.service import ProfilesService
-from services.profiles.store import ProfilesRepository
+from services.profiles.store import ProfilesRepository, customer_export
 from shared.auth import (
     AuditEntry,
     AuditLog,
@@ -132,6 +134,42 @@ class EmailStatus(BaseModel):
     )
 
 
+class ConsentView(BaseModel):
+    at: AwareDatetime = Field(description="When consent was stated.")
+    given: bool = Field(description="Given (true), or withdrawn or refused (false).")
+    source: str | None = Field(description="Where: till, desk, web, unsubscribe_link, admin...")
+    channel: str | None = Field(description="The channel it is for (email...).")
+    text_version: str | None = Field(description="Version of the consent wording shown.")
+
+
+class SentimentView(BaseModel):
+    label: str = Field(description="Brand or category (lower case).")
+    positive: int = Field(description="Positive opinions (likes...).")
+    neutral: int = Field(description="Neutral opinions.")
+    negative: int = Field(description="Negative opinions (dislikes, complaints...).")
+    net_score: Decimal = Field(
+        description="(positive - negative) / all opinions, in percent: -100 to +100."
+    )
+
+
+def _opinions(table: Mapping[str, SentimentCounts]) -> list[SentimentView]:
+    """Most opinions first, then by label."""
+    views = []
+    for label, c in table.items():
+        total = c.positive + c.neutral + c.negative
+        net = Decimal((c.positive - c.negative) * 100) / total if total else Decimal(0)
+        views.append(
+            SentimentView(
+                label=label,
+                positive=c.positive,
+                neutral=c.neutral,
+                negative=c.negative,
+                net_score=net.quantize(Decimal("0.1")),
+            )
+        )
+    return sorted(views, key=lambda v: (-(v.positive + v.neutral + v.negative), v.label))
+
+
 class CustomerView(BaseModel):
     """What an agent sees of a customer."""
 
@@ -158,6 +196,19 @@ class CustomerView(BaseModel):
     interactions: dict[str, int] = Field(description="Interactions per type.")
     latest_interactions: list[InteractionView] = Field(
         description="Latest interactions (support tickets, e-mail opens and clicks...), newest first."
+    )
+    consent_history: list[ConsentView] = Field(
+        default_factory=list,
+        description="Marketing consent statements, newest first: when, given or not, source, "
+        "channel, wording version.",
+    )
+    sentiment_by_brand: list[SentimentView] = Field(
+        default_factory=list,
+        description="The customer's opinions per brand (social likes and dislikes, support "
+        "tickets with a sentiment), most first.",
+    )
+    sentiment_by_category: list[SentimentView] = Field(
+        default_factory=list, description="The customer's opinions per category, most first."
     )
 
 
@@ -237,6 +288,18 @@ def customer_view(
             InteractionView(type=i.type, channel=i.channel, at=i.at, details=dict(i.details))
             for i in reversed(profile.latest_interactions)
         ],
+        consent_history=[
+            ConsentView(
+                at=c.at,
+                given=c.given,
+                source=c.source,
+                channel=c.channel,
+                text_version=c.text_version,
+            )
+            for c in reversed(profile.consent_history)
+        ],
+        sentiment_by_brand=_opinions(profile.sentiment_by_brand),
+        sentiment_by_category=_opinions(profile.sentiment_by_category),
     )
 
 
@@ -371,8 +434,9 @@ def build_router(api: LookupApi, tokens: TokenTable) -> APIRouter:
         return await (await api.audit()).latest(limit)
 
     async def export(customer_id: str) -> dict[str, object]:
-        # The profile (or its tombstone), its coupons and segments; who looked it up, when.
-        profile = await api.profiles().export(customer_id)
+        # The profile (or its tombstone), its coupons and segments, its journey (notes
+        # included, the merged customers' too); who looked it up, when.
+        profile = await customer_export(api.profiles(), customer_id)
         return {**profile, "audit": await (await api.audit()).of_customer(customer_id)}
 
     router.include_router(export_router("profiles", tokens, export))

@@ -17,6 +17,7 @@ from fastapi import APIRouter
 from pydantic import ValidationError
 
 from services.profiles.api import AuditSource, lookup_routes
+from services.profiles.journey_api import journey_routes
 from services.profiles.segments_api import segment_routes
 from services.profiles.service import PAGE_SIZE, ProfilesService
 from services.profiles.settings import ProfilesSettings
@@ -88,6 +89,7 @@ def routes(app: ServiceApp[ProfilesService]) -> APIRouter:
     """The call-centre look-up and marketing's segments, on one audit log."""
     audit = AuditSource(app.settings.store)
     router = lookup_routes(app, audit)
+    router.include_router(journey_routes(app, audit))
     router.include_router(segment_routes(app, audit))
     return router
 
@@ -107,7 +109,8 @@ SPEC: ServiceSpec[ProfilesRepository, ProfilesService] = ServiceSpec(
     routes=routes,
     background=definitions_table,
     secrets=(CARD_KEY,),  # the look-up API hashes the card number it is given
-    writes=(PROFILES_CHANGED, CONTACTS, SEGMENTS, SEGMENT_DEFINITIONS, DEADLETTER),
+    # crm.events: the agents' notes (the journey API), folded like every customer event.
+    writes=(PROFILES_CHANGED, CONTACTS, SEGMENTS, SEGMENT_DEFINITIONS, EVENTS, DEADLETTER),
     tables=(SEGMENT_DEFINITIONS,),
 )
 

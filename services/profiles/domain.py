@@ -28,7 +28,9 @@ same. Every part of the fold is therefore order-independent:
   the smallest store id), else the sign-up store;
 - a SKU's name and category are those of its latest checkout by (time, event id);
 - a card link merges the other customer's profile whenever it comes: before or after that
-  customer's events, the union is the same.
+  customer's events, the union is the same; so does a card's sign-up that matches a lead (a
+  sign-up without a card, `l-…`) by its e-mail address (`merged_customer_id`, decided by
+  ingest): the lead's profile merges in and its id becomes an alias.
 
 Two fields are bookkeeping and legitimately depend on arrival: `recent_event_ids` (the
 de-duplication window, in the order events were applied) and `version` (the write guard).
@@ -141,6 +143,32 @@ class CategoryStats:
 
 
 @dataclass(slots=True)
+class SentimentCounts:
+    """A customer's opinions of one brand or category (interactions that carry a sentiment)."""
+
+    positive: Annotated[int, Field(description="Positive opinions (likes...).")] = 0
+    neutral: Annotated[int, Field(description="Neutral opinions.")] = 0
+    negative: Annotated[int, Field(description="Negative opinions (dislikes, complaints...).")] = 0
+
+
+def _count_opinion(
+    table: dict[str, SentimentCounts], label: str | None, sentiment: str | None
+) -> None:
+    if label is None or sentiment is None:
+        return
+    counts = table.setdefault(label, SentimentCounts())
+    setattr(counts, sentiment, getattr(counts, sentiment) + 1)
+
+
+def _add_opinions(mine: dict[str, SentimentCounts], theirs: dict[str, SentimentCounts]) -> None:
+    for label, other in theirs.items():
+        counts = mine.setdefault(label, SentimentCounts())
+        counts.positive += other.positive
+        counts.neutral += other.neutral
+        counts.negative += other.negative
+
+
+@dataclass(slots=True)
 class RecentPurchase:
     """One of the latest checkouts, for the call-centre view."""
 
@@ -172,6 +200,26 @@ class InteractionEntry:
     details: Annotated[
         dict[str, str | int | float | bool | None], Field(description="Details as sent.")
     ] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ConsentRecord:
+    """One statement of marketing consent: what a data-protection audit asks to be shown."""
+
+    event_id: Annotated[str, Field(description="The statement's event id.")]
+    at: Annotated[AwareDatetime, Field(description="When it was stated.")]
+    given: Annotated[bool, Field(description="Consent given (true) or withdrawn/refused.")]
+    source: Annotated[
+        str | None, Field(description="Where: till, desk, web, unsubscribe_link, admin...")
+    ] = None
+    channel: Annotated[str | None, Field(description="The channel it is for (email...).")] = None
+    text_version: Annotated[
+        str | None, Field(description="Version of the consent wording shown.")
+    ] = None
+
+
+CONSENT_HISTORY = 100
+"""Consent statements kept per profile (the latest, by time then event id)."""
 
 
 class Favourite(_Part):
@@ -237,8 +285,21 @@ class CustomerProfile(_Part):
     latest_interactions: list[InteractionEntry] = Field(
         default_factory=list, description="Latest interactions, oldest first (time, then id)."
     )
+    sentiment_by_brand: dict[str, SentimentCounts] = Field(
+        default_factory=dict,
+        description="Per brand, the interactions with a sentiment about it (counts commute).",
+    )
+    sentiment_by_category: dict[str, SentimentCounts] = Field(
+        default_factory=dict,
+        description="Per category, the interactions with a sentiment about it.",
+    )
     coupons_redeemed: list[str] = Field(
         default_factory=list, description="Coupon codes listed at checkouts, sorted."
+    )
+    consent_history: list[ConsentRecord] = Field(
+        default_factory=list,
+        description="Marketing consent statements (sign-ups, updates, consent changes), oldest "
+        "first (time, then event id): when, given or not, source, channel, wording version.",
     )
     recent_event_ids: list[str] = Field(
         default_factory=list,
@@ -446,10 +507,12 @@ def _add_sorted(items: list[str], item: str) -> None:
 
 
 _T = TypeVar("_T")
-_Entry = TypeVar("_Entry", RecentPurchase, HistoryEntry, InteractionEntry)
+_Entry = TypeVar("_Entry", RecentPurchase, HistoryEntry, InteractionEntry, ConsentRecord)
 
 
-def _order(entry: RecentPurchase | HistoryEntry | InteractionEntry) -> tuple[dt.datetime, str]:
+def _order(
+    entry: RecentPurchase | HistoryEntry | InteractionEntry | ConsentRecord,
+) -> tuple[dt.datetime, str]:
     """The order of a profile's lists: time, then event id (unique, so the order is total)."""
     return (entry.at, entry.event_id)
 
@@ -490,7 +553,7 @@ class ProfileBook:
         for event in events:
             if event.customer_id is not None:
                 ids.add(event.customer_id)
-            if isinstance(event, CardLinked) and event.merged_customer_id:
+            if isinstance(event, CardLinked | CustomerSignedUp) and event.merged_customer_id:
                 ids.add(event.merged_customer_id)
         return ids
 
@@ -583,6 +646,8 @@ class ProfileBook:
                 purchase = self._purchase(doc, event)
             case CustomerSignedUp():
                 self._signup(doc, event, stamp)
+                if event.merged_customer_id:
+                    self._absorb(doc, event.merged_customer_id, event, outcome)
             case CustomerUpdated():
                 self._update(doc, event, stamp)
             case ConsentChanged():
@@ -596,6 +661,10 @@ class ProfileBook:
         self._remember(doc, event.event_id)
         self._dirty.add(target)
         consent_given, email_given, birth_date_given = _stated(event)
+        if consent_given is not None and isinstance(
+            event, CustomerSignedUp | CustomerUpdated | ConsentChanged
+        ):
+            _record_consent(doc, event, consent_given)
         # Built without re-validation: every value comes from validated events and documents
         # (this runs once per event on the hot path). `marketing_consent`, `has_email`... are
         # the profile's state after this event, in arrival order; `*_given` are this event's
@@ -622,6 +691,16 @@ class ProfileBook:
         if after != before and (doc.email is not None or before[0] is not None):
             outcome.contacts.append((target, self._contact(doc, event.occurred_at)))
         return outcome
+
+    def accepts(self, customer_id: str, at: dt.datetime) -> str | None:
+        """The customer whose timeline takes an entry of time `at` addressed to
+        `customer_id` (aliases followed), or None when that customer is erased (since `at`
+        or before it): an erased customer keeps nothing."""
+        target = self.resolve(customer_id)
+        doc = self._docs.get(target)
+        if doc is not None and (doc.erased or (doc.erased_at is not None and at <= doc.erased_at)):
+            return None
+        return target
 
     def bounce(self, customer_id: str, at: dt.datetime) -> bool:
         """An e-mail to the customer bounced at `at` (the latest bounce counts, whatever the
@@ -769,12 +848,25 @@ class ProfileBook:
         doc.latest_interactions = _keep_latest(
             doc.latest_interactions, self.options.latest_interactions
         )
+        # Counted once per event id (the de-duplication window), so in any order.
+        _count_opinion(doc.sentiment_by_brand, event.brand, event.sentiment)
+        _count_opinion(doc.sentiment_by_category, event.category, event.sentiment)
 
     def _link(self, doc: CustomerProfile, event: CardLinked, outcome: Outcome) -> None:
         self._add_card(doc, event.card_id)
-        if not event.merged_customer_id:
-            return
-        source_id = self.resolve(event.merged_customer_id)
+        if event.merged_customer_id:
+            self._absorb(doc, event.merged_customer_id, event, outcome)
+
+    def _absorb(
+        self,
+        doc: CustomerProfile,
+        merged_customer_id: str,
+        event: CardLinked | CustomerSignedUp,
+        outcome: Outcome,
+    ) -> None:
+        """Merge another customer (a linked card's, or a lead) into `doc`, whenever it comes:
+        its profile if there is one, and an alias so that its later events come here."""
+        source_id = self.resolve(merged_customer_id)
         if source_id == doc.customer_id:
             return  # already merged (or the same customer)
         source = self._docs.get(source_id)
@@ -847,6 +939,8 @@ class ProfileBook:
             doc.stores[store] = doc.stores.get(store, 0) + visits
         for kind, count in other.interactions.items():
             doc.interactions[kind] = doc.interactions.get(kind, 0) + count
+        _add_opinions(doc.sentiment_by_brand, other.sentiment_by_brand)
+        _add_opinions(doc.sentiment_by_category, other.sentiment_by_category)
         doc.recent_purchases = _keep_latest(
             _union_in_order(doc.recent_purchases, other.recent_purchases),
             self.options.recent_purchases,
@@ -854,6 +948,9 @@ class ProfileBook:
         doc.latest_interactions = _keep_latest(
             _union_in_order(doc.latest_interactions, other.latest_interactions),
             self.options.latest_interactions,
+        )
+        doc.consent_history = _keep_latest(
+            _union_in_order(doc.consent_history, other.consent_history), CONSENT_HISTORY
         )
         history = _union_in_order(doc.sku_history, other.sku_history)
         if history:
@@ -912,6 +1009,23 @@ def _stated(event: NormalizedEvent) -> tuple[bool | None, bool, bool]:
     if isinstance(event, ConsentChanged):
         return event.marketing_consent, False, False
     return None, False, False
+
+
+def _record_consent(
+    doc: CustomerProfile,
+    event: CustomerSignedUp | CustomerUpdated | ConsentChanged,
+    given: bool,
+) -> None:
+    record = ConsentRecord(
+        event_id=event.event_id,
+        at=event.occurred_at,
+        given=given,
+        source=event.source,
+        channel=event.channel,
+        text_version=event.consent_text_version,
+    )
+    _insert_in_order(doc.consent_history, record)
+    doc.consent_history = _keep_latest(doc.consent_history, CONSENT_HISTORY)
 
 
 def _set_personal(

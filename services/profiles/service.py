@@ -46,6 +46,12 @@ from services.profiles.segments import (
     unanswerable,
 )
 from services.profiles.store import MembershipWrites, ProfilesRepository
+from services.profiles.timeline import (
+    TimelineEntry,
+    entry_of_delivery,
+    entry_of_event,
+    entry_of_offer,
+)
 from shared.campaigns import (
     SegmentDefined,
     SegmentDefinition,
@@ -53,7 +59,7 @@ from shared.campaigns import (
     SegmentRule,
 )
 from shared.edge import Outgoing, Received, dump
-from shared.events import ClockTicked, ContactChanged, DeliveryRecorded
+from shared.events import ClockTicked, ContactChanged, CustomerErased, DeliveryRecorded, NoteAdded
 from shared.logging import get_logger
 from shared.skeleton import Handled
 from shared.topics import CLOCK, CONTACTS, DELIVERIES, OFFERS, PROFILES_CHANGED, SEGMENTS
@@ -103,6 +109,18 @@ def _record(patch: _Patch, customer_id: str, before: Memberships, after: Members
 
 def _writes(patch: _Patch) -> MembershipWrites:
     return {(name, cid): at for cid, names in patch.items() for name, at in names.items()}
+
+
+def _offer_time(event: Any) -> dt.datetime:
+    """When an offer event happened, for the erasure check of its timeline entry."""
+    for name in ("issued_at", "redeemed_at", "revoked_at", "rejected_at", "decided_at"):
+        at = getattr(event, name, None)
+        if isinstance(at, dt.datetime):
+            return at
+    day = getattr(event, "expired_on", None)
+    if isinstance(day, dt.date):
+        return dt.datetime.combine(day, dt.time(), dt.UTC)
+    return _utcnow()
 
 
 class Busy(RuntimeError):
@@ -488,6 +506,14 @@ class ProfilesService:
             Received(next(opened), r.source) if isinstance(r.event, Pending) else r for r in batch
         ]
 
+    @staticmethod
+    def _add_entry(
+        entries: dict[tuple[str, str], TimelineEntry], customer_id: str | None, event: Any
+    ) -> None:
+        entry = entry_of_event(customer_id, event) if customer_id is not None else None
+        if entry is not None:
+            entries[(entry.customer_id, entry.entry_id)] = entry
+
     async def handle(self, batch: Sequence[Received[Any]]) -> Handled:
         """Apply a batch in memory; nothing is saved until `Handled.save`.
 
@@ -519,15 +545,37 @@ class ProfilesService:
             for r in batch
             if isinstance(r.event, DeliveryRecorded) and r.event.state == "bounced"
         ]
+        deliveries = [r.event for r in batch if isinstance(r.event, DeliveryRecorded)]
         book = ProfileBook(self.options)
         await self._load(
-            book, book.ids_of(r.event for r in events) | {b.customer_id for b in bounces}
+            book,
+            book.ids_of(r.event for r in events)
+            | {d.customer_id for d in deliveries}
+            | {e.customer_id for e in offer_events},
         )
+        # The customers' timeline entries (a set: keyed by customer and entry id), and the
+        # customers whose entries an erasure deletes.
+        entries: dict[tuple[str, str], TimelineEntry] = {}
+        wiped: set[str] = set()
         # Per customer, the latest event folded into it: the cause of its segment changes.
         causes: dict[str, tuple[dt.datetime, str]] = {}
         for item in events:
             event = item.event
+            if isinstance(event, NoteAdded):
+                # A note is the journey's only: it changes no profile.
+                self._add_entry(entries, book.accepts(event.customer_id, event.occurred_at), event)
+                continue
+            if isinstance(event, CustomerErased):
+                erased = book.get(book.resolve(event.customer_id))
+                gone = {book.resolve(event.customer_id), event.customer_id}
+                gone |= set(erased.merged_from) if erased is not None else set()
             outcome = book.apply(event)
+            if outcome.status == "applied" and outcome.customer_id is not None:
+                if isinstance(event, CustomerErased):
+                    wiped |= gone
+                    entries = {k: e for k, e in entries.items() if k[0] not in gone}
+                else:
+                    self._add_entry(entries, outcome.customer_id, event)
             status = outcome.status
             if status == "applied":
                 self.stats["events_applied"] += 1
@@ -547,6 +595,16 @@ class ProfilesService:
                 self.stats["ignored_erased"] += 1
                 item.log.debug("event_ignored_erased")
         await self._seal_contacts(outgoing, contacts)
+        for offer_event in offer_events:
+            target = book.accepts(offer_event.customer_id, _offer_time(offer_event))
+            entry = entry_of_offer(target, offer_event) if target is not None else None
+            if entry is not None:
+                entries[(entry.customer_id, entry.entry_id)] = entry
+        for delivery in deliveries:
+            target = book.accepts(delivery.customer_id, delivery.recorded_at)
+            if target is not None:
+                entry = entry_of_delivery(target, delivery)
+                entries[(entry.customer_id, entry.entry_id)] = entry
         for bounce in bounces:
             if book.bounce(bounce.customer_id, bounce.recorded_at):
                 self.stats["bounces_applied"] += 1
@@ -561,13 +619,20 @@ class ProfilesService:
             published, memberships, clock_day = await self._evaluate_batch(changed, causes, ticks)
             outgoing.extend(published)
 
+        timeline = list(entries.values())
+
         async def save() -> None:
             try:
+                # The journey first: its writes are idempotent, and a crash before the profiles
+                # are saved re-reads the batch and writes them again.
+                if timeline or wiped:
+                    await self.repository.save_timeline(timeline, erased=sorted(wiped))
                 await self.repository.save_many(
                     changed, coupons, memberships=memberships, clock_day=clock_day
                 )
             finally:
                 self._release(token)
+            self.stats["timeline_entries_saved"] += len(timeline)
             self.stats["profiles_saved"] += len(changed)
             self.stats["coupons_saved"] += len(coupons)
             self.stats["batches"] += 1

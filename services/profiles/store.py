@@ -3,7 +3,8 @@
 One document per customer (a profile, an alias left by a card link, or an erasure tombstone),
 the customer's coupons as announced on `crm.offers`, one row per (segment, customer) with the
 time the customer entered it (indexed by segment, so a segment's count is one query), the
-segment definitions read from `crm.segment-definitions`, and the latest clock day evaluated.
+segment definitions read from `crm.segment-definitions`, the latest clock day evaluated, and
+the customers' timeline entries (`services.profiles.timeline`), deleted with the customer.
 Two adapters hold one contract (tests/integration/test_profiles_store.py): `store_sqlite.py`
 and `store_mongo.py`.
 
@@ -23,6 +24,7 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from services.profiles.domain import Coupon, CustomerProfile
+from services.profiles.timeline import Position, TimelineEntry
 from shared.campaigns import SegmentDefined
 from shared.settings import StoreSettings
 from shared.storage import open_store
@@ -110,6 +112,26 @@ class ProfilesRepository(Protocol):
         """The latest clock day whose evaluation was saved."""
         ...
 
+    async def save_timeline(
+        self, entries: Sequence[TimelineEntry], *, erased: Collection[str] = ()
+    ) -> None:
+        """Delete every timeline entry of the `erased` customers, then write `entries` (each
+        replaces the stored one of its customer and entry id); entries of a customer stored
+        as erased are not kept."""
+        ...
+
+    async def timeline(
+        self,
+        customer_ids: Collection[str],
+        *,
+        before: Position | None,
+        limit: int,
+        types: Collection[str] | None = None,
+    ) -> list[TimelineEntry]:
+        """A page of these customers' entries, newest first by (time, entry id), older than
+        `before`; only of `types` when given."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -160,3 +182,18 @@ def export_of(
     # Round-trip through JSON so the caller gets plain JSON types only.
     result: dict[str, Any] = orjson.loads(orjson.dumps(export))
     return result
+
+
+EXPORT_TIMELINE = 100_000
+"""Timeline entries a right-of-access export gives at most (newest first)."""
+
+
+async def customer_export(repository: ProfilesRepository, customer_id: str) -> dict[str, Any]:
+    """What profiles keeps of one customer (right of access): the profile (or its tombstone),
+    its aliases, coupons and segments, and its journey, newest first (the agents' notes
+    included, the merged customers' entries too)."""
+    export = await repository.export(customer_id)
+    journey = await repository.timeline(
+        [customer_id, *export.get("aliases", [])], before=None, limit=EXPORT_TIMELINE
+    )
+    return {**export, "timeline": [e.model_dump(mode="json") for e in journey]}

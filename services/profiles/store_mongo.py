@@ -1,5 +1,5 @@
 """Profiles in MongoDB: one document per customer (`_id` = customer id), one per coupon, one
-per (segment, customer) and one per segment definition."""
+per (segment, customer), one per segment definition and one per timeline entry."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from services.profiles.store import (
     sorted_coupons,
     text,
 )
+from services.profiles.timeline import Position, TimelineEntry, position, stored_time
 from shared.campaigns import SegmentDefined
 from shared.storage import Indexes, MongoStore
 
@@ -25,6 +26,7 @@ COUPONS = "profiles_coupons"
 MEMBERS = "profiles_segment_members"
 DEFINITIONS = "profiles_segment_definitions"
 META = "profiles_meta"
+TIMELINE = "profiles_timeline"
 CLOCK_DAY = "clock_day"
 """The `profiles_meta` document of the latest clock day evaluated."""
 
@@ -47,7 +49,8 @@ def _coupon_doc(coupon: Coupon) -> dict[str, Any]:
 
 class MongoProfilesRepository(MongoStore):
     """Collections `profiles`, `profiles_coupons`, `profiles_segment_members` (indexed by
-    segment then customer, and by customer), `profiles_segment_definitions`, `profiles_meta`;
+    segment then customer, and by customer), `profiles_segment_definitions`, `profiles_meta`,
+    `profiles_timeline` (`at` stored as fixed-width UTC text: microseconds kept, text order);
     the version guard is the upsert's filter: a document stored with another version makes
     the upsert collide with its `_id`."""
 
@@ -67,6 +70,12 @@ class MongoProfilesRepository(MongoStore):
                 unique=True,
             ),
             IndexModel("customer_id", name="customer_id"),
+        ),
+        TIMELINE: (
+            IndexModel(
+                [("customer_id", ASCENDING), ("at", ASCENDING), ("entry_id", ASCENDING)],
+                name="customer_order",
+            ),
         ),
     }
 
@@ -229,3 +238,63 @@ class MongoProfilesRepository(MongoStore):
     async def last_clock_day(self) -> dt.date | None:
         doc = await self.database[META].find_one({"_id": CLOCK_DAY})
         return dt.date.fromisoformat(doc["day"]) if doc else None
+
+    # -- the customer journey
+
+    async def save_timeline(
+        self, entries: Sequence[TimelineEntry], *, erased: Collection[str] = ()
+    ) -> None:
+        wiped = [text(c, "customer_id") for c in erased]
+        if wiped:
+            await self.database[TIMELINE].delete_many({"customer_id": {"$in": wiped}})
+        if entries:
+            await self.database[TIMELINE].bulk_write(
+                [
+                    ReplaceOne(
+                        {"_id": f"{e.customer_id}/{e.entry_id}"},
+                        {
+                            "_id": f"{e.customer_id}/{e.entry_id}",
+                            "customer_id": e.customer_id,
+                            "entry_id": e.entry_id,
+                            "at": stored_time(e.at),
+                            "type": e.type,
+                            "doc": e.model_dump_json(),
+                        },
+                        upsert=True,
+                    )
+                    for e in entries
+                ],
+                ordered=False,
+            )
+            # An erased customer keeps no entry, not even of an event announced after it.
+            owners = sorted({e.customer_id for e in entries})
+            query = {"_id": {"$in": owners}, "kind": "erased"}
+            gone = [d["_id"] async for d in self.database[PROFILES].find(query, {"_id": 1})]
+            if gone:
+                await self.database[TIMELINE].delete_many({"customer_id": {"$in": gone}})
+
+    async def timeline(
+        self,
+        customer_ids: Collection[str],
+        *,
+        before: Position | None,
+        limit: int,
+        types: Collection[str] | None = None,
+    ) -> list[TimelineEntry]:
+        ids = [text(i, "customer_id") for i in customer_ids]
+        if not ids or (types is not None and not types):
+            return []
+        query: dict[str, Any] = {"customer_id": {"$in": ids}}
+        if before is not None:
+            at, entry_id = text(before[0], "before"), text(before[1], "before")
+            query["$or"] = [{"at": {"$lt": at}}, {"at": at, "entry_id": {"$lt": entry_id}}]
+        if types is not None:
+            query["type"] = {"$in": [text(t, "type") for t in types]}
+        cursor = (
+            self.database[TIMELINE]
+            .find(query, {"doc": 1})
+            .sort([("at", -1), ("entry_id", -1)])
+            .limit(limit)
+        )
+        found = [TimelineEntry.model_validate_json(doc["doc"]) async for doc in cursor]
+        return sorted(found, key=position, reverse=True)

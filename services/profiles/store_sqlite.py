@@ -9,6 +9,7 @@ from typing import Any
 
 from services.profiles.domain import Coupon, CustomerProfile
 from services.profiles.store import MembershipWrites, export_of, kind_of, sorted_coupons, text
+from services.profiles.timeline import Position, TimelineEntry, position, stored_time
 from shared.campaigns import SegmentDefined
 from shared.errors import Conflict
 from shared.storage import IN_LIST, SqliteStore, in_list
@@ -23,7 +24,7 @@ _SEGMENT_COUNTS = (
 
 class SqliteProfilesRepository(SqliteStore):
     """One row per customer (`doc` is the profile's JSON), one per card, one per coupon, one
-    per (segment, customer) and one per segment definition."""
+    per (segment, customer), one per segment definition and one per timeline entry."""
 
     SERVICE = "profiles"
     SCHEMA = """
@@ -62,6 +63,15 @@ class SqliteProfilesRepository(SqliteStore):
         key TEXT PRIMARY KEY NOT NULL,
         value TEXT NOT NULL
     ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS timeline (
+        customer_id TEXT NOT NULL,
+        entry_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        type TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (customer_id, entry_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS timeline_order ON timeline(customer_id, at, entry_id);
     """
 
     async def get_many(self, customer_ids: Collection[str]) -> dict[str, CustomerProfile]:
@@ -308,3 +318,61 @@ class SqliteProfilesRepository(SqliteStore):
             return dt.date.fromisoformat(row[0]) if row else None
 
         return await self.read(work)
+
+    # -- the customer journey
+
+    async def save_timeline(
+        self, entries: Sequence[TimelineEntry], *, erased: Collection[str] = ()
+    ) -> None:
+        wiped = [(text(c, "customer_id"),) for c in erased]
+        rows = [
+            (e.customer_id, e.entry_id, stored_time(e.at), e.type, e.model_dump_json())
+            for e in entries
+        ]
+        owners = in_list({e.customer_id for e in entries})
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM timeline WHERE customer_id = ?", wiped)
+            db.executemany(
+                "INSERT OR REPLACE INTO timeline (customer_id, entry_id, at, type, doc)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            # An erased customer keeps no entry, not even of an event announced after it.
+            db.execute(
+                "DELETE FROM timeline WHERE customer_id IN (SELECT customer_id FROM profiles"  # noqa: S608
+                f" WHERE kind = 'erased' AND customer_id IN {IN_LIST})",
+                (owners,),
+            )
+
+        if rows or wiped:
+            await self.write(work, erasure=bool(wiped))
+
+    async def timeline(
+        self,
+        customer_ids: Collection[str],
+        *,
+        before: Position | None,
+        limit: int,
+        types: Collection[str] | None = None,
+    ) -> list[TimelineEntry]:
+        ids = in_list(text(i, "customer_id") for i in customer_ids)
+        sql = f"SELECT doc FROM timeline WHERE customer_id IN {IN_LIST}"  # noqa: S608
+        params: list[object] = [ids]
+        if before is not None:
+            sql += " AND (at < ? OR (at = ? AND entry_id < ?))"
+            params += [text(before[0], "before"), before[0], text(before[1], "before")]
+        if types is not None:
+            sql += f" AND type IN {IN_LIST}"
+            params.append(in_list(text(t, "type") for t in types))
+        sql += " ORDER BY at DESC, entry_id DESC LIMIT ?"
+        params.append(limit)
+
+        def work(db: sqlite3.Connection) -> list[TimelineEntry]:
+            rows = db.execute(sql, params)
+            return [TimelineEntry.model_validate_json(r[0]) for r in rows]
+
+        if not customer_ids or (types is not None and not types):
+            return []
+        found = await self.read(work)
+        return sorted(found, key=position, reverse=True)

@@ -35,13 +35,14 @@ from services.offers.store_sqlite import SqliteOffersRepository
 from services.profiles.api import LookupApi
 from services.profiles.api import build_router as profiles_router
 from services.profiles.store_sqlite import SqliteProfilesRepository
+from services.profiles.timeline import entry_of_event
 from services.reports.api import ReportsLoader, build_reports_router
 from services.reports.domain import Campaign, Redemption
 from services.reports.settings import ReportsSettings
 from services.reports.store import campaign_fact, delivery_fact, redemption_fact
 from services.reports.store_sqlite import SqliteReportsRepository
 from shared.auth import SqliteAuditLog, TokenTable, token_hash
-from shared.events import CustomerSignedUp, OfferRedeemed
+from shared.events import CustomerSignedUp, NoteAdded, OfferRedeemed
 from shared.settings import HttpSettings, KafkaSettings, Settings, SmtpSettings, StoreSettings
 from shared.storage import StoreLocation
 from tests.integration.test_offers_store import ledger, offer
@@ -49,6 +50,7 @@ from tests.integration.test_profiles_store import apply
 
 CUSTOMER = "cust-export-1"
 EMAIL = "ana.export@example.com"
+NOTE = "Asked to be called back about her order"
 AT = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
 TOKENS = {"admin": "admin-token", "agent": "agent-token", "marketing": "marketing-token"}
 SERVICES = ("ingest", "profiles", "offers", "notifier", "reports")
@@ -86,6 +88,11 @@ async def fill(folder: Path) -> None:
         marketing_consent=True,
     )
     await apply(profiles, [signup])
+    note = NoteAdded(
+        event_id="note:1", occurred_at=AT, customer_id=CUSTOMER, text=NOTE, author="agent-7"
+    )
+    entries = [entry_of_event(CUSTOMER, e) for e in (signup, note)]
+    await profiles.save_timeline([e for e in entries if e is not None])
     await profiles.close()
 
     redeemed = offer(CUSTOMER, state="redeemed")
@@ -238,6 +245,8 @@ def test_crm_export_customer_holds_every_store_and_the_audit_log(tmp_path: Path)
     exported = json.loads(result.stdout)
     assert exported["ingest"]["linked_card_ids"] == ["card-2"]
     assert exported["profiles"]["document"]["email"] == EMAIL
+    journey = [(e["type"], e["details"].get("text")) for e in exported["profiles"]["timeline"]]
+    assert sorted(journey, key=str) == [("note", NOTE), ("signup", None)]
     [offered] = exported["offers"]["offers"]
     assert offered["redemption"]["checkout_event_id"] == "checkout-9"
     [delivery] = exported["notifier"]["deliveries"]

@@ -131,3 +131,15 @@ async def test_unknown_customer_opting_out_twice_publishes_one_consent_event(
     assert [(c.customer_id, c.marketing_consent) for c in h.events] == [("c-9", False)]
     stub = (await h.repo.get_contacts(["c-9"]))["c-9"]
     assert (stub.email, stub.first_name, stub.marketing_consent) == (None, None, False)
+
+
+async def test_the_consent_event_of_an_unsubscribe_records_its_source_and_channel(
+    h: Harness,
+) -> None:
+    url = await unsubscribe_link(h)
+    path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+    async with client_for(h) as client:
+        assert (await client.post(path)).status_code == 200
+    assert [(c.source, c.channel, c.marketing_consent) for c in h.events] == [
+        ("unsubscribe_link", "email", False)
+    ]
