@@ -55,7 +55,8 @@ const ACCESS = {
         "profiles_coupons",
         "profiles_meta",
         "profiles_segment_definitions",
-        "profiles_segment_members"
+        "profiles_segment_members",
+        "profiles_timeline"
       ],
       "read": [
         "vault_erasures",
@@ -113,6 +114,7 @@ const ACCESS = {
         "profiles_meta",
         "profiles_segment_definitions",
         "profiles_segment_members",
+        "profiles_timeline",
         "reports_facts",
         "vault_erasures",
         "vault_keys"
