@@ -94,15 +94,35 @@ class RawCustomerEvent(_Raw):
     event_id: Text = Field(min_length=1, max_length=128, description="Idempotency key.")
     type: CustomerEventType = Field(description="What happened to the customer.")
     occurred_at: str = Field(max_length=64, description="ISO-8601, with or without an offset.")
-    card_number: CardNumber = Field(description="The card the event is about.")
+    card_number: CardNumber = Field(
+        default=None,
+        description="The card the event is about; absent for a lead (a sign-up without a "
+        "card), whose events name its `email` instead.",
+    )
     other_card_number: CardNumber = Field(
         default=None, description="For link_card: the card linked."
     )
     store_id: Text | None = Field(default=None, max_length=64, description="Store, if any.")
-    email: str | None = Field(default=None, max_length=254, description="E-mail address.")
+    email: str | None = Field(
+        default=None,
+        max_length=254,
+        description="E-mail address; without a card_number it names a lead (for link_card: "
+        "the lead to link the card to).",
+    )
     first_name: str | None = Field(default=None, max_length=100, description="First name.")
     birth_date: str | None = Field(default=None, max_length=32, description="YYYY-MM-DD.")
     marketing_consent: bool | None = Field(default=None, description="Opt-in to marketing.")
+    source: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Extension: where consent was stated (till, desk, web, admin...).",
+    )
+    channel: str | None = Field(
+        default=None, max_length=64, description="Extension: the channel consent is for (email)."
+    )
+    consent_text_version: str | None = Field(
+        default=None, max_length=64, description="Extension: version of the consent wording."
+    )
 
 
 class RawInteraction(_Raw):

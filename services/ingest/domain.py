@@ -3,13 +3,15 @@
 `decode` turns raw bytes into a tolerant wire model or raises `shared.errors.Rejected` with a
 reason code (the edge dead-letters the record with it); `normalize_*` turn wire models into
 the normalized events of `shared.events`. Card numbers are replaced by their keyed hash here
-and never leave this module in clear.
+and never leave this module in clear; so are the e-mail addresses that name a lead (a sign-up
+without a card), whose customer id is the keyed hash of the normalised address.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from pydantic import ValidationError
 from shared.basket import clean_text, normalize_line
 from shared.errors import Rejected
 from shared.events import (
+    LABEL_MAX,
     CardLinked,
     ConsentChanged,
     CustomerErased,
@@ -29,8 +32,9 @@ from shared.events import (
     CustomerUpdated,
     InteractionRecorded,
     PurchaseRecorded,
+    Sentiment,
 )
-from shared.privacy import InvalidCardNumber, card_id, mask_card_numbers
+from shared.privacy import InvalidCardNumber, card_id, lead_id, mask_card_numbers
 from shared.raw import (
     MAX_MESSAGE_BYTES,
     RawCheckout,
@@ -145,7 +149,14 @@ def normalize_checkout(
     )
 
 
+def _label(value: str | None) -> str | None:
+    """A short label such as a consent source or channel: trimmed, lower-cased."""
+    text = _text(value, 64)
+    return text.lower() if text else None
+
+
 def _email(value: str | None) -> str | None:
+    """The address trimmed and lower-cased (None when absent); an invalid one is rejected."""
     if value is None or not value.strip():
         return None
     address = value.strip().lower()
@@ -172,26 +183,54 @@ def _birth_date(value: str | None, today: dt.date) -> dt.date | None:
 
 @dataclass(frozen=True, slots=True)
 class LinkRequest:
-    """A link_card event needs the store's card table; ingest's service resolves it."""
+    """A link_card event needs the store's card table; ingest's service resolves it. It links
+    `other_card`, or the lead `lead` (named by its e-mail address), to `card`'s customer."""
 
     event_id: str
     occurred_at: dt.datetime
     card: str
-    other_card: str
+    other_card: str | None
+    lead: str | None = None
+
+
+def lead_of(raw: RawCustomerEvent, key: bytes) -> str | None:
+    """The lead a customer event without a card names by its e-mail address (its keyed hash),
+    or that a sign-up or link_card with a card matches; None without a valid address."""
+    try:
+        address = _email(raw.email)
+    except Rejected:
+        return None
+    return lead_id(address, key) if address else None
+
+
+def _lead(raw: RawCustomerEvent, key: bytes) -> str:
+    """A customer event without a card is a lead's: its e-mail address names it."""
+    address = _email(raw.email)
+    if address is None:
+        raise Rejected(
+            "missing_card",
+            f"a {raw.type} event needs a card_number, or an email for a lead (no card)",
+            field="card_number",
+        )
+    return lead_id(address, key)
 
 
 def normalize_customer_event(
     raw: RawCustomerEvent, *, key: bytes, zone: ZoneInfo, resolve: Callable[[str], str]
 ) -> CustomerEvent | LinkRequest:
-    """A raw customer event as a normalized one (link_card needs the caller to finish it)."""
+    """A raw customer event as a normalized one (link_card needs the caller to finish it).
+
+    Without a card, the event is a lead's, named by its e-mail address: `resolve` maps a card
+    id or a lead id to the customer it feeds. A lead's sign-up addressed to a customer who
+    took its address over says so (`merged_customer_id`), as the customer's own sign-up
+    would have."""
     occurred_at = parse_time(raw.occurred_at, zone)
     card = _card(raw.card_number, key)
-    if card is None:
-        raise Rejected(
-            "missing_card", f"a {raw.type} event needs a card_number", field="card_number"
-        )
+    if card is None and raw.type == "link_card":
+        raise Rejected("missing_card", "a link_card event needs a card_number", field="card_number")
+    lead = _lead(raw, key) if card is None else None
     event_id = f"customer:{raw.event_id}"
-    customer_id = resolve(card)
+    customer_id = resolve(card or str(lead))
     common: dict[str, Any] = {
         "event_id": event_id,
         "occurred_at": occurred_at,
@@ -199,15 +238,23 @@ def normalize_customer_event(
     }
     today = occurred_at.date()
     store_id = raw.store_id.strip().upper() if raw.store_id else None
+    # Where consent was stated (GDPR art. 7(1): consent must be demonstrable); optional.
+    record = {
+        "source": _label(raw.source),
+        "channel": _label(raw.channel),
+        "consent_text_version": _text(raw.consent_text_version, 64),
+    }
     if raw.type == "signup":
         return CustomerSignedUp(
             **common,
             card_id=card,
+            merged_customer_id=lead if lead is not None and lead != customer_id else None,
             email=_email(raw.email),
             first_name=_text(raw.first_name, 100),
             birth_date=_birth_date(raw.birth_date, today),
             marketing_consent=bool(raw.marketing_consent),
             store_id=store_id,
+            **record,
         )
     if raw.type == "update":
         return CustomerUpdated(
@@ -217,6 +264,7 @@ def normalize_customer_event(
             birth_date=_birth_date(raw.birth_date, today),
             marketing_consent=raw.marketing_consent,
             store_id=store_id,
+            **record,
         )
     if raw.type == "consent":
         if raw.marketing_consent is None:
@@ -225,13 +273,26 @@ def normalize_customer_event(
                 "a consent event needs marketing_consent",
                 field="marketing_consent",
             )
-        return ConsentChanged(**common, marketing_consent=raw.marketing_consent)
+        return ConsentChanged(**common, marketing_consent=raw.marketing_consent, **record)
     if raw.type == "erase":
         return CustomerErased(**common)
+    if card is None:  # a link_card without a card is rejected above
+        raise Rejected("missing_card", "a link_card event needs a card_number", field="card_number")
     other = _card(raw.other_card_number, key, field="other_card_number")
     if other is None:
-        raise Rejected(
-            "missing_card", "a link_card event needs other_card_number", field="other_card_number"
+        address = _email(raw.email)
+        if address is None:
+            raise Rejected(
+                "missing_card",
+                "a link_card event needs other_card_number, or the email of a lead",
+                field="other_card_number",
+            )
+        return LinkRequest(
+            event_id=event_id,
+            occurred_at=occurred_at,
+            card=card,
+            other_card=None,
+            lead=lead_id(address, key),
         )
     if other == card:
         raise Rejected(
@@ -259,6 +320,7 @@ def normalize_interaction(
         interaction_type=raw.type.strip().lower()[:64],
         channel=_text(raw.channel, 64),
         details=_mask_details(details),
+        **opinion_of(raw.type, raw.details),
     )
 
 
@@ -267,4 +329,80 @@ def _mask_details(details: Mapping[str, Any]) -> dict[str, str | int | float | b
     return {
         key: mask_card_numbers(value) if isinstance(value, str) else value
         for key, value in details.items()
+    }
+
+
+# ---------------------------------------------------------------- an interaction's opinion
+
+_POSITIVE: Final = frozenset(
+    {"positive", "pos", "+", "+1", "good", "great", "happy", "satisfied", "like", "liked",
+     "likes", "love", "loved", "thumbs_up", "thumbs-up", "thumbsup", "\N{THUMBS UP SIGN}", "promoter"}
+)  # fmt: skip
+_NEGATIVE: Final = frozenset(
+    {"negative", "neg", "-", "-1", "bad", "poor", "unhappy", "angry", "dissatisfied",
+     "unsatisfied", "dislike", "disliked", "dislikes", "hate", "thumbs_down", "thumbs-down",
+     "thumbsdown",
+     "\N{THUMBS DOWN SIGN}", "complaint", "detractor"}
+)  # fmt: skip
+_NEUTRAL: Final = frozenset(
+    {"neutral", "neu", "0", "mixed", "ok", "okay", "indifferent", "passive"}
+)
+_TYPE_SENTIMENT: Final[Mapping[str, Sentiment]] = {
+    "like": "positive",
+    "social_like": "positive",
+    "dislike": "negative",
+    "social_dislike": "negative",
+}
+_NOT_A_LABEL: Final = re.compile(r"[@/\\<>:=]|\d{5}")
+"""An e-mail address, a URL, markup or a long run of digits is free text, not a brand."""
+
+
+def _spelling(value: str) -> str:
+    """Lower-case, words joined by `_` (`Thumbs up` -> `thumbs_up`)."""
+    return "_".join(value.casefold().split())
+
+
+def sentiment_of(interaction_type: str, value: object) -> Sentiment | None:
+    """`details.sentiment` normalised from its common spellings (words, +/-, thumbs, a score
+    whose sign says it), else what a like or dislike type says; None when unknown."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        score: float = value
+    elif isinstance(value, str):
+        word = _spelling(value)
+        if word in _POSITIVE:
+            return "positive"
+        if word in _NEGATIVE:
+            return "negative"
+        if word in _NEUTRAL:
+            return "neutral"
+        try:
+            score = float(word)
+        except ValueError:
+            score = math.nan
+    else:
+        score = math.nan
+    if math.isfinite(score):
+        return "positive" if score > 0 else "negative" if score < 0 else "neutral"
+    return _TYPE_SENTIMENT.get(_spelling(interaction_type).replace("-", "_"))
+
+
+def opinion_label(value: object) -> str | None:
+    """A brand or category as a short label: trimmed, inner spaces collapsed, lower-case, at
+    most `LABEL_MAX` characters; None for anything else (free text stays sealed in details)."""
+    if not isinstance(value, str):
+        return None
+    label = " ".join(_CONTROL.sub(" ", value).split()).casefold()
+    if not label or len(label) > LABEL_MAX or _NOT_A_LABEL.search(label):
+        return None
+    return label
+
+
+def opinion_of(interaction_type: str, details: Mapping[str, object]) -> dict[str, Any]:
+    """The allow-listed part of an interaction's details that travels open on `crm.events`:
+    its sentiment, brand and category (keys matched case-insensitively)."""
+    found = {_spelling(str(k)): v for k, v in details.items()}
+    return {
+        "sentiment": sentiment_of(interaction_type, found.get("sentiment")),
+        "brand": opinion_label(found.get("brand")),
+        "category": opinion_label(found.get("category")),
     }

@@ -2,9 +2,11 @@
 
 The edge has decoded the records; `handle` orders the batch by event time, drops event ids
 seen before, resolves cards to customers (one look-up per batch), normalizes with the pure
-domain, seals the personal fields with each customer's data key (erasures destroy the keys
-first: `shared.vault`) and hands back the events to publish, the events it rejected, and the
-`save` that records the event keys and card links once the events are published.
+domain, matches leads (sign-ups without a card, named by their e-mail address) with the
+card customers of the same address, seals the personal fields with each customer's data key
+(erasures destroy the keys first: `shared.vault`) and hands back the events to publish, the
+events it rejected, and the `save` that records the event keys and card links once the events
+are published.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from services.ingest.domain import (
     LinkRequest,
     RawEvent,
+    lead_of,
     normalize_checkout,
     normalize_customer_event,
     normalize_interaction,
@@ -25,8 +28,14 @@ from services.ingest.domain import (
 from services.ingest.store import IngestRepository
 from shared.edge import Outgoing, Received, Source, dump
 from shared.errors import Rejected
-from shared.events import CardLinked, CustomerErased, NormalizedEvent, PurchaseRecorded
-from shared.privacy import InvalidCardNumber, card_id, customer_id_for_card
+from shared.events import (
+    CardLinked,
+    CustomerErased,
+    CustomerSignedUp,
+    NormalizedEvent,
+    PurchaseRecorded,
+)
+from shared.privacy import InvalidCardNumber, card_id, customer_id_for_card, is_lead, lead_id
 from shared.raw import RawCheckout, RawCustomerEvent, RawInteraction
 from shared.settings import CalendarSettings
 from shared.skeleton import Handled
@@ -50,6 +59,11 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _origin(key: str) -> str:
+    """The customer a key of the card table (a card id, or a lead id) started as."""
+    return key if is_lead(key) else customer_id_for_card(key)
+
+
 def _key(item: Received[RawEvent]) -> str:
     """An event's duplicate key: its id on its raw topic."""
     return f"{item.source.topic}:{item.event.event_id}"
@@ -59,9 +73,10 @@ class IngestService:
     """Validates, normalizes, pseudonymizes and de-duplicates raw events, per batch.
 
     `stats` counts what it did: `duplicates`, `anonymous_interactions`,
-    `normalized_<event type>`, `data_keys_destroyed`, `personal_data_dropped_erased` (an
-    event older than its customer's erasure goes out without its personal fields), and
-    (counted by the edge) `dead_lettered_<reason>`.
+    `normalized_<event type>`, `leads_merged` (a lead joined a card customer of its address),
+    `data_keys_destroyed`, `personal_data_dropped_erased` (an event older than its customer's
+    erasure goes out without its personal fields), and (counted by the edge)
+    `dead_lettered_<reason>`.
     """
 
     def __init__(
@@ -81,10 +96,15 @@ class IngestService:
         self.stats: Counter[str] = Counter()
 
     def _cards_in(self, raw: RawEvent) -> list[str]:
+        """The keys of the card table the event needs: its cards, and the lead its e-mail
+        address names (a lead's own event, or a card's sign-up or link that may match it)."""
         numbers: list[str | None] = [raw.card_number]
+        cards = []
         if isinstance(raw, RawCustomerEvent):
             numbers.append(raw.other_card_number)
-        cards = []
+            lead = lead_of(raw, self._key) if raw.email else None
+            if lead is not None:
+                cards.append(lead)
         for number in numbers:
             if number:
                 try:
@@ -106,7 +126,7 @@ class IngestService:
         links: dict[str, str] = await self.repository.customers_of_cards(cards) if cards else {}
 
         def resolve(card: str) -> str:
-            return links.get(card) or customer_id_for_card(card)
+            return links.get(card) or _origin(card)
 
         result = _Batch()
         normalized: list[tuple[bytes, NormalizedEvent]] = []
@@ -179,7 +199,7 @@ class IngestService:
         """The customer and every customer whose cards now feed them (merged by a link)."""
         cards = set(await self.repository.cards_of_customer(customer_id))
         cards |= {card for card, owner in links.items() if owner == customer_id}
-        return {customer_id} | {customer_id_for_card(card) for card in cards}
+        return {customer_id} | {_origin(card) for card in cards}
 
     def _event_time(self, item: Received[RawEvent]) -> dt.datetime:
         raw = item.event
@@ -203,9 +223,40 @@ class IngestService:
         if isinstance(raw, RawInteraction):
             return normalize_interaction(raw, key=self._key, zone=zone, resolve=resolve)
         event = normalize_customer_event(raw, key=self._key, zone=zone, resolve=resolve)
-        if not isinstance(event, LinkRequest):
+        if isinstance(event, LinkRequest):
+            return await self._link(event, resolve, links, result)
+        if is_lead(event.customer_id) and event.customer_id not in links:
+            # The lead exists from its first event on: a card's sign-up with its address
+            # then merges it rather than taking the address over.
+            self._move({event.customer_id: event.customer_id}, links, result)
+        if isinstance(event, CustomerSignedUp) and event.card_id and event.email:
+            return self._match_lead(event, links, result)
+        return event
+
+    @staticmethod
+    def _move(moved: dict[str, str], links: dict[str, str], result: _Batch) -> None:
+        links.update(moved)
+        result.links.update(moved)
+
+    def _match_lead(
+        self, event: CustomerSignedUp, links: dict[str, str], result: _Batch
+    ) -> CustomerSignedUp:
+        """A card's sign-up and the lead of the same address (exact normalised address).
+
+        The first card customer to sign up with an address takes it: the lead merges into
+        them (`merged_customer_id`), now or, when the lead signs up later, then (its events
+        are addressed to this customer). A later card customer with the same address stays
+        on its own: cards merge only by link_card. An address changed later (an update)
+        matches nothing."""
+        lead = lead_id(str(event.email), self._key)
+        owner = links.get(lead)
+        if owner is not None and owner != lead:
+            return event  # taken by this customer already, or by another card customer
+        self._move({lead: event.customer_id}, links, result)
+        if owner is None:
             return event
-        return await self._link(event, resolve, links, result)
+        self.stats["leads_merged"] += 1
+        return event.model_copy(update={"merged_customer_id": lead})
 
     async def _link(
         self,
@@ -214,8 +265,11 @@ class IngestService:
         links: dict[str, str],
         result: _Batch,
     ) -> CardLinked:
-        """The other card (and every card that fed its customer) now feeds this customer."""
+        """The other card (and every card that fed its customer) now feeds this customer; or
+        the lead the request names by its address merges into the card's customer."""
         customer = resolve(request.card)
+        if request.other_card is None:
+            return self._link_lead(request, customer, links, result)
         previous = resolve(request.other_card)
         moved = {request.card: customer, request.other_card: customer}
         if previous != customer:
@@ -232,4 +286,30 @@ class IngestService:
             customer_id=customer,
             card_id=request.other_card,
             merged_customer_id=previous if previous != customer else None,
+        )
+
+    def _link_lead(
+        self, request: LinkRequest, customer: str, links: dict[str, str], result: _Batch
+    ) -> CardLinked:
+        """link_card with a card and a lead's e-mail address: the lead becomes the card's
+        customer, with its history. An address another card customer took is refused: two
+        card customers never merge on an address."""
+        lead = str(request.lead)
+        owner = links.get(lead)
+        if owner is not None and owner not in (lead, customer):
+            raise Rejected(
+                "invalid_field",
+                "the email's lead already belongs to another card's customer: link the cards "
+                "with other_card_number",
+                field="email",
+            )
+        self._move({request.card: customer, lead: customer}, links, result)
+        if owner == lead:
+            self.stats["leads_merged"] += 1
+        return CardLinked(
+            event_id=request.event_id,
+            occurred_at=request.occurred_at,
+            customer_id=customer,
+            card_id=request.card,
+            merged_customer_id=lead if owner == lead else None,
         )

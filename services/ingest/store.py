@@ -1,5 +1,9 @@
 """Ingest's state: event ids already seen (duplicate detection) and which customer each card feeds.
 
+The card table also maps each lead (a sign-up without a card: its id is `l-` and the keyed
+hash of its e-mail address) to the customer it feeds: itself, or the card customer that took
+its address (`services.ingest.service`).
+
 The port the service uses, and how it opens. Two adapters hold one contract
 (tests/integration/test_ingest_store.py): `store_sqlite.py` and `store_mongo.py`. Both answer
 per batch, never per message.
@@ -14,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from services.ingest.settings import IngestSettings
+from shared.privacy import is_lead
 from shared.settings import StoreSettings
 from shared.storage import open_store
 
@@ -47,8 +52,13 @@ class IngestRepository(Protocol):
 
 
 async def customer_export(repository: IngestRepository, customer_id: str) -> dict[str, Any]:
-    """What ingest keeps of one customer (right of access): the card ids linked to it."""
-    return {"linked_card_ids": sorted(await repository.cards_of_customer(customer_id))}
+    """What ingest keeps of one customer (right of access): the card ids linked to it, and the
+    leads (e-mail addresses' keyed hashes) that feed it."""
+    keys = await repository.cards_of_customer(customer_id)
+    return {
+        "linked_card_ids": sorted(key for key in keys if not is_lead(key)),
+        "lead_ids": sorted(key for key in keys if is_lead(key)),
+    }
 
 
 def open_repository(

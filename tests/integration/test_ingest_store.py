@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ingest.store import IngestRepository, open_repository
+from services.ingest.store import IngestRepository, customer_export, open_repository
 from services.ingest.store_mongo import SEEN, MongoIngestRepository
 from shared.settings import StoreSettings
 
@@ -57,6 +57,22 @@ async def test_card_links_are_found_both_ways_and_can_move(repo: IngestRepositor
     await repo.record(set(), {"card-c": "c-a"}, T0)
     assert sorted(await repo.cards_of_customer("c-a")) == ["card-a", "card-b", "card-c"]
     assert await repo.cards_of_customer("c-c") == []
+
+
+async def test_a_lead_is_kept_beside_the_cards_and_exported_apart(
+    repo: IngestRepository,
+) -> None:
+    lead = "l-0123456789abcdef01234567"
+    await repo.record(set(), {lead: lead}, T0)
+    assert await repo.customers_of_cards([lead]) == {lead: lead}
+    # A card customer takes the address over: the lead now feeds them, beside their card.
+    await repo.record(set(), {lead: "c-a", "card-a": "c-a"}, T0)
+    assert await repo.customers_of_cards([lead, "card-a"]) == {lead: "c-a", "card-a": "c-a"}
+    assert await customer_export(repo, "c-a") == {
+        "linked_card_ids": ["card-a"],
+        "lead_ids": [lead],
+    }
+    assert await customer_export(repo, lead) == {"linked_card_ids": [], "lead_ids": []}
 
 
 async def test_old_event_keys_are_forgotten(repo: IngestRepository) -> None:
