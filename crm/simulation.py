@@ -59,6 +59,21 @@ CATALOG: tuple[tuple[str, str, str, str, bool], ...] = (
     ("PIZZA-FRZ", "Frozen pizza", "frozen", "3.99", False),
     ("ICECREAM", "Vanilla ice cream", "frozen", "4.49", False),
 )
+BRANDS: tuple[tuple[str, str, float], ...] = (
+    ("Alpenhof", "dairy", 0.8),
+    ("Maison Pain", "bakery", 0.7),
+    ("Green Valley", "produce", 0.6),
+    ("Nordsee", "fish", 0.4),
+    ("Casa Roma", "pantry", 0.75),
+    ("Kaffa", "pantry", 0.55),
+    ("Choco Loco", "sweets", 0.85),
+    ("FizzUp", "drinks", 0.3),
+    ("Sparkle", "household", 0.5),
+)
+"""Brands that social listening and the support desk hear about: name, category, and the
+share of their opinions that are positive (the rest is neutral or negative)."""
+POSITIVE_SPELLINGS = ("positive", "Positive", "pos", "+1", "happy", "\N{THUMBS UP SIGN}")
+NEGATIVE_SPELLINGS = ("negative", "Negative", "neg", "-1", "unhappy", "\N{THUMBS DOWN SIGN}")
 FIRST_NAMES = (
     "Ana",
     "Ben",
@@ -100,6 +115,9 @@ class SimulationConfig:
     broken_share: float = 0.01
     duplicate_share: float = 0.01
     interaction_share: float = 0.05
+    opinion_share: float = 0.08
+    """Per visit, the chance of a social like or dislike or a rated support ticket about a
+    brand (drawn from a generator of its own: the rest of the traffic stays as it was)."""
     linked_cards: int = 3
     erasures: int = 1
     consent_withdrawals: int = 3
@@ -198,6 +216,8 @@ class _Generator:
         self.messages: list[RawMessage] = []
         self.stores = [f"S{n:03d}" for n in range(1, config.stores + 1)]
         self.serial = 0
+        self.opinions: list[RawMessage] = []
+        """Kept apart until the end, so that the rest of the traffic is what it was."""
 
     def _event_id(self, prefix: str) -> str:
         self.serial += 1
@@ -237,11 +257,13 @@ class _Generator:
                     self._add(CHECKOUTS_RAW, store, doc, at)
         self._broken(days)
         self._duplicates()
+        self.messages.extend(self.opinions)
         self.messages.sort(key=lambda m: m.at)
         return self.messages
 
     def _customer(self, index: int, days: list[dt.date], end: dt.date) -> None:
         config, rng = self.config, self.rng
+        opinions = random.Random(f"{config.seed}:opinions:{index}")  # noqa: S311
         card = card_number(index)
         home = rng.choice(self.stores)
         favourites = rng.sample(range(len(CATALOG)), 3)
@@ -298,6 +320,8 @@ class _Generator:
                     "details": {"topic": rng.choice(["billing", "product", "delivery"])},
                 }
                 self._add(INTERACTIONS_RAW, None, interaction, at + dt.timedelta(hours=2))
+            if opinions.random() < config.opinion_share:
+                self._opinion(opinions, card, at + dt.timedelta(hours=5))
         midpoint = dt.datetime.combine(days[len(days) // 2], dt.time(12), dt.UTC)
         if second_card:
             link = {
@@ -344,6 +368,36 @@ class _Generator:
             span = [start - dt.timedelta(days=n) for n in range(160, 70, -1)]
             return sorted(rng.sample(span, rng.randrange(5, 10)))
         return None
+
+    def _opinion(self, rng: random.Random, card: str, at: dt.datetime) -> None:
+        """A social like or dislike, or a support ticket with a sentiment, about a brand and
+        its category, in the spellings producers send."""
+        brand, category, liked = rng.choice(BRANDS)
+        positive = rng.random() < liked
+        kind = rng.choice(["social_like", "social_like", "support_ticket"])
+        details: dict[str, Any] = {"brand": rng.choice([brand, brand.upper(), f" {brand} "])}
+        if kind == "support_ticket":
+            details["category"] = category.title()
+            details["topic"] = "product"
+            neutral = not positive and rng.random() < 0.3
+            details["sentiment"] = (
+                "neutral"
+                if neutral
+                else rng.choice(POSITIVE_SPELLINGS if positive else NEGATIVE_SPELLINGS)
+            )
+        elif not positive:
+            kind = "social_dislike"
+        if kind != "support_ticket" and rng.random() < 0.5:
+            details["category"] = category
+        interaction = {
+            "event_id": f"op-{self.config.seed}-{len(self.opinions) + 1:08d}",
+            "type": kind,
+            "occurred_at": at.isoformat(),
+            "card_number": _spell(card, rng),
+            "channel": "phone" if kind == "support_ticket" else "social",
+            "details": details,
+        }
+        self.opinions.append(RawMessage(INTERACTIONS_RAW, None, _dump(interaction), at))
 
     def _broken(self, days: list[dt.date]) -> None:
         rng = self.rng

@@ -28,6 +28,7 @@ from services.reports.domain import (
     stores_report,
     tables_of,
 )
+from services.reports.sentiment import DEFAULT_WEEKS, sentiment_report
 from services.reports.service import ReportsService
 from services.reports.settings import ReportsSettings
 from services.reports.store import ReportsRepository, customer_export
@@ -38,7 +39,22 @@ from shared.skeleton import NotStarted, ServiceApp
 
 WEB_DIR = Path(__file__).parent / "web"
 
-ChartName = Literal["issued", "lift", "products", "stores"]
+ChartName = Literal["issued", "lift", "products", "stores", "teams"]
+
+CHART_WEEKS = 12
+"""The campaign charts' default period: the last 12 campaign weeks."""
+
+Weeks = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=520,
+        description="campaigns: the period is the last N campaign weeks up to `as_of` (default: "
+        "every offer; the charts: 12); products: weeks of checkouts the bought-together pairs "
+        "are read from (default `CRM_AFFINITY_WEEKS`); sentiment: the last N ISO weeks up to "
+        "`as_of` (default 12).",
+    ),
+]
 
 
 def build_report(
@@ -48,16 +64,24 @@ def build_report(
     *,
     as_of: dt.date | None = None,
     since: dt.date | None = None,
+    weeks: int | None = None,
 ) -> AnyReport:
     """One report of the read model's facts."""
     if name == "campaigns":
-        return campaigns_report(facts, as_of)
+        return campaigns_report(facts, as_of, weeks=weeks, since=since)
     if name == "products":
         return products_report(
-            facts, as_of, days=options.report_period_days, top=options.report_top
+            facts,
+            as_of,
+            days=options.report_period_days,
+            top=options.report_top,
+            affinity_weeks=weeks or options.affinity_weeks,
+            min_support=options.affinity_min_support,
         )
     if name == "stores":
-        return stores_report(facts, options.store_goals, as_of)
+        return stores_report(facts, options.store_goals, as_of, options.store_teams)
+    if name == "sentiment":
+        return sentiment_report(facts.opinions, as_of, since, weeks=weeks or DEFAULT_WEEKS)
     return segments_report(facts, as_of, since)
 
 
@@ -75,16 +99,30 @@ def report_csv(report: AnyReport) -> str:
     return buffer.getvalue()
 
 
-def chart_svg(name: ChartName, facts: Facts, options: ReportsSettings) -> str:
-    if name == "issued":
-        return charts.issued_redeemed_chart(campaigns_report(facts))
-    if name == "lift":
-        return charts.lift_chart(campaigns_report(facts))
+def chart_svg(
+    name: ChartName,
+    facts: Facts,
+    options: ReportsSettings,
+    *,
+    weeks: int | None = None,
+    since: dt.date | None = None,
+) -> str:
+    """A chart; the campaign charts over the period of `weeks` (default 12) or `since`."""
+    if name in ("issued", "lift"):
+        period = campaigns_report(
+            facts, weeks=(weeks or CHART_WEEKS) if since is None else None, since=since
+        )
+        if name == "issued":
+            return charts.issued_redeemed_chart(period)
+        return charts.lift_chart(period)
     if name == "products":
         return charts.products_chart(
             products_report(facts, days=options.report_period_days, top=options.report_top)
         )
-    return charts.stores_chart(stores_report(facts, options.store_goals))
+    stores = stores_report(facts, options.store_goals, teams=options.store_teams)
+    if name == "teams":
+        return charts.teams_chart(stores)
+    return charts.stores_chart(stores)
 
 
 class ReportsLoader:
@@ -125,21 +163,37 @@ def build_reports_router(
         name: ReportName,
         _: Annotated[Principal, Depends(marketing)],
         as_of: Annotated[dt.date | None, Query(description="Last day reported.")] = None,
-        since: Annotated[dt.date | None, Query(description="First date (segments).")] = None,
+        since: Annotated[
+            dt.date | None,
+            Query(
+                description="First date: segments, the date compared with; campaigns and "
+                "sentiment, the first day of the period (instead of `weeks`)."
+            ),
+        ] = None,
+        weeks: Weeks = None,
         format: Annotated[Literal["json", "csv"], Query(description="json or csv.")] = "json",
     ) -> AnyReport | Response:
-        """A report: campaigns (with lift), products, stores or segments."""
-        built = build_report(name, await load(), options, as_of=as_of, since=since)
+        """A report: campaigns (with lift), products (with what is bought together), stores
+        (and teams, against goals), segments, or sentiment (per brand and category, weekly)."""
+        built = build_report(name, await load(), options, as_of=as_of, since=since, weeks=weeks)
         if format == "csv":
             return Response(report_csv(built), media_type="text/csv")
         return built
 
     @router.get("/api/charts/{name}.svg", response_class=Response)
-    async def chart(name: ChartName, _: Annotated[Principal, Depends(marketing)]) -> Response:
-        """A chart as SVG (drawn on the server)."""
+    async def chart(
+        name: ChartName,
+        _: Annotated[Principal, Depends(marketing)],
+        weeks: Weeks = None,
+        since: Annotated[
+            dt.date | None, Query(description="Campaign charts: first day of the period.")
+        ] = None,
+    ) -> Response:
+        """A chart as SVG (drawn on the server); the campaign charts over the last 12 weeks
+        unless `weeks` or `since` says otherwise."""
         facts = await load()
         # matplotlib is slow and holds a lock: draw off the event loop.
-        svg = await asyncio.to_thread(chart_svg, name, facts, options)
+        svg = await asyncio.to_thread(chart_svg, name, facts, options, weeks=weeks, since=since)
         return Response(svg, media_type="image/svg+xml")
 
     @router.get("/", include_in_schema=False)
@@ -157,6 +211,9 @@ WEB_FILES = {
     "": ("index.html", "text/html; charset=utf-8"),
     "app.js": ("app.js", "text/javascript; charset=utf-8"),
     "campaigns.js": ("campaigns.js", "text/javascript; charset=utf-8"),
+    "reports.js": ("reports.js", "text/javascript; charset=utf-8"),
+    "sentiment.js": ("sentiment.js", "text/javascript; charset=utf-8"),
+    "journey.js": ("journey.js", "text/javascript; charset=utf-8"),
     "style.css": ("style.css", "text/css; charset=utf-8"),
 }
 

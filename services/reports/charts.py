@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from typing import Literal
 
 import matplotlib
 
@@ -26,7 +27,14 @@ matplotlib.use("Agg")  # no display: render to files only
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from services.reports.domain import ALL_WEEKS, CampaignsReport, ProductsReport, StoresReport
+from services.reports.domain import (
+    ALL_WEEKS,
+    CampaignsReport,
+    ProductsReport,
+    StoreRow,
+    StoresReport,
+    TeamRow,
+)
 
 _LOCK = threading.Lock()
 _COLOURS = ("#1f6feb", "#d9480f", "#2f9e44", "#9c36b5", "#868e96")
@@ -54,6 +62,25 @@ def _figure(width: float, height: float) -> tuple[Figure, Axes]:
     return fig, fig.subplots()
 
 
+MAX_WEEK_LABELS = 8
+"""More weeks than this on an axis: every other (or every n-th) week is labelled."""
+
+
+def _week_ticks(ax: Axes, weeks: list[str]) -> None:
+    """Label the week axis readably: at most `MAX_WEEK_LABELS` labels (the latest week always
+    one of them), `W48 2026` style, slanted."""
+    step = -(-len(weeks) // MAX_WEEK_LABELS)  # ceiling
+    shown = list(range(len(weeks) - 1, -1, -step))[::-1]
+    labels = [f"{weeks[i][5:]} {weeks[i][:4]}" for i in shown]
+    ax.set_xticks(shown, labels, rotation=45, ha="right")
+    ax.set_xlim(-0.6, len(weeks) - 0.4)
+
+
+def _period_weeks(report: CampaignsReport, seen: set[str]) -> list[str]:
+    """The weeks to draw: the report's period (weeks without offers too), or those seen."""
+    return list(report.weeks) if report.weeks else sorted(seen)
+
+
 def _empty(title: str) -> str:
     fig, ax = _figure(6, 1.5)
     ax.axis("off")
@@ -73,7 +100,7 @@ def issued_redeemed_chart(report: CampaignsReport) -> str:
                 weeks[row.week][2] += row.held_out
         if not weeks:
             return _empty(title)
-        labels = sorted(weeks)
+        labels = _period_weeks(report, set(weeks))
         x = range(len(labels))
         fig, ax = _figure(7, 3.2)
         width = 0.28
@@ -92,7 +119,7 @@ def issued_redeemed_chart(report: CampaignsReport) -> str:
             label="held out",
             color=_COLOURS[4],
         )
-        ax.set_xticks(list(x), labels, rotation=30, ha="right")
+        _week_ticks(ax, labels)
         ax.set_ylabel("offers")
         ax.set_title(title)
         ax.legend(frameon=False)
@@ -112,7 +139,7 @@ def lift_chart(report: CampaignsReport) -> str:
                 series[row.kind].append((row.week, row.lift, row.lift_low, row.lift_high))
         if not series:
             return _empty(title)
-        weeks = sorted({w for points in series.values() for w, *_ in points})
+        weeks = _period_weeks(report, {w for points in series.values() for w, *_ in points})
         index = {w: i for i, w in enumerate(weeks)}
         fig, ax = _figure(7, 3.2)
         for n, (kind, points) in enumerate(sorted(series.items())):
@@ -124,7 +151,7 @@ def lift_chart(report: CampaignsReport) -> str:
                 xs, ys, yerr=[low, high], fmt="o-", capsize=3, label=kind, color=_COLOURS[n % 5]
             )
         ax.axhline(0, color="#555", linewidth=0.8)
-        ax.set_xticks(range(len(weeks)), weeks, rotation=30, ha="right")
+        _week_ticks(ax, weeks)
         ax.set_ylabel("lift per customer")
         ax.set_title(title)
         ax.legend(frameon=False)
@@ -159,27 +186,53 @@ def products_chart(report: ProductsReport) -> str:
         return _svg(fig, title)
 
 
-def stores_chart(report: StoresReport) -> str:
-    title = f"Store revenue against goal, {report.month}"
+def _goals_chart(title: str, labels: list[str], rows: list[StoreRow] | list[TeamRow]) -> str:
+    """Revenue per store (or team) in the month so far, against the goal pro-rated to the days
+    elapsed (where it should be by now) and the whole month's goal."""
     with _drawing():
-        if not report.rows:
+        if not rows:
             return _empty(title)
-        labels = [r.store_id for r in report.rows]
         fig, ax = _figure(7, 3.2)
-        ax.bar(labels, [float(r.revenue) for r in report.rows], color=_COLOURS[0], label="revenue")
-        goals = [(i, float(r.revenue_goal)) for i, r in enumerate(report.rows) if r.revenue_goal]
-        if goals:
-            ax.scatter(
-                [i for i, _ in goals],
-                [g for _, g in goals],
-                marker="_",
-                s=600,
-                color=_COLOURS[1],
-                label="goal",
-                zorder=3,
-            )
+        x = list(range(len(rows)))
+        ax.bar(x, [float(r.revenue) for r in rows], 0.5, color=_COLOURS[0], label="revenue so far")
+        goal_lines: tuple[tuple[str, str, str, Literal["-", "--"], float], ...] = (
+            ("revenue_goal", "month's goal", _COLOURS[4], "--", 1.5),
+            ("revenue_goal_to_date", "goal to date", _COLOURS[1], "-", 3.0),
+        )
+        for value, name, colour, style, width in goal_lines:
+            points = [(i, getattr(r, value)) for i, r in enumerate(rows) if getattr(r, value)]
+            if points:
+                ax.hlines(
+                    [float(goal) for _, goal in points],
+                    [i - 0.35 for i, _ in points],
+                    [i + 0.35 for i, _ in points],
+                    colors=colour,
+                    linestyles=style,
+                    linewidths=width,
+                    label=name,
+                    zorder=3,
+                )
+        slanted = len(rows) > 6
+        ax.set_xticks(x, labels, rotation=30 if slanted else 0, ha="right" if slanted else "center")
+        ax.set_xlim(-0.8, len(rows) - 0.2)
         ax.set_ylabel("revenue")
         ax.set_title(title)
-        ax.legend(frameon=False)
+        ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.spines[["top", "right"]].set_visible(False)
         return _svg(fig, title)
+
+
+def stores_chart(report: StoresReport) -> str:
+    title = (
+        f"Store revenue against goal, {report.month} "
+        f"(day {report.days_elapsed} of {report.days_in_month})"
+    )
+    return _goals_chart(title, [r.store_id for r in report.rows], report.rows)
+
+
+def teams_chart(report: StoresReport) -> str:
+    title = (
+        f"Team revenue against goal, {report.month} "
+        f"(day {report.days_elapsed} of {report.days_in_month})"
+    )
+    return _goals_chart(title, [r.team for r in report.teams], report.teams)

@@ -25,23 +25,31 @@ of their kind.
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from services.reports.sentiment import Opinion, SentimentReport, SentimentRow
 from services.reports.settings import StoreGoal
 from shared.campaigns import DEFAULT_CAMPAIGNS
 from shared.erasure import is_unlinked
 from shared.events import OfferKind
 from shared.marketing import Segment, campaign_period, rfm_segment
 
-ReportName = Literal["campaigns", "products", "stores", "segments"]
-REPORT_NAMES: tuple[ReportName, ...] = ("campaigns", "products", "stores", "segments")
+ReportName = Literal["campaigns", "products", "stores", "segments", "sentiment"]
+REPORT_NAMES: tuple[ReportName, ...] = (
+    "campaigns",
+    "products",
+    "stores",
+    "segments",
+    "sentiment",
+)
 
 Z_95 = Decimal("1.96")
 _CENT = Decimal("0.01")
@@ -171,6 +179,8 @@ class Facts:
     """Offer ids revoked (and not issued again since)."""
     definitions: dict[str, CampaignDefinition] = field(default_factory=dict)
     """Campaign id -> its latest definition read."""
+    opinions: list[Opinion] = field(default_factory=list)
+    """Interactions with a sentiment about a brand or category (`sentiment.py`)."""
 
     def latest_day(self) -> dt.date | None:
         return max((p.day for p in self.purchases), default=None)
@@ -278,9 +288,42 @@ class CampaignResultRow(BaseModel):
     lift_high: Decimal | None = Field(description="Upper end of the 95 % interval.")
 
 
+class CampaignHeadline(BaseModel):
+    """The figures marketing reads first: every offer of the period, whatever its campaign."""
+
+    eligible: int = Field(description="Customers eligible: issued + held out.")
+    held_out: int = Field(
+        description="Eligible customers held out (a campaign's hold-out or the global control)."
+    )
+    issued: int = Field(description="Offers issued (revoked ones not included).")
+    delivered: int = Field(description="E-mails sent or written.")
+    redeemed: int = Field(description="Offers redeemed.")
+    redemption_rate: Decimal = Field(description="redeemed / issued.")
+    revenue: Decimal = Field(description="Total of the baskets that redeemed.")
+    discount: Decimal = Field(description="Money the redeemed coupons took off those baskets.")
+    treated_spend: Decimal | None = Field(description="Spend per treated customer in validity.")
+    control_spend: Decimal | None = Field(description="Spend per held-out customer in validity.")
+    lift: Decimal | None = Field(description="treated_spend - control_spend.")
+    lift_low: Decimal | None = Field(description="Lower end of the 95 % interval.")
+    lift_high: Decimal | None = Field(description="Upper end of the 95 % interval.")
+
+
 class CampaignsReport(BaseModel):
     name: Literal["campaigns"] = "campaigns"
     as_of: dt.date = Field(description="Latest day of data.")
+    since: dt.date | None = Field(
+        default=None,
+        description="First day of the period: offers valid from this day on are counted (null: "
+        "every offer up to `as_of`).",
+    )
+    weeks: list[str] = Field(
+        default_factory=list,
+        description="The campaign weeks of the period (ISO, `YYYY-Www`), oldest first, those "
+        "without offers included; empty when the period is every offer.",
+    )
+    headline: CampaignHeadline | None = Field(
+        default=None, description="Every offer of the period together."
+    )
     rows: list[CampaignRow] = Field(description="Per kind and week, then per kind (`all`).")
     campaigns: list[CampaignResultRow] = Field(
         default_factory=list,
@@ -403,12 +446,41 @@ def _result_rows(
     return rows
 
 
-def campaigns_report(facts: Facts, as_of: dt.date | None = None) -> CampaignsReport:
-    """Per kind and week, then per kind over all weeks; and per campaign and arm. Erased
+def period_start(as_of: dt.date, weeks: int) -> dt.date:
+    """The Monday that starts the last `weeks` campaign weeks up to `as_of` (its own included)."""
+    return as_of - dt.timedelta(days=as_of.weekday() + 7 * (weeks - 1))
+
+
+def weeks_between(since: dt.date, as_of: dt.date) -> list[str]:
+    """Every campaign week from the one of `since` to the one of `as_of`, oldest first."""
+    monday = since - dt.timedelta(days=since.weekday())
+    weeks = []
+    while monday <= as_of:
+        weeks.append(campaign_period(monday))
+        monday += dt.timedelta(days=7)
+    return weeks
+
+
+def campaigns_report(
+    facts: Facts,
+    as_of: dt.date | None = None,
+    *,
+    weeks: int | None = None,
+    since: dt.date | None = None,
+) -> CampaignsReport:
+    """Per kind and week, then per kind over all weeks; per campaign and arm; and the headline
+    of them all. The period is the offers valid from `since` (or the first day of the last
+    `weeks` campaign weeks) to `as_of`; without either, every offer up to `as_of`. Erased
     customers are left out; revoked offers are counted as revoked only."""
     as_of = as_of or facts.latest_day() or dt.datetime.now(dt.UTC).date()
+    if since is None and weeks is not None:
+        since = period_start(as_of, weeks)
     campaigns = [
-        c for c in facts.campaigns if c.customer_id not in facts.erased and c.valid_from <= as_of
+        c
+        for c in facts.campaigns
+        if c.customer_id not in facts.erased
+        and c.valid_from <= as_of
+        and (since is None or c.valid_from >= since)
     ]
     spend = _SpendIndex(p for p in facts.purchases if p.day <= as_of)
     weekly: dict[tuple[OfferKind, str], list[Campaign]] = defaultdict(list)
@@ -418,8 +490,21 @@ def campaigns_report(facts: Facts, as_of: dt.date | None = None) -> CampaignsRep
         per_kind[c.kind].append(c)
     rows = [_campaign_row(k, w, weekly[(k, w)], facts, spend) for k, w in sorted(weekly)]
     rows += [_campaign_row(k, ALL_WEEKS, per_kind[k], facts, spend) for k in sorted(per_kind)]
+    offered = [c for c in campaigns if not c.held_out]
+    held = [c for c in campaigns if c.held_out]
+    figures = _figures(offered, held, facts, spend)
+    headline = CampaignHeadline(
+        eligible=figures["issued"] + len(held),
+        held_out=len(held),
+        **{k: v for k, v in figures.items() if k != "revoked"},
+    )
     return CampaignsReport(
-        as_of=as_of, rows=rows, campaigns=_result_rows(campaigns, facts, as_of, spend)
+        as_of=as_of,
+        since=since,
+        weeks=weeks_between(since, as_of) if since is not None and since <= as_of else [],
+        headline=headline,
+        rows=rows,
+        campaigns=_result_rows(campaigns, facts, as_of, spend),
     )
 
 
@@ -439,6 +524,31 @@ class ProductRow(BaseModel):
     )
 
 
+class PairRow(BaseModel):
+    """Two SKUs bought in one checkout: the association rule both ways."""
+
+    sku_a: str = Field(description="One SKU of the pair (the first in text order).")
+    sku_b: str = Field(description="The other SKU.")
+    baskets: int = Field(description="Checkouts with both.")
+    support: Decimal = Field(description="Share of all checkouts with both.")
+    confidence_a_b: Decimal = Field(description="Share of the checkouts with sku_a that had sku_b.")
+    confidence_b_a: Decimal = Field(description="Share of the checkouts with sku_b that had sku_a.")
+    lift: Decimal = Field(
+        description="support / (share with sku_a * share with sku_b): above 1, bought together "
+        "more often than if they were independent."
+    )
+
+
+class Affinity(BaseModel):
+    """What is bought together: pairs of SKUs over the checkouts of a window."""
+
+    start: dt.date = Field(description="First day of the checkouts read.")
+    as_of: dt.date = Field(description="Last day of the checkouts read.")
+    baskets: int = Field(description="Checkouts read (anonymous ones included).")
+    min_support: Decimal = Field(description="Least support of a pair listed.")
+    pairs: list[PairRow] = Field(description="Top pairs by lift, then support.")
+
+
 class ProductsReport(BaseModel):
     name: Literal["products"] = "products"
     as_of: dt.date = Field(description="Last day of the period.")
@@ -446,6 +556,9 @@ class ProductsReport(BaseModel):
     previous_start: dt.date = Field(description="First day of the previous period.")
     skus: list[ProductRow] = Field(description="Top SKUs by revenue.")
     categories: list[ProductRow] = Field(description="Top categories by revenue.")
+    bought_together: Affinity | None = Field(
+        default=None, description="Pairs of SKUs bought in one checkout, over the last weeks."
+    )
 
 
 @dataclass(slots=True)
@@ -498,10 +611,67 @@ def _product_rows(now: dict[str, _Tally], before: dict[str, _Tally], top: int) -
     return rows
 
 
+MIN_PAIR_BASKETS = 2
+"""A pair seen in a single checkout says nothing, whatever its lift: never listed."""
+
+
+def basket_affinity(
+    purchases: Iterable[Purchase],
+    start: dt.date,
+    as_of: dt.date,
+    *,
+    min_support: Decimal = Decimal("0.01"),
+    top: int = 10,
+    min_baskets: int = MIN_PAIR_BASKETS,
+) -> Affinity:
+    """Support, confidence and lift of every pair of SKUs bought in one checkout between
+    `start` and `as_of` (each checkout a set of SKUs: quantities do not count); the `top` pairs
+    by lift with at least `min_support` and `min_baskets` checkouts."""
+    singles: Counter[str] = Counter()
+    pairs: Counter[tuple[str, str]] = Counter()
+    baskets = 0
+    for p in purchases:
+        if not start <= p.day <= as_of:
+            continue
+        skus = sorted({line.sku for line in p.lines})
+        if not skus:
+            continue
+        baskets += 1
+        singles.update(skus)
+        pairs.update((a, b) for i, a in enumerate(skus) for b in skus[i + 1 :])
+    rows = []
+    for (a, b), both in pairs.items():
+        support = Decimal(both) / baskets
+        if both < min_baskets or support < min_support:
+            continue
+        rows.append(
+            PairRow(
+                sku_a=a,
+                sku_b=b,
+                baskets=both,
+                support=support.quantize(_RATE),
+                confidence_a_b=(Decimal(both) / singles[a]).quantize(_RATE),
+                confidence_b_a=(Decimal(both) / singles[b]).quantize(_RATE),
+                lift=(Decimal(both) * baskets / (singles[a] * singles[b])).quantize(_CENT),
+            )
+        )
+    rows.sort(key=lambda r: (-r.lift, -r.support, r.sku_a, r.sku_b))
+    return Affinity(
+        start=start, as_of=as_of, baskets=baskets, min_support=min_support, pairs=rows[:top]
+    )
+
+
 def products_report(
-    facts: Facts, as_of: dt.date | None = None, *, days: int = 7, top: int = 10
+    facts: Facts,
+    as_of: dt.date | None = None,
+    *,
+    days: int = 7,
+    top: int = 10,
+    affinity_weeks: int = 4,
+    min_support: Decimal = Decimal("0.01"),
 ) -> ProductsReport:
-    """Top SKUs and categories of the `days` ending `as_of`, against the `days` before."""
+    """Top SKUs and categories of the `days` ending `as_of`, against the `days` before; and the
+    pairs bought together over the `affinity_weeks` ending `as_of`."""
     as_of = as_of or facts.latest_day() or dt.datetime.now(dt.UTC).date()
     start = as_of - dt.timedelta(days=days - 1)
     previous_start = start - dt.timedelta(days=days)
@@ -515,6 +685,13 @@ def products_report(
         previous_start=previous_start,
         skus=_product_rows(skus, prev_skus, top),
         categories=_product_rows(categories, prev_categories, top),
+        bought_together=basket_affinity(
+            facts.purchases,
+            as_of - dt.timedelta(days=7 * affinity_weeks - 1),
+            as_of,
+            min_support=min_support,
+            top=top,
+        ),
     )
 
 
@@ -529,13 +706,60 @@ class StoreRow(BaseModel):
     visits_goal: int | None = Field(description="Monthly checkouts goal.")
     revenue_percent_of_goal: Decimal | None = Field(description="revenue / goal, in percent.")
     visits_percent_of_goal: Decimal | None = Field(description="visits / goal, in percent.")
+    revenue_goal_to_date: Decimal | None = Field(
+        default=None,
+        description="The monthly revenue goal pro-rated to the days elapsed (goal * days "
+        "elapsed / days in the month).",
+    )
+    visits_goal_to_date: Decimal | None = Field(
+        default=None, description="The monthly checkouts goal pro-rated to the days elapsed."
+    )
+    revenue_percent_of_goal_to_date: Decimal | None = Field(
+        default=None,
+        description="revenue / pro-rated goal, in percent: 100 is on track.",
+    )
+    visits_percent_of_goal_to_date: Decimal | None = Field(
+        default=None, description="visits / pro-rated goal, in percent: 100 is on track."
+    )
+    teams: list[str] = Field(default_factory=list, description="The teams the store is in.")
+
+
+class TeamRow(BaseModel):
+    team: str = Field(description="Team (a group of stores, `CRM_STORE_TEAMS`).")
+    stores: list[str] = Field(description="Its stores.")
+    revenue: Decimal = Field(description="Revenue of its stores in the month so far.")
+    visits: int = Field(description="Checkouts of its stores in the month so far.")
+    revenue_goal: Decimal | None = Field(
+        description="Sum of its stores' monthly revenue goals (null: none has one)."
+    )
+    visits_goal: int | None = Field(description="Sum of its stores' monthly checkouts goals.")
+    revenue_percent_of_goal: Decimal | None = Field(description="revenue / goal, in percent.")
+    visits_percent_of_goal: Decimal | None = Field(description="visits / goal, in percent.")
+    revenue_goal_to_date: Decimal | None = Field(
+        description="The revenue goal pro-rated to the days elapsed."
+    )
+    visits_goal_to_date: Decimal | None = Field(
+        description="The checkouts goal pro-rated to the days elapsed."
+    )
+    revenue_percent_of_goal_to_date: Decimal | None = Field(
+        description="revenue / pro-rated goal, in percent: 100 is on track."
+    )
+    visits_percent_of_goal_to_date: Decimal | None = Field(
+        description="visits / pro-rated goal, in percent: 100 is on track."
+    )
 
 
 class StoresReport(BaseModel):
     name: Literal["stores"] = "stores"
     as_of: dt.date = Field(description="Last day counted.")
     month: str = Field(description="Month reported, `YYYY-MM`.")
+    days_elapsed: int = Field(default=0, description="Days of the month up to `as_of`, included.")
+    days_in_month: int = Field(default=0, description="Days in the month.")
     rows: list[StoreRow] = Field(description="One row per store, by store id.")
+    teams: list[TeamRow] = Field(default_factory=list, description="One row per team, by name.")
+
+
+_R = TypeVar("_R", StoreRow, TeamRow)
 
 
 def _percent(value: Decimal, goal: Decimal | int | None) -> Decimal | None:
@@ -544,11 +768,30 @@ def _percent(value: Decimal, goal: Decimal | int | None) -> Decimal | None:
     return (value * 100 / Decimal(goal)).quantize(Decimal("0.1"))
 
 
+def goal_to_date(goal: Decimal | int | None, as_of: dt.date) -> Decimal | None:
+    """A monthly goal pro-rated to the days of the month elapsed at the end of `as_of`: at day
+    10 of a 30-day month, a third of it; on the month's last day, all of it."""
+    if goal is None:
+        return None
+    days = calendar.monthrange(as_of.year, as_of.month)[1]
+    return (Decimal(goal) * as_of.day / days).quantize(_CENT)
+
+
+def _sum_goals(goals: Iterable[Decimal | int | None]) -> Decimal | None:
+    given = [Decimal(g) for g in goals if g is not None]
+    return sum(given, _ZERO) if given else None
+
+
 def stores_report(
-    facts: Facts, goals: dict[str, StoreGoal], as_of: dt.date | None = None
+    facts: Facts,
+    goals: Mapping[str, StoreGoal],
+    as_of: dt.date | None = None,
+    teams: Mapping[str, Sequence[str]] | None = None,
 ) -> StoresReport:
-    """Revenue and visits per store in the month of `as_of` (up to it), against monthly goals."""
+    """Revenue and visits per store and per team in the month of `as_of` (up to it), against
+    monthly goals and against the goals pro-rated to the days elapsed."""
     as_of = as_of or facts.latest_day() or dt.datetime.now(dt.UTC).date()
+    teams = teams or {}
     first = as_of.replace(day=1)
     revenue: dict[str, Decimal] = defaultdict(Decimal)
     visits: Counter[str] = Counter()
@@ -556,21 +799,76 @@ def stores_report(
         if first <= p.day <= as_of:
             revenue[p.store_id] += p.total
             visits[p.store_id] += 1
+    teams_of: dict[str, list[str]] = defaultdict(list)
+    for team, members in sorted(teams.items()):
+        for store_id in members:
+            teams_of[store_id].append(team)
     rows = []
-    for store_id in sorted(set(revenue) | set(goals)):
+    for store_id in sorted(set(revenue) | set(goals) | set(teams_of)):
         goal = goals.get(store_id, StoreGoal())
         rows.append(
-            StoreRow(
+            _store_row(
+                StoreRow,
+                as_of,
+                revenue.get(store_id, _ZERO),
+                visits.get(store_id, 0),
+                goal.revenue,
+                goal.visits,
                 store_id=store_id,
-                revenue=revenue.get(store_id, _ZERO),
-                visits=visits.get(store_id, 0),
-                revenue_goal=goal.revenue,
-                visits_goal=goal.visits,
-                revenue_percent_of_goal=_percent(revenue.get(store_id, _ZERO), goal.revenue),
-                visits_percent_of_goal=_percent(Decimal(visits.get(store_id, 0)), goal.visits),
+                teams=teams_of.get(store_id, []),
             )
         )
-    return StoresReport(as_of=as_of, month=f"{first:%Y-%m}", rows=rows)
+    team_rows = []
+    for team, members in sorted(teams.items()):
+        stores = sorted(set(members))
+        member_goals = [goals.get(s, StoreGoal()) for s in stores]
+        visits_goal = _sum_goals(g.visits for g in member_goals)
+        team_rows.append(
+            _store_row(
+                TeamRow,
+                as_of,
+                sum((revenue.get(s, _ZERO) for s in stores), _ZERO),
+                sum(visits.get(s, 0) for s in stores),
+                _sum_goals(g.revenue for g in member_goals),
+                int(visits_goal) if visits_goal is not None else None,
+                team=team,
+                stores=stores,
+            )
+        )
+    return StoresReport(
+        as_of=as_of,
+        month=f"{first:%Y-%m}",
+        days_elapsed=as_of.day,
+        days_in_month=calendar.monthrange(as_of.year, as_of.month)[1],
+        rows=rows,
+        teams=team_rows,
+    )
+
+
+def _store_row(
+    model: type[_R],
+    as_of: dt.date,
+    revenue: Decimal,
+    visits: int,
+    revenue_goal: Decimal | None,
+    visits_goal: int | None,
+    **who: Any,
+) -> _R:
+    revenue_to_date = goal_to_date(revenue_goal, as_of)
+    visits_to_date = goal_to_date(visits_goal, as_of)
+    return model(
+        **who,
+        revenue=revenue,
+        visits=visits,
+        revenue_goal=revenue_goal,
+        visits_goal=visits_goal,
+        revenue_percent_of_goal=_percent(revenue, revenue_goal),
+        visits_percent_of_goal=_percent(Decimal(visits), visits_goal),
+        revenue_goal_to_date=revenue_to_date,
+        visits_goal_to_date=visits_to_date,
+        revenue_percent_of_goal_to_date=_percent(revenue, revenue_to_date),
+        visits_percent_of_goal_to_date=_percent(Decimal(visits), visits_to_date),
+    )
 
 
 # ---------------------------------------------------------------- segments
@@ -643,7 +941,7 @@ def segments_report(
 
 # ---------------------------------------------------------------- tables (CSV, terminal)
 
-AnyReport = CampaignsReport | ProductsReport | StoresReport | SegmentsReport
+AnyReport = CampaignsReport | ProductsReport | StoresReport | SegmentsReport | SentimentReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -664,7 +962,18 @@ def _table(title: str, models: Sequence[BaseModel], columns: list[str]) -> Table
 def tables_of(report: AnyReport) -> list[Table]:
     """A report as flat tables, for CSV and the terminal."""
     if isinstance(report, CampaignsReport):
+        period = (
+            f"offers valid from {report.since} to {report.as_of}"
+            if report.since
+            else f"every offer up to {report.as_of}"
+        )
+        headline = (
+            [_table(period, [report.headline], list(CampaignHeadline.model_fields))]
+            if report.headline is not None
+            else []
+        )
         return [
+            *headline,
             _table(
                 f"campaigns (as of {report.as_of})", report.rows, list(CampaignRow.model_fields)
             ),
@@ -677,12 +986,27 @@ def tables_of(report: AnyReport) -> list[Table]:
     if isinstance(report, ProductsReport):
         cols = list(ProductRow.model_fields)
         span = f"{report.start} to {report.as_of}, against {report.previous_start} on"
-        return [
+        tables = [
             _table(f"top SKUs ({span})", report.skus, cols),
             _table(f"top categories ({span})", report.categories, cols),
         ]
+        pairs = report.bought_together
+        if pairs is not None:
+            title = (
+                f"bought together ({pairs.start} to {pairs.as_of}, {pairs.baskets} checkouts, "
+                f"support at least {pairs.min_support})"
+            )
+            tables.append(_table(title, pairs.pairs, list(PairRow.model_fields)))
+        return tables
     if isinstance(report, StoresReport):
-        return [_table(f"stores ({report.month})", report.rows, list(StoreRow.model_fields))]
+        month = f"{report.month}, day {report.days_elapsed} of {report.days_in_month}"
+        return [
+            _table(f"stores ({month})", report.rows, list(StoreRow.model_fields)),
+            _table(f"teams ({month})", report.teams, list(TeamRow.model_fields)),
+        ]
+    if isinstance(report, SentimentReport):
+        title = f"sentiment per brand and category ({report.since} to {report.as_of})"
+        return [_table(title, report.rows, list(SentimentRow.model_fields))]
     segments = sorted(set(report.before) | set(report.after))
     counts = Table(
         f"segments ({report.since} and {report.as_of})",

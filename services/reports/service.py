@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.reports.domain import UNCATEGORIZED, Campaign, Line, Purchase, Redemption
+from services.reports.sentiment import Opinion
 from services.reports.store import (
     Fact,
     ReportsRepository,
@@ -21,6 +22,7 @@ from services.reports.store import (
     definition_fact,
     delivery_fact,
     erased_fact,
+    opinion_fact,
     purchase_fact,
     redemption_fact,
     revocation_fact,
@@ -31,6 +33,7 @@ from shared.events import (
     CardLinked,
     CustomerErased,
     DeliveryRecorded,
+    InteractionRecorded,
     OfferHeldOut,
     OfferIssued,
     OfferRedeemed,
@@ -75,6 +78,20 @@ class ReportsService:
             return erased_fact(event.customer_id)
         if isinstance(event, CardLinked) and event.merged_customer_id:
             return alias_fact(event.merged_customer_id, event.customer_id)
+        if isinstance(event, InteractionRecorded):
+            # Only an opinion about a brand or a category makes a fact (the sentiment report).
+            if event.sentiment is None or (event.brand is None and event.category is None):
+                return None
+            return opinion_fact(
+                Opinion(
+                    event_id=event.event_id,
+                    customer_id=event.customer_id,
+                    at=event.occurred_at,
+                    sentiment=event.sentiment,
+                    brand=event.brand,
+                    category=event.category,
+                )
+            )
         if isinstance(event, OfferIssued):
             return campaign_fact(
                 Campaign(

@@ -32,3 +32,20 @@ class ReportsSettings(BaseSettings):
         description="Days of the products report's period (compared with the one before).",
     )
     report_top: int = Field(default=10, ge=1, description="Rows of the top-products report.")
+    store_teams: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Teams (groups of stores) as JSON, reported against the sum of their stores' "
+        'goals, e.g. `{"North": ["S001", "S002"]}`; a store may be in several.',
+    )
+    affinity_weeks: int = Field(
+        default=4,
+        ge=1,
+        le=520,
+        description="Weeks of checkouts the products report's bought-together pairs are read from.",
+    )
+    affinity_min_support: Decimal = Field(
+        default=Decimal("0.01"),
+        ge=0,
+        le=1,
+        description="Least share of those checkouts a pair must be in to be listed (0.01: 1 %).",
+    )

@@ -2,7 +2,8 @@
 the store opens.
 
 One table (collection) of facts keyed by kind and id: purchases, campaigns (offers issued or
-held out), redemptions, deliveries, revocations, erasures, and campaign definitions (one fact
+held out), redemptions, deliveries, revocations, erasures, opinions (an interaction's
+sentiment about a brand or category), and campaign definitions (one fact
 per change of a campaign, keyed by its id and the length of its history, so the newest is the
 one with the longest history whatever order they arrive in). A fact is written once (a
 redelivered event changes nothing); a delivery's latest state wins, and so does a revocation's.
@@ -38,13 +39,22 @@ from services.reports.domain import (
     Purchase,
     Redemption,
 )
+from services.reports.sentiment import Opinion
 from shared.campaigns import CampaignChanged
 from shared.erasure import erasure_mark, is_unlinked
 from shared.settings import StoreSettings
 from shared.storage import open_store
 
 FactKind = Literal[
-    "purchase", "campaign", "redemption", "delivery", "revocation", "erased", "definition", "alias"
+    "purchase",
+    "campaign",
+    "redemption",
+    "delivery",
+    "revocation",
+    "erased",
+    "definition",
+    "alias",
+    "opinion",
 ]
 LATEST_KINDS: frozenset[str] = frozenset({"delivery", "revocation"})
 """Kinds whose latest write wins; every other fact is written once."""
@@ -197,6 +207,16 @@ def alias_fact(merged_customer_id: str, customer_id: str) -> Fact:
     return Fact("alias", merged_customer_id, customer_id, {})
 
 
+def opinion_fact(o: Opinion) -> Fact:
+    """An interaction's sentiment about a brand or category (no text, only the labels)."""
+    doc = {"c": o.customer_id, "at": o.at.isoformat(), "s": o.sentiment}
+    if o.brand is not None:
+        doc["b"] = o.brand
+    if o.category is not None:
+        doc["g"] = o.category
+    return Fact("opinion", o.event_id, o.customer_id, doc)
+
+
 def erased_fact(customer_id: str) -> Fact:
     """The erasure, keyed by the customer id's one-way mark; the id itself is not stored."""
     return Fact("erased", erasure_mark(customer_id), customer_id, {})
@@ -247,6 +267,17 @@ def facts_of(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> Facts:
             facts.revoked.add(fact_id)
         elif kind == "erased":
             facts.erased.add(fact_id)
+        elif kind == "opinion":
+            facts.opinions.append(
+                Opinion(
+                    event_id=fact_id,
+                    customer_id=d["c"],
+                    at=dt.datetime.fromisoformat(d["at"]),
+                    sentiment=d["s"],
+                    brand=d.get("b"),
+                    category=d.get("g"),
+                )
+            )
         # "alias": for erasures only, no figure
         elif kind == "definition":
             definition = _definition(d)
@@ -255,6 +286,7 @@ def facts_of(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> Facts:
                 facts.definitions[definition.campaign_id] = definition
     facts.purchases.sort(key=lambda p: (p.at, p.event_id))
     facts.campaigns.sort(key=lambda c: (c.at, c.offer_id))
+    facts.opinions.sort(key=lambda o: (o.at, o.event_id))
     return facts
 
 

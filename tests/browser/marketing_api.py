@@ -69,7 +69,7 @@ def builtin(campaign_id: str, name: str, trigger: CampaignTrigger) -> CampaignVi
                 action="seeded",
             ),
         ),
-        counts=CampaignCounts(issued=150, held_out=30, redeemed=50),
+        counts=CampaignCounts(issued=150, held_out=30, redeemed=60),
         builtin=True,
     )
 

@@ -75,7 +75,10 @@ class World:
         router = build_reports_router(
             ReportsLoader(repository=self.reports),
             tokens,
-            ReportsSettings(store_goals={"S001": StoreGoal(revenue=Decimal(2000), visits=100)}),
+            ReportsSettings(
+                store_goals={"S001": StoreGoal(revenue=Decimal(2000), visits=100)},
+                store_teams={"North": ["S001", "S002"]},
+            ),
         )
         add_web_routes(router)
         app.include_router(router)
@@ -183,6 +186,9 @@ async def build_world() -> World:
     return World(s, profiles, reports, audit, customer_id, "OPEN-CODE-0001", "USED-CODE-0002")
 
 
+COMPANIONS = {"COFFEE": "MILK-1L", "BREAD": "EGGS-10"}
+
+
 def campaign_population() -> list:  # type: ignore[type-arg]
     """Three weeks of frequent-item and birthday campaigns; treated customers spend about 8 more."""
     rng = random.Random(11)
@@ -214,6 +220,9 @@ def campaign_population() -> list:  # type: ignore[type-arg]
                     day = start + dt.timedelta(days=rng.randint(0, 6))
                     amount = Decimal(rng.randint(400, 1600)) / 100
                     sku = rng.choice(["MILK-1L", "BREAD", "EGGS-10", "COFFEE"])
+                    lines = [Line(sku, "grocery", Decimal(1), amount)]
+                    if n % 3 == 0 and sku in COMPANIONS:  # bought together, for the products page
+                        lines.append(Line(COMPANIONS[sku], "grocery", Decimal(1), Decimal(0)))
                     facts.append(
                         purchase_fact(
                             Purchase(
@@ -223,7 +232,7 @@ def campaign_population() -> list:  # type: ignore[type-arg]
                                 dt.datetime.combine(day, dt.time(12), tzinfo=UTC),
                                 day,
                                 amount,
-                                (Line(sku, "grocery", Decimal(1), amount),),
+                                tuple(lines),
                             )
                         )
                     )

@@ -65,11 +65,12 @@ def serve(app: Any) -> Iterator[str]:
         thread.join(10)
 
 
-def shoot(page: Any, name: str) -> None:
+def shoot(page: Any, name: str, *, full_page: bool = True) -> None:
+    """A screenshot of the whole page, or (`full_page=False`) of what the screen shows."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     DOCS.mkdir(parents=True, exist_ok=True)
     target = SHOTS / f"{name}.png"
-    page.screenshot(path=str(target), full_page=True)
+    page.screenshot(path=str(target), full_page=full_page)
     shutil.copyfile(target, DOCS / f"{name}.png")
 
 

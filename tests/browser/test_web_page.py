@@ -82,7 +82,13 @@ def test_agent_signs_in_searches_a_card_and_sees_the_coupons(
     page.close()
 
 
-def test_marketing_opens_the_campaigns_dashboard_and_the_charts_render(
+def _top(page: Any, selector: str) -> float:
+    box = page.locator(selector).bounding_box()
+    assert box is not None, selector
+    return float(box["y"])
+
+
+def test_marketing_opens_the_campaigns_dashboard_headline_first_then_the_charts_then_the_table(
     site: tuple[str, World], browser: object
 ) -> None:
     base, _ = site
@@ -96,8 +102,77 @@ def test_marketing_opens_the_campaigns_dashboard_and_the_charts_render(
         assert box["width"] > 100
         assert box["height"] > 50
         assert page.locator(chart).get_attribute("alt")
-    assert "frequent_item" in page.inner_text("#campaigns-table")
+    page.wait_for_selector('#campaigns-headline [data-figure="lift"]')
+    # the last 12 weeks by default: 3 weeks of 2 kinds of 60 eligible, 1 in 6 held out, 1 in 3
+    # redeemed for 20 each
+    figures = {
+        name: page.inner_text(f'#campaigns-headline [data-figure="{name}"] dd >> nth=0')
+        for name in ("issued", "redeemed", "revenue", "lift")
+    }
+    assert (figures["issued"], figures["redeemed"], figures["revenue"]) == ("300", "120", "2400")
+    assert "95 %" in figures["lift"]
+    assert page.input_value("#campaigns-weeks") == "12"
+    assert "Offers valid from" in page.inner_text("#campaigns-period")
+    # headline, chart, table per campaign, and only then the campaigns to manage
+    tops = [
+        _top(page, s)
+        for s in ("#campaigns-headline", "#chart-issued", "#campaigns-table", "#campaign-list")
+    ]
+    assert tops == sorted(tops)
+    table = page.inner_text("#campaigns-table")
+    assert "frequent-item" in table
+    # the week-by-week rows are there on demand only
+    assert not page.locator("#campaigns-weekly-table").is_visible()
+    page.click("#campaigns-weekly summary")
+    assert "frequent_item" in page.inner_text("#campaigns-weekly-table")
+    page.click("#campaigns-weekly summary")
+    page.evaluate("window.scrollTo(0, 0)")
     _shoot(page, "campaigns-dashboard")
+    page.close()
+
+
+def test_the_campaigns_dashboard_fits_a_phone(site: tuple[str, World], browser: object) -> None:
+    base, _ = site
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # type: ignore[attr-defined]
+    _sign_in(page, base, "marketing")
+    page.click("nav button[data-page=campaigns]")
+    _wait_drawn(page, "#chart-issued img")
+    _wait_drawn(page, "#chart-lift img")
+    page.wait_for_selector('#campaigns-headline [data-figure="lift"]')
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    for selector in ("#campaigns-headline", "#chart-issued img", "#campaigns-table"):
+        box = page.locator(selector).bounding_box()
+        assert box is not None
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= 390, selector
+    # the headline figures come before the charts on the phone too
+    assert _top(page, '#campaigns-headline [data-figure="lift"]') < _top(page, "#chart-issued")
+    # what the phone's screen shows first: the headline figures and the chart
+    page.evaluate("window.scrollTo(0, 0)")
+    shoot(page, "campaigns-dashboard-phone", full_page=False)
+    page.close()
+
+
+def test_products_show_what_is_bought_together_and_stores_their_teams_against_goals(
+    site: tuple[str, World], browser: object
+) -> None:
+    base, _ = site
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    _sign_in(page, base, "marketing")
+    page.click("nav button[data-page=products]")
+    page.wait_for_selector("#products-pairs td")
+    pairs = page.inner_text("#products-pairs")
+    assert "COFFEE + MILK-1L" in pairs
+    assert "BREAD + EGGS-10" in pairs
+    page.click("nav button[data-page=stores]")
+    _wait_drawn(page, "#chart-teams img")
+    assert "Team revenue against goal" in (
+        page.locator("#chart-teams img").get_attribute("alt") or ""
+    )
+    teams = page.inner_text("#teams-table")
+    assert "North" in teams
+    assert "S001, S002" in teams
+    assert "goal to date" in page.inner_text("#stores-table")
     page.close()
 
 

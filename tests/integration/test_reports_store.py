@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.reports.domain import Campaign, Line, Purchase, Redemption
+from services.reports.domain import Campaign, Line, Purchase, Redemption, basket_affinity
 from services.reports.store import (
     Fact,
     ReportsRepository,
@@ -338,3 +338,32 @@ async def test_the_newest_definition_of_a_campaign_wins_whatever_order_it_comes_
     assert [status for _, status in definition.history] == ["active", "paused", "active"]
     assert definition.history[1][0] == T0 + dt.timedelta(hours=2)
     assert definition.status_on(DAY) == "active"
+
+
+async def test_checkouts_baskets_come_back_whole_for_what_is_bought_together(
+    repo: ReportsRepository,
+) -> None:
+    def basket(n: int, skus: str, customer: str | None) -> Fact:
+        lines = tuple(Line(s, "grocery", Decimal(1), Decimal("2.50")) for s in skus.split())
+        at = T0 + dt.timedelta(hours=n)
+        return purchase_fact(Purchase(f"b{n}", customer, "S001", at, DAY, Decimal(5), lines))
+
+    # anonymous checkouts count too: a basket needs no customer
+    await repo.add(
+        [
+            basket(1, "TEA LEMON", "c1"),
+            basket(2, "TEA LEMON", None),
+            basket(3, "TEA", "c2"),
+            basket(4, "LEMON", None),
+        ]
+    )
+    affinity = basket_affinity((await repo.load()).purchases, DAY, DAY)
+    assert affinity.baskets == 4
+    (pair,) = affinity.pairs
+    assert (pair.sku_a, pair.sku_b, pair.baskets, pair.support) == (
+        "LEMON",
+        "TEA",
+        2,
+        Decimal("0.5000"),
+    )
+    assert (pair.confidence_a_b, pair.lift) == (Decimal("0.6667"), Decimal("0.89"))

@@ -222,8 +222,9 @@ async def test_campaign_and_variant_rows_reach_the_api_as_json_and_csv_and_the_c
         assert rows[("frequent-item", None)]["issued"] == 1
 
         sections = csv_text.split("\n\n")
-        assert sections[0].startswith("# campaigns (as of 2026-03-02)\nkind,week,")
-        title, table = sections[1].split("\n", 1)
+        assert sections[0].startswith("# every offer up to 2026-03-02\neligible,held_out,issued,")
+        assert sections[1].startswith("# campaigns (as of 2026-03-02)\nkind,week,")
+        title, table = sections[2].split("\n", 1)
         assert title == "# per campaign and variant (as of 2026-03-02)"
         parsed = list(csv.DictReader(io.StringIO(table)))
         assert [(r["campaign_id"], r["variant"]) for r in parsed] == [

@@ -267,12 +267,14 @@ def test_erased_customers_and_offers_after_the_last_day_leave_the_campaign_rows(
     assert rows_of(facts, DAY - dt.timedelta(days=1)) == {}
 
 
-def test_the_campaigns_tables_have_the_rows_per_campaign_after_those_per_kind() -> None:
+def test_the_campaigns_tables_have_the_headline_then_per_kind_then_per_campaign() -> None:
     facts = Facts(
         campaigns=[offer("o1", "c1", "ab", variant="a")],
         definitions={"ab": definition("ab", "A/B", variants=("a",))},
     )
-    per_kind, per_campaign = tables_of(campaigns_report(facts, AS_OF))
+    headline, per_kind, per_campaign = tables_of(campaigns_report(facts, AS_OF))
+    assert headline.columns[:3] == ["eligible", "held_out", "issued"]
+    assert headline.rows[0][2] == 1
     assert per_kind.columns[:2] == ["kind", "week"]
     assert per_campaign.columns[:4] == ["campaign_id", "name", "status", "variant"]
     assert "lift_high" in per_campaign.columns

@@ -40,7 +40,7 @@ def test_nothing_is_fetched_from_another_origin() -> None:
 
 
 def test_data_reaches_the_dom_as_text_only() -> None:
-    for name in ("app.js", "campaigns.js"):
+    for name in ("app.js", "campaigns.js", "reports.js"):
         text = (WEB_DIR / name).read_text(encoding="utf-8")
         assert "insertAdjacentHTML" not in text
         assert "outerHTML" not in text

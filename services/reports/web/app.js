@@ -1,7 +1,7 @@
 // The crm-stream page: plain JavaScript, no library, no CDN. The token stays in this tab only.
 "use strict";
 
-const pages = ["customer", "campaigns", "products", "stores"];
+const pages = ["customer", "campaigns", "products", "stores", "sentiment"];
 let token = sessionStorage.getItem("crm-token") || "";
 
 function api(path, options = {}) {
@@ -39,6 +39,7 @@ function show(page) {
   }
   if (page === "products") loadProducts();
   if (page === "stores") loadStores();
+  if (page === "sentiment" && window.crmSentiment) window.crmSentiment.load();
 }
 
 function unescapeXml(text) {
@@ -48,8 +49,8 @@ function unescapeXml(text) {
 
 // A chart is shown as an image of the SVG fetched with the token (a blob: URL): the SVG's own
 // styles then need no exception in the page's Content-Security-Policy, and nothing in it runs.
-async function chart(name, target) {
-  const response = await api(`/api/charts/${name}.svg`);
+async function chart(name, target, query = "") {
+  const response = await api(`/api/charts/${name}.svg${query}`);
   const box = document.getElementById(target);
   if (!response.ok) {
     box.textContent = "chart not available (" + response.status + ")";
@@ -71,35 +72,7 @@ async function report(name) {
   return response.json();
 }
 
-async function loadCampaigns() {
-  const target = document.getElementById("campaigns-table");
-  try {
-    const data = await report("campaigns");
-    const cols = ["kind", "week", "eligible", "held_out", "issued", "revoked", "delivered", "redeemed", "redemption_rate", "revenue", "discount", "lift", "lift_low", "lift_high"];
-    target.replaceChildren(table(cols, data.rows, `Campaigns as of ${data.as_of}`));
-    await Promise.all([chart("issued", "chart-issued"), chart("lift", "chart-lift")]);
-  } catch (error) { target.textContent = error.message; }
-}
-
-async function loadProducts() {
-  const target = document.getElementById("products-table");
-  try {
-    const data = await report("products");
-    const cols = ["key", "revenue", "units", "buyers", "previous_revenue", "revenue_change_percent"];
-    target.replaceChildren(table(cols, data.skus, `Top SKUs, ${data.start} to ${data.as_of}`), table(cols, data.categories, "Top categories"));
-    await chart("products", "chart-products");
-  } catch (error) { target.textContent = error.message; }
-}
-
-async function loadStores() {
-  const target = document.getElementById("stores-table");
-  try {
-    const data = await report("stores");
-    const cols = ["store_id", "revenue", "revenue_goal", "revenue_percent_of_goal", "visits", "visits_goal", "visits_percent_of_goal"];
-    target.replaceChildren(table(cols, data.rows, `Stores, ${data.month}`));
-    await chart("stores", "chart-stores");
-  } catch (error) { target.textContent = error.message; }
-}
+// loadCampaigns, loadProducts and loadStores: reports.js (the reports' views).
 
 const UNREACHABLE = { no_email: "no address", unsubscribed: "unsubscribed", no_consent: "no consent", bounced: "bounced", erased: "erased" };
 
@@ -124,7 +97,9 @@ function customerView(c) {
     el("h4", {}, "Used coupons"), table(couponCols, c.coupons.used.map(coupon), "Coupons redeemed"),
     el("h4", {}, "Recent purchases"), table(["at", "store_id", "total", "lines"], c.recent_purchases, "Latest checkouts"),
     el("h4", {}, "Favourite products"), table(["key", "checkouts", "spend"], c.favourite_products, ""),
-    el("h4", {}, "Latest interactions"), table(["at", "type", "channel"], c.latest_interactions, "Support tickets, e-mail opens and clicks"),
+    // favourite categories, interactions with their details, consent history, the journey
+    ...(window.crmJourney ? window.crmJourney.panel(c) : [el("h4", {}, "Latest interactions"), table(["at", "type", "channel"], c.latest_interactions, "Support tickets, e-mail opens and clicks")]),
+    ...(window.crmSentiment ? window.crmSentiment.panel(c) : []),
   ];
 }
 

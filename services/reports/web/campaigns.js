@@ -642,7 +642,7 @@
   byId("campaign-new").addEventListener("click", () => openCampaignForm(null));
   byId("campaigns-refresh").addEventListener("click", () => {
     refreshCampaigns();
-    loadCampaigns(); // app.js: the charts and the table by offer kind and week
+    loadCampaigns(); // reports.js: the headline figures, the charts and the tables
   });
   byId("campaign-cancel").addEventListener("click", closeCampaignForm);
   byId("campaign-form").addEventListener("submit", saveCampaign);
