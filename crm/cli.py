@@ -84,8 +84,10 @@ def demo(
     from crm.demo import DemoOptions, demo_main
     from crm.simulation import SimulationConfig
 
-    configure_logging("demo")
     folder = data_dir or Path(".crm-demo") / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    # The console is for people: the demo's own log lines go to a file beside the services'.
+    folder.mkdir(parents=True, exist_ok=True)
+    configure_logging("demo", log_file=folder / "demo.log")
     # The simulated weeks end today, so the coupons they earn are still valid to be e-mailed.
     start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
     config = SimulationConfig(
@@ -156,13 +158,23 @@ def simulate(
 
 @cli.command("report")
 def report_command(
-    name: Annotated[str, typer.Argument(help="campaigns, products, stores or segments")],
+    name: Annotated[str, typer.Argument(help="campaigns, products, stores, segments or sentiment")],
     output: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     as_of: Annotated[
         str | None, typer.Option(help="Last day reported, YYYY-MM-DD (default: latest data).")
     ] = None,
     since: Annotated[
-        str | None, typer.Option(help="First date of the segments report, YYYY-MM-DD.")
+        str | None,
+        typer.Option(help="First date of the segments or sentiment report, YYYY-MM-DD."),
+    ] = None,
+    weeks: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=520,
+            help="campaigns: the last N campaign weeks (default: every offer); products: weeks "
+            "of checkouts for what is bought together (default CRM_AFFINITY_WEEKS, 4).",
+        ),
     ] = None,
 ) -> None:
     """Print a report of the reports read model in CRM_STORE_URL (table, CSV or JSON)."""
@@ -187,7 +199,7 @@ def report_command(
     except ValueError:
         raise _fail("dates must be YYYY-MM-DD") from None
     facts = asyncio.run(load_facts(settings.store.store_url))
-    built = build_report(name, facts, ReportsSettings(), as_of=day, since=first)
+    built = build_report(name, facts, ReportsSettings(), as_of=day, since=first, weeks=weeks)
     out = Console()
     if output == "json":
         print(built.model_dump_json(indent=2))

@@ -381,6 +381,8 @@ async def _run(
             await producer.stop()
             services.stop()
         console.print(summary)
+        for line in EXPLANATIONS:
+            console.print(line)
         console.print(
             f"Corrections on the way: {corrections} offers issued and then revoked when a late "
             "event showed they should not have been (none was e-mailed: the notifier waits). "
@@ -457,10 +459,13 @@ async def _summary(
     for campaign, count in sorted(held.items()):
         table.add_row(f"  campaign {campaign}", str(count))
     delivered = [k for k in live if deliveries.get(k) in ("sent", "written")]
-    redeemed = states["offer_redeemed"]
     used = sum(1 for k in delivered if live[k]["type"] == "offer_redeemed")
-    rate = f" ({used / len(delivered):.1%} of those e-mailed)" if delivered else ""
-    table.add_row("coupons redeemed", f"{redeemed}{rate}")
+    table.add_row("coupons redeemed", str(states["offer_redeemed"]))
+    if delivered:
+        # The rate is over the coupons the customers were told about, not over every offer.
+        table.add_row(
+            "  of the e-mailed ones", f"{used} of {len(delivered)} ({used / len(delivered):.1%})"
+        )
     table.add_row("redemptions rejected", str(len(rejections)))
     for reason, count in sorted(Counter(rejections.values()).items()):
         table.add_row(f"  {reason}", str(count))
@@ -476,8 +481,24 @@ async def _summary(
     table.add_row(".eml files in the outbox", str(_count_files(outbox, "*.eml")))
     for (outcome, reason), count in sorted((await _decisions(store_url)).items()):
         if outcome == "suppressed":
-            table.add_row(f"offers not made: {reason}", str(count))
+            table.add_row(f"chances passed over: {reason}", str(count))
     return table, states["offer_revoked"]
+
+
+EXPLANATIONS = (
+    "Coupons expired: issued, not redeemed before their last valid day.",
+    "E-mails not sent, offer_expired: the coupon's last day had passed when the e-mail was "
+    "due (the demo replays four weeks up to today in a minute, so the oldest coupons are "
+    "already dead when the notifier reaches them; it never mails a dead coupon).",
+    "Chances passed over: a chance is one campaign's trigger met by one customer (a "
+    "birthday, a checkout with a favourite product...), so one customer can count many times; "
+    "consent: no marketing consent at that moment; cooldown: the same campaign's coupon was "
+    "given too recently; cap: the customer already had the most offers the frequency cap "
+    "allows in its window; audience: not in the campaign's segment; budget_spent: the "
+    "campaign's budget is used up; no_email: no address; erased: the customer asked to be "
+    "forgotten.",
+)
+"""One line per row of the summary whose label alone does not say what it counts."""
 
 
 MARKETING_TOKEN = secrets.token_urlsafe(24)

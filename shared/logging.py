@@ -10,6 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,11 +35,41 @@ def redact_personal_data(
     return event_dict
 
 
-def configure_logging(service: str, settings: LogSettings | None = None) -> None:
-    """Configure structlog and the standard library's logging (aiokafka, faststream) alike."""
+_BROKER_CHATTER = (
+    # Said by every subscriber as it starts: the services never create topics through
+    # FastStream (`allow_auto_create_topics` off); the topics job or CRM_CREATE_TOPICS does.
+    "Auto create topics is disabled",
+    # Said at INFO by FastStream for each consumer task that ends, on every shutdown.
+    "callback for Task-",
+)
+
+
+class _BrokerChatter(logging.Filter):
+    """FastStream's routine lines on the broker's logger, lowered to DEBUG: they say nothing
+    an operator acts on, on every start and stop."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = record.msg.get("event") if isinstance(record.msg, dict) else record.msg
+        if not (isinstance(event, str) and event.startswith(_BROKER_CHATTER)):
+            return True
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        if isinstance(record.msg, dict):
+            record.msg["level"] = "debug"
+        return True
+
+
+def configure_logging(
+    service: str, settings: LogSettings | None = None, *, log_file: Path | None = None
+) -> None:
+    """Configure structlog and the standard library's logging (aiokafka, faststream) alike.
+
+    With `log_file`, every line goes to that file (JSON) instead of stderr: a command whose
+    console is for people (`crm demo`) keeps its own log there."""
     settings = settings or LogSettings()
-    as_json = settings.log_format == "json" or (
-        settings.log_format == "auto" and not sys.stderr.isatty()
+    as_json = log_file is not None or (
+        settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
     )
     shared_processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -73,12 +104,19 @@ def configure_logging(service: str, settings: LogSettings | None = None) -> None
         foreign_pre_chain=shared_processors,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *last, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (
+        logging.StreamHandler(sys.stderr)
+        if log_file is None
+        else logging.FileHandler(log_file, encoding="utf-8")
+    )
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    broker = logging.getLogger("crm.broker")
+    broker.filters[:] = [f for f in broker.filters if not isinstance(f, _BrokerChatter)]
+    broker.addFilter(_BrokerChatter())
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
 
