@@ -256,6 +256,11 @@ class Outcome:
 
     issued: Counter[str]
     """offer_issued records on crm.offers per offer id."""
+    republished: Counter[str]
+    """offer_issued records that follow one of the same offer with no offer_revoked between
+    (a re-issue after a revocation is a correction the contract allows, not a republication)."""
+    history: dict[str, list[str]]
+    """Each offer's event types on crm.offers, in order (what a failure reports)."""
     versions: dict[str, set[bytes]]
     """The distinct payloads of each offer id's offer_issued records."""
     delivered: set[str]
@@ -269,12 +274,22 @@ class Outcome:
 async def outcome(bootstrap: str, mailbox: Mailbox) -> Outcome:
     settings = kafka(bootstrap)
     issued: Counter[str] = Counter()
+    republished: Counter[str] = Counter()
+    history: dict[str, list[str]] = {}
     versions: dict[str, set[bytes]] = {}
     for r in await read_topic(settings, OFFERS, within=30):
         doc = orjson.loads(r.value)
+        if "offer_id" not in doc:
+            continue
+        seen = history.setdefault(doc["offer_id"], [])
         if doc.get("type") == "offer_issued":
             issued[doc["offer_id"]] += 1
             versions.setdefault(doc["offer_id"], set()).add(r.value)
+            # A customer's offer events share one partition, so their order is the topic's.
+            states = [t for t in seen if t in ("offer_issued", "offer_revoked")]
+            if states and states[-1] == "offer_issued":
+                republished[doc["offer_id"]] += 1
+        seen.append(str(doc.get("type")))
     sent: set[str] = set()
     delivered: set[str] = set()
     for r in await read_topic(settings, DELIVERIES, within=30):
@@ -283,7 +298,15 @@ async def outcome(bootstrap: str, mailbox: Mailbox) -> Outcome:
         if doc.get("state") == "sent":
             sent.add(doc["message_id"])
     mailed: Counter[str] = Counter(str(m["Message-ID"]) for m in list(mailbox.messages))
-    return Outcome(issued=issued, versions=versions, delivered=delivered, sent=sent, mailed=mailed)
+    return Outcome(
+        issued=issued,
+        republished=republished,
+        history=history,
+        versions=versions,
+        delivered=delivered,
+        sent=sent,
+        mailed=mailed,
+    )
 
 
 async def stored_offer_ids(store: StoreSettings, customer_ids: Sequence[str]) -> set[str]:
