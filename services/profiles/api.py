@@ -45,7 +45,7 @@ from shared.export import export_router
 from shared.logging import get_logger
 from shared.marketing import Segment
 from shared.privacy import InvalidCardNumber, card_id
-from shared.settings import Settings, StoreSettings
+from shared.settings import CalendarSettings, Settings, StoreSettings
 from shared.skeleton import NotStarted, ServiceApp
 
 log = get_logger(__name__)
@@ -76,6 +76,11 @@ class FavouriteView(BaseModel):
 class PurchaseView(BaseModel):
     event_id: str = Field(description="The checkout's event id.")
     at: AwareDatetime = Field(description="When it happened.")
+    local_at: AwareDatetime | None = Field(
+        default=None,
+        description="The same instant in the store's time zone (`CRM_STORE_TIMEZONES`, else "
+        "`CRM_TIMEZONE`): the checkout's store, else the customer's home store.",
+    )
     store_id: str = Field(description="Store of the checkout.")
     total: Decimal = Field(description="Basket total.")
     lines: int = Field(description="Basket lines.")
@@ -86,6 +91,11 @@ class InteractionView(BaseModel):
     type: str = Field(description="Interaction type (support_ticket, email_open, ...).")
     channel: str | None = Field(description="Channel.")
     at: AwareDatetime = Field(description="When it happened.")
+    local_at: AwareDatetime | None = Field(
+        default=None,
+        description="The same instant in the store's time zone (`CRM_STORE_TIMEZONES`, else "
+        "`CRM_TIMEZONE`): the checkout's store, else the customer's home store.",
+    )
     details: dict[str, str | int | float | bool | None] = Field(description="Details as sent.")
 
 
@@ -136,6 +146,11 @@ class EmailStatus(BaseModel):
 
 class ConsentView(BaseModel):
     at: AwareDatetime = Field(description="When consent was stated.")
+    local_at: AwareDatetime | None = Field(
+        default=None,
+        description="The same instant in the store's time zone (`CRM_STORE_TIMEZONES`, else "
+        "`CRM_TIMEZONE`): the checkout's store, else the customer's home store.",
+    )
     given: bool = Field(description="Given (true), or withdrawn or refused (false).")
     source: str | None = Field(description="Where: till, desk, web, unsubscribe_link, admin...")
     channel: str | None = Field(description="The channel it is for (email...).")
@@ -240,9 +255,15 @@ def _email_status(profile: CustomerProfile) -> EmailStatus:
 
 
 def customer_view(
-    profile: CustomerProfile, *, coupons: list[Coupon], today: dt.date
+    profile: CustomerProfile,
+    *,
+    coupons: list[Coupon],
+    today: dt.date,
+    calendar: CalendarSettings | None = None,
 ) -> CustomerView:
-    """The agent's view of a live profile (pure)."""
+    """The agent's view of a live profile (pure); times also in the store's time zone."""
+    calendar = calendar or CalendarSettings()
+    home = calendar.zone_of(profile.home_store_id)
     return CustomerView(
         customer_id=profile.customer_id,
         cards=len(profile.card_ids),
@@ -271,6 +292,7 @@ def customer_view(
             PurchaseView(
                 event_id=p.event_id,
                 at=p.at,
+                local_at=p.at.astimezone(calendar.zone_of(p.store_id)),
                 store_id=p.store_id,
                 total=p.total,
                 lines=p.lines,
@@ -285,12 +307,19 @@ def customer_view(
         coupons_presented=list(profile.coupons_redeemed),
         interactions=dict(profile.interactions),
         latest_interactions=[
-            InteractionView(type=i.type, channel=i.channel, at=i.at, details=dict(i.details))
+            InteractionView(
+                type=i.type,
+                channel=i.channel,
+                at=i.at,
+                local_at=i.at.astimezone(home),
+                details=dict(i.details),
+            )
             for i in reversed(profile.latest_interactions)
         ],
         consent_history=[
             ConsentView(
                 at=c.at,
+                local_at=c.at.astimezone(home),
                 given=c.given,
                 source=c.source,
                 channel=c.channel,
@@ -366,6 +395,7 @@ class LookupApi:
             profile,
             coupons=await self.profiles().coupons_of(profile.customer_id),
             today=now_utc().date(),
+            calendar=self._settings.calendar,
         )
 
     async def audited(

@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -35,7 +36,7 @@ from shared.settings import CalendarSettings
 from shared.storage import StoreLocation
 from shared.vault import open_value
 from shared.vault_sqlite import SqliteVault
-from tests.browser.population import CARD, TOKENS, World, build_world
+from tests.browser.population import CARD, TODAY, TOKENS, World, build_world
 from tests.browser.support import CHROMIUM, run_async, serve, shoot, sign_in
 
 pytestmark = [
@@ -135,6 +136,9 @@ def _journey(customer_id: str) -> list[NormalizedEvent]:
 
 async def _build() -> tuple[World, SqliteVault]:
     world = await build_world()
+    # Stores in Paris, the rest in Lisbon: the page's API (look-up and journey) answer in both.
+    calendar = CalendarSettings(timezone="Europe/Lisbon", store_timezones={"S001": "Europe/Paris"})
+    world.settings = world.settings.model_copy(update={"calendar": calendar})
     cid = world.customer_id
     vault = await SqliteVault.open(StoreLocation.parse("memory://"))
     await vault.create([cid], T0)
@@ -178,8 +182,9 @@ def site() -> Iterator[tuple[str, World]]:
     world, vault = run_async(_build())
     app = world.api()
     tokens = TokenTable.parse(world.settings.http.api_tokens.get_secret_value())  # type: ignore[union-attr]
-    lookup = LookupApi(world.settings, world.profiles, audit=world.audit)
-    journey = JourneyApi(_FoldingApp(world, vault), lookup)  # type: ignore[arg-type]
+    folding = _FoldingApp(world, vault)
+    lookup = LookupApi(folding.settings, world.profiles, audit=world.audit)
+    journey = JourneyApi(folding, lookup)  # type: ignore[arg-type]
     app.include_router(build_router(journey, tokens))
     with serve(app) as base:
         yield base, world
@@ -216,6 +221,12 @@ def test_the_agent_reads_the_journey_in_the_stores_time_adds_a_note_and_filters_
     assert "unsubscribe_link" in history
     assert "withdrawn" in history
     assert "2026-01" in history
+    # the look-up's times too are the store's: the home store S001 is in Paris (UTC+1)
+    assert "2026-03-01 10:30" in history
+    bought = dt.datetime.combine(TODAY - dt.timedelta(days=2), dt.time(11), tzinfo=dt.UTC)
+    in_paris = bought.astimezone(ZoneInfo("Europe/Paris")).strftime("%Y-%m-%d %H:%M")
+    assert in_paris in page.inner_text("#customer")
+    assert "T11:00:00Z" not in page.inner_text("#customer")
 
     # a note, written on the page, comes back in the timeline
     page.fill("#note-text", NOTE)

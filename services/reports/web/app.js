@@ -95,7 +95,7 @@ function customerView(c) {
       card("E-mail", emailStatus(c.email_status))),
     el("h4", {}, "Open coupons"), table(couponCols, c.coupons.open.map(coupon), "Coupons the customer can use"),
     el("h4", {}, "Used coupons"), table(couponCols, c.coupons.used.map(coupon), "Coupons redeemed"),
-    el("h4", {}, "Recent purchases"), table(["at", "store_id", "total", "lines"], c.recent_purchases, "Latest checkouts"),
+    el("h4", {}, "Recent purchases"), table(["at", "store_id", "total", "lines"], c.recent_purchases.map((p) => ({ ...p, at: p.local_at ? p.local_at.slice(0, 16).replace("T", " ") : p.at })), "Latest checkouts, in the store's time"),
     el("h4", {}, "Favourite products"), table(["key", "checkouts", "spend"], c.favourite_products, ""),
     // favourite categories, interactions with their details, consent history, the journey
     ...(window.crmJourney ? window.crmJourney.panel(c) : [el("h4", {}, "Latest interactions"), table(["at", "type", "channel"], c.latest_interactions, "Support tickets, e-mail opens and clicks")]),

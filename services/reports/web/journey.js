@@ -27,6 +27,11 @@
     return at.slice(0, 16).replace("T", " ");
   }
 
+  // A look-up time in the store's time zone when the API gives it, else in UTC, said so.
+  function local(row) {
+    return row.local_at ? wallClock(row.local_at) : wallClock(row.at) + " UTC";
+  }
+
   function consentText(d) {
     if (d.marketing_consent === undefined) return "";
     const how = [d.source && `via ${d.source}`, d.channel && `for ${d.channel}`, d.consent_text_version && `wording ${d.consent_text_version}`].filter(Boolean);
@@ -68,7 +73,7 @@
 
   function consentHistory(c) {
     const rows = (c.consent_history || []).map((r) => ({
-      at: r.at.slice(0, 16).replace("T", " ") + " UTC", given: r.given ? "given" : "withdrawn",
+      at: local(r), given: r.given ? "given" : "withdrawn",
       source: r.source || "-", channel: r.channel || "-", wording: r.text_version || "-",
     }));
     if (!rows.length) return [el("p", { class: "muted" }, "No consent statement on record.")];
@@ -77,7 +82,7 @@
 
   function interactions(c) {
     const rows = (c.latest_interactions || []).map((i) => ({
-      at: i.at, type: i.type, channel: i.channel,
+      at: local(i), type: i.type, channel: i.channel,
       details: Object.entries(i.details || {}).map(([k, v]) => `${k}: ${v}`).join(", "),
     }));
     return el("div", { class: "table-wrap", id: "customer-interactions" }, table(["at", "type", "channel", "details"], rows, "Support tickets, social likes, e-mail opens and clicks, with their details"));
