@@ -183,8 +183,8 @@ class CouponRedeemer:
         self._rng = random.Random(seed)  # noqa: S311 - simulated shoppers, not secrets
         self._share = share
         self._key = card_key.encode()
-        self._open: dict[str, dict[str, tuple[dt.date, str | None]]] = {}
-        """customer -> open code -> (last valid day, the SKU a product coupon is for)."""
+        self._open: dict[str, dict[str, tuple[dt.date, str | None, str]]] = {}
+        """customer -> open code -> (last valid day, the SKU a product coupon is for, offer id)."""
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -227,6 +227,7 @@ class CouponRedeemer:
             codes[event["coupon_code"]] = (
                 until,
                 event["sku"] if event.get("scope") == "sku" else None,
+                event["offer_id"],
             )
         elif event["type"] in ("offer_redeemed", "offer_expired", "offer_revoked"):
             codes.pop(event["coupon_code"], None)
@@ -247,15 +248,19 @@ class CouponRedeemer:
                 continue
             customer = customer_id_for_card(card_id(card, self._key))
             # A shopper brings a coupon that fits the basket: a basket coupon, or a product
-            # coupon for something in it. Sorted: which codes are open is what matters, not
-            # the order they were read in.
+            # coupon for something in it. Sorted by offer id: which coupons are open is what
+            # matters, not the order they were read in nor their codes (the coupon key, and
+            # with it every code, is new in each run; offer ids follow the events).
             basket = {str(line.get("sku", "")).strip().upper() for line in doc.get("lines", [])}
             open_codes = self._open.get(customer, {})
-            usable = sorted(
+            usable = [
                 code
-                for code, (until, sku) in open_codes.items()
-                if until >= day and (sku is None or sku in basket)
-            )
+                for offer_id, code in sorted(
+                    (offer_id, code)
+                    for code, (until, sku, offer_id) in open_codes.items()
+                    if until >= day and (sku is None or sku in basket)
+                )
+            ]
             if self._rng.random() < 0.03:
                 usable = ["ZZZZ-ZZZZ-ZZZZ"]  # a mistyped code: rejected as unknown
             if not usable:
