@@ -207,12 +207,43 @@ def report_command(
         print(report_csv(built), end="")
     else:
         for table in tables_of(built):
-            rich_table = Table(title=table.title)
-            for column in table.columns:
-                rich_table.add_column(column)
-            for row in table.rows:
-                rich_table.add_row(*("" if v is None else str(v) for v in row))
-            out.print(rich_table)
+            cells = [["" if v is None else str(v) for v in row] for row in table.rows]
+            if len(cells) == 1 and len(column_groups(table.columns, cells, out.width)) > 1:
+                # One wide row (a headline): one line per figure reads better than columns.
+                cells = [[c, v] for c, v in zip(table.columns, cells[0], strict=True)]
+                table = type(table)(table.title, ["what", "value"], cells)
+            parts = column_groups(table.columns, cells, out.width)
+            for n, group in enumerate(parts, start=1):
+                more = f" ({n} of {len(parts)})" if len(parts) > 1 else ""
+                rich_table = Table(title=f"{table.title}{more}")
+                for i in group:
+                    rich_table.add_column(table.columns[i], no_wrap=True)
+                for row in cells:
+                    rich_table.add_row(*(row[i] for i in group))
+                out.print(rich_table)
+
+
+def column_groups(columns: list[str], rows: list[list[str]], width: int) -> list[list[int]]:
+    """The columns of a table in groups that each fit `width` terminal columns, whole cells and
+    headers (no "…"): the identifying columns (the fewest leading ones whose values tell the
+    rows apart, at most three) start every group, the others follow in order."""
+
+    def span(i: int) -> int:  # a column's width in a rich table: cell, padding and rule
+        return max([len(columns[i]), *(len(row[i]) for row in rows)]) + 3
+
+    keys = 1
+    while keys < min(3, len(columns)) and len({tuple(r[:keys]) for r in rows}) < len(rows):
+        keys += 1
+    lead = list(range(min(keys, len(columns))))
+    groups: list[list[int]] = []
+    current = list(lead)
+    for i in range(len(lead), len(columns)):
+        if len(current) > len(lead) and 1 + sum(span(c) for c in [*current, i]) > width:
+            groups.append(current)
+            current = list(lead)
+        current.append(i)
+    groups.append(current)
+    return groups
 
 
 @cli.command("tick")

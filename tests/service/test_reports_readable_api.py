@@ -200,3 +200,19 @@ async def test_crm_report_prints_the_pairs_bought_together_and_the_teams_from_th
         runner.invoke, cli, ["report", "campaigns", "--weeks", "0"], env=env
     )
     assert refused.exit_code != 0
+    # On an 80-column terminal every table fits, whole: wide ones in groups of columns that
+    # each start with what names the row, a one-row headline as one line per figure.
+    wide = {**env, "COLUMNS": "80"}
+    for name in ("campaigns", "products", "stores", "sentiment"):
+        result = await asyncio.to_thread(
+            runner.invoke, cli, ["report", name, "--as-of", str(AS_OF)], env=wide
+        )
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert [line for line in lines if len(line) > 80] == [], name
+        assert "…" not in result.output, name
+    campaigns = await asyncio.to_thread(
+        runner.invoke, cli, ["report", "campaigns", "--as-of", str(AS_OF)], env=wide
+    )
+    assert "(1 of " in campaigns.output
+    assert "│ lift_high " in campaigns.output  # the headline, one figure per line
