@@ -278,7 +278,13 @@ class NotifierService:
         async with self._lock:
             repo = self.repository
             now = self.clock()
-            due = await repo.due_deliveries(now, self.settings.due_batch_size)
+            # Claimed, not just read: with several instances on one store, each due delivery
+            # goes to one poller, and a send in flight is not taken for a crash's leftover.
+            due = await repo.claim_due(
+                now,
+                self.settings.due_batch_size,
+                dt.timedelta(seconds=self.settings.sending_lease_s),
+            )
             self.due_backlog = len(due) >= self.settings.due_batch_size
             if not due:
                 return []

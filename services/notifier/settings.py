@@ -41,6 +41,13 @@ class NotifierSettings(BaseSettings):
     due_batch_size: int = Field(
         default=500, ge=1, description="Most held-back deliveries sent per poll."
     )
+    sending_lease_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a delivery a poller took for sending stays its own: another "
+        "instance's poller takes it only after that (a crash left it). Longer than the longest "
+        "batch of sends at CRM_SEND_RATE_PER_S.",
+    )
     bounce_token_sha256: str | None = Field(
         default=None,
         pattern=r"^[0-9a-fA-F]{64}$",

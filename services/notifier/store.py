@@ -75,8 +75,12 @@ class NotifierRepository(Protocol):
         oldest first."""
         ...
 
-    async def due_deliveries(self, now: dt.datetime, limit: int) -> list[Delivery]:
-        """`pending` deliveries whose `not_before` has passed, and `sending` ones, oldest first."""
+    async def claim_due(self, now: dt.datetime, limit: int, lease: dt.timedelta) -> list[Delivery]:
+        """Take the deliveries due for sending, oldest first, for this instance only: `pending`
+        ones whose `not_before` has passed, and `sending` ones untouched for `lease` (left by a
+        crash). Atomically marks each `sending` now, so that another instance's poller sharing
+        the store neither takes it nor mistakes a send in flight for a crash until the lease
+        has passed. Returns the deliveries as they were before the claim."""
         ...
 
     async def apply(self, changes: StoreChanges) -> None:

@@ -119,15 +119,24 @@ class MongoNotifierRepository(MongoStore):
         cursor = self.database[DELIVERIES].find(query).sort(OLDEST_FIRST)
         return [_delivery(doc) async for doc in cursor]
 
-    async def due_deliveries(self, now: dt.datetime, limit: int) -> list[Delivery]:
+    async def claim_due(self, now: dt.datetime, limit: int, lease: dt.timedelta) -> list[Delivery]:
         query = {
             "$or": [
-                {"state": "sending"},
+                {"state": "sending", "updated_at": {"$lte": (now - lease).astimezone(dt.UTC)}},
                 {"state": "pending", "not_before": {"$lte": now.astimezone(dt.UTC)}},
             ]
         }
         cursor = self.database[DELIVERIES].find(query).sort(OLDEST_FIRST).limit(limit)
-        return [_delivery(doc) async for doc in cursor]
+        claimed: list[Delivery] = []
+        async for doc in cursor:
+            # Claimed only if no other poller changed it since it was read.
+            result = await self.database[DELIVERIES].update_one(
+                {"_id": doc["_id"], "state": doc["state"], "updated_at": doc["updated_at"]},
+                {"$set": {"state": "sending", "updated_at": now.astimezone(dt.UTC)}},
+            )
+            if result.matched_count == 1:
+                claimed.append(_delivery(doc))
+        return claimed
 
     async def apply(self, changes: StoreChanges) -> None:
         contact_ops: list[DeleteOne | ReplaceOne[Any] | UpdateOne] = [

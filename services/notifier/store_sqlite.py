@@ -155,17 +155,24 @@ class SqliteNotifierRepository(SqliteStore):
 
         return await self.read(work) if customer_ids else []
 
-    async def due_deliveries(self, now: dt.datetime, limit: int) -> list[Delivery]:
+    async def claim_due(self, now: dt.datetime, limit: int, lease: dt.timedelta) -> list[Delivery]:
         def work(db: sqlite3.Connection) -> list[Delivery]:
+            # One BEGIN IMMEDIATE transaction: no other writer between the read and the claim.
             rows = db.execute(
                 f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "  # noqa: S608
-                "WHERE state = 'sending' OR (state = 'pending' AND not_before <= ?) "
+                "WHERE (state = 'sending' AND updated_at <= ?) "
+                "OR (state = 'pending' AND not_before <= ?) "
                 "ORDER BY updated_at, offer_id LIMIT ?",
-                (_ts(now), limit),
+                (_ts(now - lease), _ts(now), limit),
+            ).fetchall()
+            due = [_delivery(r) for r in rows]
+            db.executemany(
+                "UPDATE deliveries SET state = 'sending', updated_at = ? WHERE offer_id = ?",
+                [(_ts(now), d.offer_id) for d in due],
             )
-            return [_delivery(r) for r in rows]
+            return due
 
-        return await self.read(work)
+        return await self.write(work)
 
     async def deliveries_of(self, customer_id: str) -> list[Delivery]:
         def work(db: sqlite3.Connection) -> list[Delivery]:

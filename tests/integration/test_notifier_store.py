@@ -73,6 +73,10 @@ def contact(customer_id: str = "c-1", **changes: Any) -> Contact:
     return replace(base, **changes)
 
 
+NO_LEASE = dt.timedelta(0)
+"""A lease of zero: every `sending` delivery is taken for a crash's leftover at once."""
+
+
 def delivery(
     offer_id: str, state: Any = "waiting_contact", customer_id: str = "c-1", **changes: Any
 ) -> Delivery:
@@ -144,10 +148,37 @@ async def test_due_deliveries_are_pending_past_their_time_and_interrupted_sends(
             ]
         )
     )
-    due = await repo.due_deliveries(T0, limit=10)
+    due = await repo.claim_due(T0, 10, NO_LEASE)
     assert sorted(d.offer_id for d in due) == ["of-1", "of-3"]
-    assert len(await repo.due_deliveries(later, limit=10)) == 3
-    assert len(await repo.due_deliveries(later, limit=2)) == 2
+    assert len(await repo.claim_due(later, 10, NO_LEASE)) == 3
+    assert len(await repo.claim_due(later, 2, NO_LEASE)) == 2
+
+
+async def test_a_due_delivery_is_claimed_by_one_poller_and_a_send_in_flight_after_its_lease(
+    repo: NotifierRepository,
+) -> None:
+    lease = dt.timedelta(minutes=5)
+    await repo.apply(
+        StoreChanges(
+            deliveries=[
+                delivery("of-1", "pending", not_before=T0),
+                delivery("of-2", "sending"),  # another instance is sending it (since T0)
+                delivery("of-3", "pending", not_before=T0 + dt.timedelta(hours=1)),
+            ]
+        )
+    )
+    now = T0 + dt.timedelta(minutes=1)
+    first = await repo.claim_due(now, 10, lease)
+    assert [(d.offer_id, d.state) for d in first] == [("of-1", "pending")]  # as it was
+    # A second poller on the same store, at the same moment, takes nothing.
+    assert await repo.claim_due(now, 10, lease) == []
+    claimed = {d.offer_id: d for d in await repo.open_deliveries(["c-1"])}["of-1"]
+    assert (claimed.state, claimed.updated_at) == ("sending", now)
+    # Past the lease, a send nobody finished is a crash's leftover: taken again, once.
+    late = T0 + dt.timedelta(minutes=7)
+    again = await repo.claim_due(late, 10, lease)
+    assert sorted(d.offer_id for d in again) == ["of-1", "of-2"]
+    assert await repo.claim_due(late, 10, lease) == []
 
 
 async def test_a_revoked_delivery_without_its_offer_round_trips(repo: NotifierRepository) -> None:
@@ -169,7 +200,7 @@ async def test_a_revoked_delivery_without_its_offer_round_trips(repo: NotifierRe
     seen = replace(revoked, offer=offer("of-1"))
     await repo.apply(StoreChanges(deliveries=[seen]))
     assert await repo.get_deliveries(["of-1"]) == {"of-1": seen}
-    assert await repo.due_deliveries(T0 + dt.timedelta(days=1), limit=10) == []
+    assert await repo.claim_due(T0 + dt.timedelta(days=1), 10, NO_LEASE) == []
 
 
 async def test_erasure_deletes_the_contact(repo: NotifierRepository) -> None:
@@ -201,7 +232,7 @@ async def test_an_erased_customers_deliveries_keep_no_content_and_no_link(
     assert [d.offer for d in kept.values()] == [None, None, None, None]
     errors = [kept[k].last_error for k in ("of-1", "of-2", "of-3", "of-5")]
     assert errors == [None, None, "offer_revoked", "customer_erased"]
-    assert await repo.due_deliveries(T0 + dt.timedelta(days=1), limit=10) == []
+    assert await repo.claim_due(T0 + dt.timedelta(days=1), 10, NO_LEASE) == []
     (token,) = {d.customer_id for d in kept.values()}
     assert token.startswith("erased-")
     assert await repo.deliveries_of("c-2") == [other]
