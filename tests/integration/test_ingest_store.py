@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -20,17 +19,9 @@ from shared.settings import StoreSettings
 T0 = dt.datetime.now(dt.UTC) - dt.timedelta(days=20)
 
 
-@pytest.fixture(
-    params=["sqlite-file", "sqlite-memory", pytest.param("mongo", marks=pytest.mark.mongo)]
-)
-async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[IngestRepository]:
-    if request.param == "sqlite-file":
-        store = StoreSettings(store_url=f"sqlite://{tmp_path}")
-    elif request.param == "sqlite-memory":
-        store = StoreSettings(store_url="memory://")
-    else:
-        store = request.getfixturevalue("mongo_store")
-    async with open_repository(store) as repository:
+@pytest.fixture
+async def repo(every_store: StoreSettings) -> AsyncIterator[IngestRepository]:
+    async with open_repository(every_store) as repository:
         yield repository
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,17 +28,9 @@ UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture(
-    params=["sqlite-file", "sqlite-memory", pytest.param("mongo", marks=pytest.mark.mongo)]
-)
-async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NotifierRepository]:
-    if request.param == "sqlite-file":
-        store = StoreSettings(store_url=f"sqlite://{tmp_path}")
-    elif request.param == "sqlite-memory":
-        store = StoreSettings(store_url="memory://")
-    else:
-        store = request.getfixturevalue("mongo_store")
-    async with open_repository(store) as repository:
+@pytest.fixture
+async def repo(every_store: StoreSettings) -> AsyncIterator[NotifierRepository]:
+    async with open_repository(every_store) as repository:
         yield repository
 
 

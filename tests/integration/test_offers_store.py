@@ -41,17 +41,9 @@ UTC = dt.UTC
 NOW = dt.datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
-@pytest.fixture(
-    params=["sqlite-file", "sqlite-memory", pytest.param("mongo", marks=pytest.mark.mongo)]
-)
-async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OffersRepository]:
-    if request.param == "sqlite-file":
-        store = StoreSettings(store_url=f"sqlite://{tmp_path}")
-    elif request.param == "sqlite-memory":
-        store = StoreSettings(store_url="memory://")
-    else:
-        store = request.getfixturevalue("mongo_store")
-    async with open_repository(store) as repository:
+@pytest.fixture
+async def repo(every_store: StoreSettings) -> AsyncIterator[OffersRepository]:
+    async with open_repository(every_store) as repository:
         yield repository
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 
 import orjson
 import pytest
@@ -33,17 +32,9 @@ from shared.settings import StoreSettings
 T0 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture(
-    params=["sqlite-file", "sqlite-memory", pytest.param("mongo", marks=pytest.mark.mongo)]
-)
-async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ProfilesRepository]:
-    if request.param == "sqlite-file":
-        store = StoreSettings(store_url=f"sqlite://{tmp_path}")
-    elif request.param == "sqlite-memory":
-        store = StoreSettings(store_url="memory://")
-    else:
-        store = request.getfixturevalue("mongo_store")
-    async with open_repository(store) as repository:
+@pytest.fixture
+async def repo(every_store: StoreSettings) -> AsyncIterator[ProfilesRepository]:
+    async with open_repository(every_store) as repository:
         yield repository
 
 

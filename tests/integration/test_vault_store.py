@@ -16,17 +16,9 @@ from shared.vault import KeyVault, open_value, open_vault, seal_value, vault_for
 T0 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture(
-    params=["sqlite-file", "sqlite-memory", pytest.param("mongo", marks=pytest.mark.mongo)]
-)
-async def vault(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyVault]:
-    if request.param == "sqlite-file":
-        store = StoreSettings(store_url=f"sqlite://{tmp_path}")
-    elif request.param == "sqlite-memory":
-        store = StoreSettings(store_url="memory://")
-    else:
-        store = request.getfixturevalue("mongo_store")
-    async with open_vault(store) as opened:
+@pytest.fixture
+async def vault(every_store: StoreSettings) -> AsyncIterator[KeyVault]:
+    async with open_vault(every_store) as opened:
         yield opened
 
 
