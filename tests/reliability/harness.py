@@ -56,13 +56,20 @@ def traffic(customers: int, *, days: int = 28, seed: int = 11) -> list[RawMessag
     return generate(config)
 
 
-def record(topic: str, value: bytes | None, offset: int = 0, key: bytes | None = None) -> Any:
-    """A ConsumerRecord as a service's batch handler gets it."""
+def record(
+    topic: str,
+    value: bytes | None,
+    offset: int = 0,
+    key: bytes | None = None,
+    *,
+    timestamp: int = 0,
+) -> Any:
+    """A ConsumerRecord as a service's batch handler gets it (`timestamp`: its arrival, ms)."""
     return ConsumerRecord(
         topic=topic,
         partition=0,
         offset=offset,
-        timestamp=0,
+        timestamp=timestamp,
         timestamp_type=0,
         key=key,
         value=value,

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
 from services import ingest, offers, profiles
@@ -40,6 +39,7 @@ from shared.topics import (
     PROFILES_CHANGED,
 )
 from shared.vault import vault_for
+from tests.reliability.harness import record
 
 T0 = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)
 KEY = "leads-test-card-key-of-at-least-32-bytes"
@@ -127,25 +127,18 @@ class Pipeline:
         return customer_id_for_card(card_id(card, self.key()))
 
     def _records(self, messages: Sequence[tuple[str, bytes | None, bytes | None]]) -> list[Any]:
-        records = []
-        for topic, key, value in messages:
-            self.offset += 1
-            records.append(
-                ConsumerRecord(
-                    topic=topic,
-                    partition=0,
-                    offset=self.offset,
-                    timestamp=int(dt.datetime.now(dt.UTC).timestamp() * 1000),
-                    timestamp_type=0,
-                    key=key,
-                    value=value,
-                    checksum=None,
-                    serialized_key_size=0,
-                    serialized_value_size=0,
-                    headers=(),
-                )
+        first = self.offset + 1
+        self.offset += len(messages)
+        return [
+            record(
+                topic,
+                value,
+                first + n,
+                key,
+                timestamp=int(dt.datetime.now(dt.UTC).timestamp() * 1000),
             )
-        return records
+            for n, (topic, key, value) in enumerate(messages)
+        ]
 
     async def _step(self, app: Any, messages: Outgoing) -> Outgoing:
         if not messages:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from aiokafka import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +24,7 @@ from shared.settings import PrivacySettings, Settings
 from shared.skeleton import ServiceApp
 from shared.storage import StoreLocation
 from shared.topics import CHECKOUTS_RAW, CLOCK, CUSTOMERS_RAW, EVENTS, PROFILES_CHANGED
+from tests.reliability.harness import record
 
 T0 = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)
 CARD_A, CARD_B = "6035 0000 0000 1111", "6035 0000 0000 2222"
@@ -130,25 +130,12 @@ class Pipeline:
         )
 
     def _records(self, messages: Sequence[tuple[str, bytes | None, bytes | None]]) -> list[Any]:
-        records = []
-        for topic, key, value in messages:
-            self.offset += 1
-            records.append(
-                ConsumerRecord(
-                    topic=topic,
-                    partition=0,
-                    offset=self.offset,
-                    timestamp=ARRIVAL_MS,
-                    timestamp_type=0,
-                    key=key,
-                    value=value,
-                    checksum=None,
-                    serialized_key_size=0,
-                    serialized_value_size=0,
-                    headers=(),
-                )
-            )
-        return records
+        first = self.offset + 1
+        self.offset += len(messages)
+        return [
+            record(topic, value, first + n, key, timestamp=ARRIVAL_MS)
+            for n, (topic, key, value) in enumerate(messages)
+        ]
 
     async def _step(
         self, app: Any, messages: Sequence[tuple[str, Any, Any]], topic: str
