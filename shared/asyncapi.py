@@ -5,6 +5,14 @@ take raw bytes (they decode in batches for speed), so this module declares a doc
 broker whose channels carry the contract models: what each topic's messages look like, who
 writes and who reads them. `python -m shared.asyncapi` rewrites `docs/asyncapi.json` and
 `docs/schemas/`; a test fails when the committed files differ from what the code generates.
+
+The schemas of what crm-stream publishes are producer schemas: closed (`additionalProperties:
+false`), exactly what a producer writes. Readers ignore fields they do not know. That pair is
+what keeps a schema registry's FULL compatibility possible: a closed model alone makes every
+added field forward-incompatible (the old schema rejects it), an open one makes it backward-
+incompatible (old data may have held that name with another type); a closed writer read with
+an open reader takes optional additions both ways. `shared.schema_compat` checks each release
+against the previous one on exactly that rule (docs/schemas/releases/).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from shared.topics import (
     CLOCK,
     CONTACTS,
     CUSTOMERS_RAW,
+    DATA_KEYS,
     DEADLETTER,
     DELIVERIES,
     EVENTS,
@@ -37,6 +46,19 @@ from shared.topics import (
 
 TITLE = "crm-stream"
 VERSION = "1.0.0"
+
+EVENT_NOTE = (
+    "Compatibility: producers publish exactly this schema; consumers ignore fields they do not "
+    "know and accept any `schema_version` (later versions add optional fields only, never "
+    "remove or retype one)."
+)
+"""Said of every event crm-stream publishes, in its schema and on its channel."""
+RAW_NOTE = "Fields crm-stream does not know are ignored."
+"""Said of what crm-stream reads from the stores (the contract's raw topics)."""
+API_NOTE = (
+    "An HTTP request body: fields the API does not know are refused (422); later versions add "
+    "optional fields only."
+)
 
 # topic -> (model, description, consumed by crm-stream?)
 CHANNELS: tuple[tuple[str, Any, str, bool], ...] = (
@@ -60,6 +82,14 @@ CHANNELS: tuple[tuple[str, Any, str, bool], ...] = (
         False,
     ),
     (DELIVERIES, events.DeliveryRecorded, "E-mail delivery outcomes per offer.", False),
+    (
+        DATA_KEYS,
+        events.DataKeyWrapped,
+        "Internal, compacted, keyed by customer id: each customer's current data key, wrapped "
+        "with the key-encryption key, from ingest; a null value is an erasure's tombstone. Read "
+        "whole by a restore only.",
+        False,
+    ),
     (
         CAMPAIGNS,
         campaigns.CampaignChanged,
@@ -91,19 +121,34 @@ SCHEMAS: dict[str, Any] = {
     "raw-checkout": raw.RawCheckout,
     "raw-customer-event": raw.RawCustomerEvent,
     "raw-interaction": raw.RawInteraction,
+    "normalized-event": events.NormalizedEvent,
+    "profile-changed": events.ProfileChanged,
+    "contact-changed": events.ContactChanged,
     "offer-event": events.OfferEvent,
     "offer-issued": events.OfferIssued,
     "offer-redeemed": events.OfferRedeemed,
     "redemption-rejected": events.RedemptionRejected,
     "offer-expired": events.OfferExpired,
+    "offer-held-out": events.OfferHeldOut,
+    "delivery-recorded": events.DeliveryRecorded,
+    "data-key-wrapped": events.DataKeyWrapped,
     "dead-letter": events.DeadLetter,
     "clock": events.ClockTicked,
     "offer-revoked": events.OfferRevoked,
     "campaign": campaigns.CampaignSpec,
     "campaign-changed": campaigns.CampaignChanged,
     "segment-definition": campaigns.SegmentDefinition,
+    "segment-defined": campaigns.SegmentDefined,
     "segment-membership-changed": campaigns.SegmentMembershipChanged,
 }
+NOTES: dict[str, str] = {
+    "raw-checkout": RAW_NOTE,
+    "raw-customer-event": RAW_NOTE,
+    "raw-interaction": RAW_NOTE,
+    "campaign": API_NOTE,
+    "segment-definition": API_NOTE,
+}
+"""The compatibility note of each schema that is not a published event's (`EVENT_NOTE`)."""
 
 
 def contract_broker() -> KafkaBroker:
@@ -116,7 +161,9 @@ def contract_broker() -> KafkaBroker:
         if consumed:
             _document_subscriber(broker, topic, model, description)
         else:
-            broker.publisher(topic, title=topic, description=description, schema=model)
+            broker.publisher(
+                topic, title=topic, description=f"{description} {EVENT_NOTE}", schema=model
+            )
     return broker
 
 
@@ -143,12 +190,18 @@ def asyncapi_document() -> dict[str, Any]:
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
+    """Each schema of `SCHEMAS`, its compatibility note closing its description."""
     result: dict[str, dict[str, Any]] = {}
     for name, model in SCHEMAS.items():
         if isinstance(model, type) and issubclass(model, BaseModel):
-            result[name] = model.model_json_schema()
+            schema = model.model_json_schema()
         else:
-            result[name] = TypeAdapter(model).json_schema()
+            schema = TypeAdapter(model).json_schema()
+        note = NOTES.get(name, EVENT_NOTE)
+        schema["description"] = (
+            f"{schema['description']}\n\n{note}" if "description" in schema else note
+        )
+        result[name] = schema
     return result
 
 

@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from shared.events import SCHEMA_VERSION, SchemaVersion
 from shared.marketing import Segment as RfmSegment
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -121,6 +122,7 @@ class SegmentDefined(_Model):
     """A segment's definition, on the compacted `crm.segment-definitions` (keyed by name)."""
 
     type: Literal["segment_defined"] = "segment_defined"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     name: str = Field(pattern=NAME_PATTERN, description="Segment name (the message key).")
     description: str | None = Field(default=None, description="What it is for.")
     rule: SegmentRule = Field(description="Who is in it.")
@@ -133,6 +135,7 @@ class SegmentMembershipChanged(_Model):
     """A customer entered or left a segment, on `crm.segments` (keyed by customer id)."""
 
     type: Literal["segment_entered", "segment_exited"] = Field(description="Entry or exit.")
+    schema_version: SchemaVersion = SCHEMA_VERSION
     customer_id: str = Field(description="Pseudonymous customer id (the message key).")
     segment: str = Field(description="Segment name.")
     at: AwareDatetime = Field(
@@ -310,6 +313,7 @@ class CampaignChanged(_Model):
     """A campaign's whole state after a change, on the compacted `crm.campaigns` (keyed by id)."""
 
     type: Literal["campaign_changed"] = "campaign_changed"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     campaign_id: str = Field(pattern=NAME_PATTERN, description="Stable id (the message key).")
     versions: tuple[CampaignSpec, ...] = Field(
         min_length=1, description="Every version of the spec, the first is version 1."

@@ -5,7 +5,9 @@ decoder its topic is declared with (one table: topic -> decoder); what does not 
 dead-lettered with one formatter and counted under one name, `dead_lettered_<reason>`; what
 decodes is handed on as a `Received` (the event and where it came from), so services see
 typed events only, never aiokafka records. A service may reject an event later (a checkout
-whose card number is malformed); the edge dead-letters that the same way.
+whose card number is malformed); the edge dead-letters that the same way. Fields an event does
+not know, a newer producer's optional ones, are dropped, never dead-lettered: versions mix
+during a rolling upgrade and after a rollback.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiokafka import ConsumerRecord
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.errors import Rejected
-from shared.events import DeadLetter
+from shared.events import CONSUMER_EXTRA, DeadLetter
 from shared.logging import get_logger
 from shared.privacy import mask_card_numbers
 from shared.topics import DEADLETTER
@@ -150,14 +152,15 @@ def json_decoder(
     model: type[M] | TypeAdapter[M], *, invalid: str = "invalid_event"
 ) -> Callable[[Source], M]:
     """A decoder validating the record's JSON against a model: `empty_message` without a value,
-    `invalid_json` for what is not JSON, `invalid` for JSON that is not a valid event."""
+    `invalid_json` for what is not JSON, `invalid` for JSON that is not a valid event. Fields
+    the model does not know (a newer producer's) are dropped (`CONSUMER_EXTRA`)."""
     adapter: TypeAdapter[M] = model if isinstance(model, TypeAdapter) else TypeAdapter(model)
 
     def decode(source: Source) -> M:
         if not source.value:
             raise Rejected("empty_message", "the message has no value")
         try:
-            return adapter.validate_json(source.value)
+            return adapter.validate_json(source.value, extra=CONSUMER_EXTRA)
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False)
             if errors and errors[0]["type"] == "json_invalid":

@@ -5,6 +5,12 @@ contact details on `crm.contacts`; offers on `crm.offers`; deliveries on `crm.de
 failures on `crm.deadletter`. Money is Decimal (serialized as a string), times are aware UTC.
 The personal fields (`SEALED_FIELDS`) travel sealed with the customer's data key, which an
 erasure destroys (`shared.vault`); the models hold their plain values.
+
+Versions mix during a rolling upgrade or a rollback, so the models are strict one way only:
+producers build them (`extra="forbid"`: a misspelt field fails at once, and what is published
+is exactly the schema), consumers read them with `extra=CONSUMER_EXTRA` (a field a newer
+producer added is dropped, not dead-lettered). Every event says the `schema_version` that
+wrote it; a reader accepts any version it can parse.
 """
 
 from __future__ import annotations
@@ -24,7 +30,27 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
+"""Version of the event contract, written into every event as `schema_version`. Bumped when a
+release changes what a field means without changing its shape (the rule: docs/operate.md,
+"Upgrading"); never for an optional field added, whose presence says it all. A record without
+the field was written before it existed: version 1, whatever the default says (a reader that
+branches on the version checks `"schema_version" in event.model_fields_set`)."""
+
+CONSUMER_EXTRA: Final = "ignore"
+"""The `extra` every consumer validates a record with (`Model.model_validate_json(value,
+extra=CONSUMER_EXTRA)`): unknown fields, a newer producer's optional ones, are dropped, so an
+old consumer keeps working while producers are upgraded, and after a rollback. The models
+themselves forbid extras: what a producer builds is exactly the schema."""
+
+SchemaVersion = Annotated[
+    int,
+    Field(
+        description="Version of the event contract that wrote it; a record without it is "
+        "version 1. A reader accepts any version it can parse: later versions only add "
+        "optional fields."
+    ),
+]
 
 # ---------------------------------------------------------------- sealed personal fields
 
@@ -68,7 +94,8 @@ SealedDetails = Annotated[Details, WithJsonSchema({"anyOf": [ENVELOPE_SCHEMA, {"
 
 
 class Event(BaseModel):
-    """Base of every published event: strict, immutable, versioned."""
+    """Base of every published event: immutable, strict to build (an unknown field is a
+    producer's mistake), tolerant to read (`CONSUMER_EXTRA`: a newer producer's field)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -120,6 +147,7 @@ class PurchaseRecorded(Event):
     """A checkout, normalized. `customer_id` is null for an anonymous checkout."""
 
     type: Literal["purchase_recorded"] = "purchase_recorded"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     event_id: str = Field(description="The till's idempotency key.")
     occurred_at: AwareDatetime = Field(description="When the swipe happened, in UTC.")
     customer_id: str | None = Field(description="Pseudonymous customer id; null when anonymous.")
@@ -135,6 +163,7 @@ class CustomerSignedUp(_CustomerEvent, _ConsentRecord):
     """A card was registered to a person, or a person signed up without a card (a lead)."""
 
     type: Literal["customer_signed_up"] = "customer_signed_up"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     card_id: str | None = Field(
         default=None,
         description="Keyed hash of the card registered; null for a lead (no card), whose id "
@@ -158,6 +187,7 @@ class CustomerUpdated(_CustomerEvent, _ConsentRecord):
     """Changed fields only; a null field is unchanged."""
 
     type: Literal["customer_updated"] = "customer_updated"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     email: SealedText = Field(default=None, description="New e-mail address. Sealed on the wire.")
     first_name: SealedText = Field(default=None, description="New first name. Sealed on the wire.")
     birth_date: SealedDate = Field(
@@ -171,6 +201,7 @@ class ConsentChanged(_CustomerEvent, _ConsentRecord):
     """The customer gave or withdrew marketing consent."""
 
     type: Literal["consent_changed"] = "consent_changed"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     marketing_consent: bool = Field(description="The consent now in force.")
 
 
@@ -178,6 +209,7 @@ class CardLinked(_CustomerEvent):
     """Another card now feeds this customer's profile."""
 
     type: Literal["card_linked"] = "card_linked"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     card_id: str = Field(description="Keyed hash of the card linked to the customer.")
     merged_customer_id: str | None = Field(
         default=None, description="The customer the card fed before, whose profile merges in."
@@ -188,6 +220,7 @@ class CustomerErased(_CustomerEvent):
     """Right to be forgotten: personal data and profile are deleted."""
 
     type: Literal["customer_erased"] = "customer_erased"
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
 
 Sentiment = Literal["positive", "neutral", "negative"]
@@ -200,6 +233,7 @@ class InteractionRecorded(_CustomerEvent):
     """A support ticket, e-mail open or click, web visit, social like..."""
 
     type: Literal["interaction_recorded"] = "interaction_recorded"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     interaction_type: str = Field(description="Lower-cased free text: support_ticket, ...")
     channel: str | None = Field(default=None, description="phone, email, web...")
     details: SealedDetails = Field(
@@ -231,6 +265,7 @@ class NoteAdded(_CustomerEvent):
     """An agent wrote a note about the customer (the call centre's `POST .../notes`)."""
 
     type: Literal["note_added"] = "note_added"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     text: SealedText = Field(
         default=None,
         description="The note: free text, so sealed on the wire (null once unreadable).",
@@ -283,6 +318,7 @@ class ProfileChanged(Event):
     """A profile changed; carries just what the offer rules need, no personal data."""
 
     type: Literal["profile_changed"] = "profile_changed"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     customer_id: str = Field(description="Pseudonymous customer id.")
     cause_event_id: str = Field(description="Event whose application changed the profile.")
     cause_type: str = Field(description="Type of that event.")
@@ -345,6 +381,7 @@ class ContactChanged(Event):
     """Latest contact details of a customer, for the notifier. A null value is a tombstone."""
 
     type: Literal["contact_changed"] = "contact_changed"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     customer_id: str = Field(description="Pseudonymous customer id.")
     email: SealedText = Field(default=None, description="E-mail address. Sealed on the wire.")
     first_name: SealedText = Field(
@@ -357,6 +394,39 @@ class ContactChanged(Event):
         default=False,
         description="The e-mail address and first name were left out because the customer has "
         "no data key yet (details stated before the key vault existed): keep the ones known.",
+    )
+
+
+# ---------------------------------------------------------------- crm.data-keys (compacted)
+
+WRAP_ALGORITHM: Final = "aes256gcm-hkdf-sha256"
+
+
+class DataKeyWrapped(Event):
+    """A customer's current data key, wrapped with the key-encryption key (`CRM_KEY_WRAPPING_KEY`),
+    so that a restore can put back the keys created after its backup. Keyed by customer id; a
+    null value is the tombstone of an erasure (the key is destroyed)."""
+
+    type: Literal["data_key_wrapped"] = "data_key_wrapped"
+    schema_version: SchemaVersion = SCHEMA_VERSION
+    customer_id: str = Field(description="Pseudonymous customer id whose key this is.")
+    kid: str = Field(description="Id of the data key (the `kid` of the envelopes it seals).")
+    created_at: AwareDatetime = Field(
+        description="When the key vault created the key (UTC): a restore never puts back a key "
+        "created before the customer's latest erasure."
+    )
+    alg: Literal["aes256gcm-hkdf-sha256"] = Field(
+        default=WRAP_ALGORITHM,
+        description="How the key is wrapped: AES-256-GCM under a key derived from the wrapping "
+        "key with HKDF-SHA-256, the customer id and the key id as associated data.",
+    )
+    wrapping_key_id: str = Field(
+        description="Fingerprint of the wrapping key (HKDF-derived, reveals nothing of it): "
+        "which key unwraps this record, across a rotation."
+    )
+    wrapped: str = Field(
+        description="Base64 of the 12-byte nonce, then the 32-byte key encrypted, with its "
+        "16-byte tag. Never the key itself."
     )
 
 
@@ -387,7 +457,7 @@ class OfferIssued(Event):
     """A coupon was issued to a customer."""
 
     type: Literal["offer_issued"] = "offer_issued"
-    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    schema_version: SchemaVersion = SCHEMA_VERSION
     offer_id: str = Field(description="Deterministic id: the same trigger gives the same id.")
     customer_id: str = Field(description="Pseudonymous customer id (the message key).")
     kind: OfferKind = Field(description="Rule that issued it.")
@@ -418,7 +488,7 @@ class OfferRedeemed(Event):
     """A checkout redeemed a coupon."""
 
     type: Literal["offer_redeemed"] = "offer_redeemed"
-    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    schema_version: SchemaVersion = SCHEMA_VERSION
     offer_id: str = Field(description="The offer redeemed.")
     customer_id: str = Field(description="Pseudonymous customer id.")
     kind: OfferKind = Field(description="Rule that issued it.")
@@ -447,7 +517,7 @@ class RedemptionRejected(Event):
     """A checkout listed a coupon code that could not be redeemed."""
 
     type: Literal["redemption_rejected"] = "redemption_rejected"
-    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    schema_version: SchemaVersion = SCHEMA_VERSION
     rejection_id: str = Field(description="Deterministic id: checkout event id and code.")
     customer_id: str = Field(description="Pseudonymous id of the customer who listed the code.")
     coupon_code: str = Field(description="The code as listed, normalized (upper case).")
@@ -465,7 +535,7 @@ class OfferExpired(Event):
     """An issued coupon passed its last valid day without being redeemed."""
 
     type: Literal["offer_expired"] = "offer_expired"
-    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    schema_version: SchemaVersion = SCHEMA_VERSION
     offer_id: str = Field(description="The offer that expired.")
     customer_id: str = Field(description="Pseudonymous customer id.")
     kind: OfferKind = Field(description="Rule that issued it.")
@@ -479,7 +549,7 @@ class OfferRevoked(Event):
     and an e-mail not yet sent is cancelled."""
 
     type: Literal["offer_revoked"] = "offer_revoked"
-    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    schema_version: SchemaVersion = SCHEMA_VERSION
     offer_id: str = Field(description="The offer withdrawn.")
     customer_id: str = Field(description="Pseudonymous customer id (the message key).")
     kind: OfferKind = Field(description="Rule that had issued it.")
@@ -495,7 +565,7 @@ class OfferHeldOut(Event):
     """An eligible customer was held out of an offer (the control group that measures lift)."""
 
     type: Literal["held_out"] = "held_out"
-    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    schema_version: SchemaVersion = SCHEMA_VERSION
     offer_id: str = Field(description="Id the offer would have had (deterministic).")
     customer_id: str = Field(description="Pseudonymous customer id (the message key).")
     kind: OfferKind = Field(description="Rule the customer was eligible for.")
@@ -530,6 +600,7 @@ class ClockTicked(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     date: dt.date = Field(description="The calendar day that has begun.")
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
 
 DeliveryState = Literal["sent", "written", "bounced", "suppressed", "failed"]
@@ -539,6 +610,7 @@ class DeliveryRecorded(Event):
     """Outcome of an e-mail for an offer (no address in it)."""
 
     type: Literal["delivery_recorded"] = "delivery_recorded"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     offer_id: str = Field(description="Offer the e-mail was for.")
     customer_id: str = Field(description="Pseudonymous customer id.")
     state: DeliveryState = Field(description="Final state of the delivery.")
@@ -561,6 +633,7 @@ class DeadLetter(Event):
     """
 
     type: Literal["dead_letter"] = "dead_letter"
+    schema_version: SchemaVersion = SCHEMA_VERSION
     service: str = Field(description="Service that gave up on the message.")
     reason: str = Field(description="Machine-readable reason code, e.g. `invalid_birth_date`.")
     detail: str = Field(

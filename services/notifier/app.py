@@ -21,7 +21,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.store import NotifierRepository, open_repository
 from shared.edge import Source, describe
 from shared.errors import Rejected
-from shared.events import ContactChanged, OfferIssued, OfferRevoked
+from shared.events import CONSUMER_EXTRA, ContactChanged, OfferIssued, OfferRevoked
 from shared.keys import UNSUBSCRIBE_KEY
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -53,12 +53,12 @@ def decode_offer(source: Source) -> OfferChange | None:
     if source.value is None:
         return None
     try:
-        return OfferIssued.model_validate_json(source.value)
+        return OfferIssued.model_validate_json(source.value, extra=CONSUMER_EXTRA)
     except ValidationError as exc:
         kind = _type_of(source.value)
         if kind == "offer_revoked":
             try:
-                return OfferRevoked.model_validate_json(source.value)
+                return OfferRevoked.model_validate_json(source.value, extra=CONSUMER_EXTRA)
             except ValidationError as revoked_exc:
                 raise Rejected("invalid_offer", describe(revoked_exc)) from None
         if kind is not None and kind != "offer_issued":

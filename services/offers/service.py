@@ -29,6 +29,7 @@ from shared.edge import Outgoing, Received, dump
 from shared.erasure import unlinked_token
 from shared.errors import Rejected
 from shared.events import (
+    CONSUMER_EXTRA,
     OFFER_EVENT,
     ClockTicked,
     DeliveryRecorded,
@@ -485,7 +486,7 @@ class OffersService:
         revoked: dict[str, OfferRevoked] = {}
         for payload in published:
             try:
-                event = OFFER_EVENT.validate_json(payload)
+                event = OFFER_EVENT.validate_json(payload, extra=CONSUMER_EXTRA)
             except ValueError:
                 continue  # not an offer event of this version: not the rebuild's concern
             if isinstance(event, OfferIssued):

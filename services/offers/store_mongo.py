@@ -34,6 +34,7 @@ from services.offers.store import (
 from shared.campaigns import Budget, CampaignChanged, CampaignCounts
 from shared.erasure import erasure_mark
 from shared.errors import Conflict
+from shared.events import CONSUMER_EXTRA
 from shared.storage import Indexes, MongoStore
 
 LEDGERS = "offers_ledgers"
@@ -308,7 +309,7 @@ class MongoOffersRepository(MongoStore):
     async def campaigns(self) -> dict[str, CampaignChanged]:
         found: dict[str, CampaignChanged] = {}
         async for doc in self.database[CAMPAIGNS].find({}).sort("_id", ASCENDING):
-            record = CampaignChanged.model_validate_json(doc["doc"])
+            record = CampaignChanged.model_validate_json(doc["doc"], extra=CONSUMER_EXTRA)
             found[record.campaign_id] = record
         return found
 

@@ -26,6 +26,7 @@ from services.offers.store import (
 from shared.campaigns import Budget, CampaignChanged, CampaignCounts
 from shared.erasure import erasure_mark
 from shared.errors import Conflict
+from shared.events import CONSUMER_EXTRA
 from shared.storage import IN_LIST, SqliteStore, in_list
 
 
@@ -363,7 +364,9 @@ class SqliteOffersRepository(SqliteStore):
     async def campaigns(self) -> dict[str, CampaignChanged]:
         def work(db: sqlite3.Connection) -> dict[str, CampaignChanged]:
             rows = db.execute("SELECT doc FROM campaigns ORDER BY campaign_id")
-            found = (CampaignChanged.model_validate_json(doc) for (doc,) in rows)
+            found = (
+                CampaignChanged.model_validate_json(doc, extra=CONSUMER_EXTRA) for (doc,) in rows
+            )
             return {c.campaign_id: c for c in found}
 
         return await self.read(work)

@@ -24,7 +24,13 @@ from services.profiles.settings import ProfilesSettings
 from services.profiles.store import ProfilesRepository, open_repository
 from shared.campaigns import SegmentDefined
 from shared.edge import foreign, json_decoder
-from shared.events import NORMALIZED_EVENT, OFFER_EVENT, ClockTicked, DeliveryRecorded
+from shared.events import (
+    CONSUMER_EXTRA,
+    NORMALIZED_EVENT,
+    OFFER_EVENT,
+    ClockTicked,
+    DeliveryRecorded,
+)
 from shared.global_table import GlobalTable
 from shared.keys import CARD_KEY
 from shared.settings import Settings
@@ -57,7 +63,7 @@ def _decode_definition(_: bytes | None, value: bytes | None) -> SegmentDefined |
     if value is None:
         return None
     try:
-        return SegmentDefined.model_validate_json(value)
+        return SegmentDefined.model_validate_json(value, extra=CONSUMER_EXTRA)
     except ValidationError:
         return None
 

@@ -19,6 +19,7 @@ from services.profiles.store import (
 )
 from services.profiles.timeline import Position, TimelineEntry, position, stored_time
 from shared.campaigns import SegmentDefined
+from shared.events import CONSUMER_EXTRA
 from shared.storage import Indexes, MongoStore
 
 PROFILES = "profiles"
@@ -233,7 +234,7 @@ class MongoProfilesRepository(MongoStore):
 
     async def definitions(self) -> list[SegmentDefined]:
         cursor = self.database[DEFINITIONS].find({}, {"_id": 0}).sort("_id", ASCENDING)
-        return [SegmentDefined.model_validate(doc) async for doc in cursor]
+        return [SegmentDefined.model_validate(doc, extra=CONSUMER_EXTRA) async for doc in cursor]
 
     async def last_clock_day(self) -> dt.date | None:
         doc = await self.database[META].find_one({"_id": CLOCK_DAY})

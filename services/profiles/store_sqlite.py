@@ -12,6 +12,7 @@ from services.profiles.store import MembershipWrites, export_of, kind_of, sorted
 from services.profiles.timeline import Position, TimelineEntry, position, stored_time
 from shared.campaigns import SegmentDefined
 from shared.errors import Conflict
+from shared.events import CONSUMER_EXTRA
 from shared.storage import IN_LIST, SqliteStore, in_list
 
 CLOCK_DAY = "clock_day"
@@ -306,7 +307,7 @@ class SqliteProfilesRepository(SqliteStore):
     async def definitions(self) -> list[SegmentDefined]:
         def work(db: sqlite3.Connection) -> list[SegmentDefined]:
             rows = db.execute("SELECT doc FROM segment_definitions ORDER BY name")
-            return [SegmentDefined.model_validate_json(r[0]) for r in rows]
+            return [SegmentDefined.model_validate_json(r[0], extra=CONSUMER_EXTRA) for r in rows]
 
         return await self.read(work)
 

@@ -487,6 +487,7 @@ async def test_a_swipe_that_makes_a_customer_enter_a_segment_publishes_the_entry
     assert key == b"c-1"
     assert orjson.loads(value) == {
         "type": "segment_entered",
+        "schema_version": 1,
         "customer_id": "c-1",
         "segment": "milk-buyers",
         "at": "2026-03-01T11:00:00Z",
