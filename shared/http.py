@@ -48,6 +48,7 @@ from shared.http_guard import (
 )
 from shared.kafka import consumer_lag
 from shared.logging import get_logger
+from shared.metrics import instrument_http
 from shared.settings import HttpSettings, Settings
 from shared.skeleton import ServiceApp
 
@@ -160,6 +161,7 @@ class HttpEndpoints:
             )
         self._registry = registry
         guard(self.api, tokens, http)
+        instrument_http(self.api)
 
     async def metrics_for_admins(self) -> Response:
         """The Prometheus exposition of this process (admin only, when there is no ops port)."""
@@ -182,8 +184,13 @@ class HttpEndpoints:
         response.status_code = 200 if ready else 503
         return {"status": "ready" if ready else "not ready", "services": checks}
 
-    async def measure_lag(self, every: float = 15.0) -> None:
-        """Update the lag gauge periodically (a background task)."""
+    async def measure_lag(self, every: float | None = None) -> None:
+        """Update the lag gauge periodically (a background task), every
+        `CRM_CONSUMER_LAG_INTERVAL_S`; with 0, never: in production a Kafka exporter reads
+        every group's lag from the broker, instead of each pod opening a consumer."""
+        every = self.settings.observability.consumer_lag_interval_s if every is None else every
+        if every <= 0:
+            return
         while True:
             for app in self.apps:
                 spec = app.spec

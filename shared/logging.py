@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 from shared.settings import LogSettings
 
@@ -32,6 +33,18 @@ def redact_personal_data(
         elif isinstance(event_dict[key], str):
             value = _CARD.sub("[card]", event_dict[key])
             event_dict[key] = _EMAIL.sub("[email]", value)
+    return event_dict
+
+
+def add_trace_context(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The OpenTelemetry trace and span ids of the line's context (a consumed batch, what it
+    publishes), as the W3C `traceparent` writes them: the line and the trace find each other."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
     return event_dict
 
 
@@ -76,6 +89,7 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_context,
     ]
     # Redaction comes last in both chains, after the traceback is text: an exception's message
     # or a frame of its traceback may hold a card number or an e-mail address.

@@ -34,6 +34,7 @@ from shared.errors import Rejected
 from shared.kafka import BatchGuard, batch_subscriber, new_broker, publish_all
 from shared.logging import get_logger
 from shared.settings import Settings
+from shared.tracing import tracing_middlewares
 
 log = get_logger(__name__)
 
@@ -109,6 +110,9 @@ class ServiceSpec(Generic[R, S]):
     principal may write (deploy/k8s/overlays/prod/kafka-users.yaml is checked against it)."""
     tables: tuple[str, ...] = ()
     """Compacted topics every instance reads whole, outside its group (`GlobalTable`)."""
+    published: Callable[[Sequence[Outgoing]], None] | None = None
+    """Told what a batch published, once Kafka acknowledged it (metrics: offers measures the
+    freshness of the offers it issued)."""
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -138,6 +142,9 @@ class ServiceApp(Generic[S]):
         self.spec: ServiceSpec[Any, S] = spec
         self.settings = settings = settings or Settings()
         self.broker: KafkaBroker = new_broker(settings.kafka, client_id=f"crm-{spec.name}")
+        for middleware in tracing_middlewares(spec.name, settings.observability):
+            # After the Prometheus middleware: `traceparent` in and out of every record.
+            self.broker.add_middleware(middleware)
         self.faststream = FastStream(self.broker)
         self.edge = Edge(service=spec.name, decoders=spec.decoders)
         self.guard = BatchGuard(self.broker, service=spec.name)
@@ -201,6 +208,8 @@ class ServiceApp(Generic[S]):
         else:
             await handled.save()
             await publish_all(self.broker, outgoing)
+        if self.spec.published is not None:
+            self.spec.published(outgoing)
 
     async def publish(self, outgoing: Sequence[Outgoing]) -> None:
         """Publish what an HTTP route produced (the same producer as the batches)."""

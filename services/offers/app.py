@@ -25,11 +25,12 @@ from services.offers.service import OffersService
 from services.offers.settings import OfferRules, OffersSettings
 from services.offers.store import OffersRepository, open_repository
 from shared.campaigns import CampaignChanged, SegmentMembershipChanged
-from shared.edge import dump, foreign, json_decoder
-from shared.events import ClockTicked, DeliveryRecorded, ProfileChanged
+from shared.edge import Outgoing, dump, foreign, json_decoder
+from shared.events import CONSUMER_EXTRA, ClockTicked, DeliveryRecorded, ProfileChanged
 from shared.global_table import GlobalTable
 from shared.keys import CARD_KEY, COUPON_KEY
 from shared.logging import get_logger
+from shared.metrics import observe_offers_published
 from shared.settings import Settings
 from shared.skeleton import AfterReplay, ServiceApp, ServiceSpec
 from shared.topics import (
@@ -93,7 +94,7 @@ def _decode_campaign(_: bytes | None, value: bytes | None) -> CampaignChanged | 
     if value is None:
         return None
     try:
-        return CampaignChanged.model_validate_json(value)
+        return CampaignChanged.model_validate_json(value, extra=CONSUMER_EXTRA)
     except ValidationError:
         return None
 
@@ -135,6 +136,11 @@ async def campaigns_table(app: ServiceApp[OffersService]) -> AsyncIterator[None]
                 await task
 
 
+def offers_published(outgoing: Sequence[Outgoing]) -> None:
+    """Freshness of the offers a batch published: from their trigger's event time to now."""
+    observe_offers_published(outgoing, dt.datetime.now(dt.UTC), topic=OFFERS)
+
+
 def routes(app: ServiceApp[OffersService]) -> APIRouter:
     """The till's coupon API, the agents' decisions, marketing's campaigns."""
     router = till_routes(app)
@@ -161,6 +167,7 @@ SPEC: ServiceSpec[OffersRepository, OffersService] = ServiceSpec(
     secrets=(CARD_KEY, COUPON_KEY),  # the till API hashes card numbers; coupon codes
     writes=(OFFERS, CAMPAIGNS, DEADLETTER),
     tables=(CAMPAIGNS,),
+    published=offers_published,
 )
 
 
