@@ -1,5 +1,6 @@
 """Kafka plumbing shared by the services: broker factory, batch subscription options,
-publishing a batch without per-message waits, topic creation, lag, and the retry policy.
+publishing a batch without per-message waits, topic creation and checks, lag, and the retry
+policy.
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ import inspect
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Boolean, Int8, Int16, Int32, Schema, String
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
@@ -31,7 +36,7 @@ from shared.edge import Outgoing, Source, dead_letter, dead_letter_message
 from shared.errors import StoreError
 from shared.logging import get_logger
 from shared.settings import KafkaSettings
-from shared.topics import TOPIC_SPECS, TopicSpec
+from shared.topics import MIN_INSYNC_REPLICAS, TOPIC_SPECS, TopicSpec
 
 log = get_logger(__name__)
 
@@ -39,6 +44,10 @@ FETCH_MAX_WAIT_MS = 20
 """Longest a fetch waits on an empty partition. Tansu appears to answer an empty fetch only
 when this runs out, even if records arrive meanwhile, so aiokafka's 500 ms default added up to half a
 second per hop (crm bench: p50 checkout -> offer of ~1 s at 2,000/s)."""
+
+
+HEARTBEAT_INTERVAL_MS = 1_000
+"""Heartbeats every second, well under a third of the shortest session timeout (6 s)."""
 
 
 class KafkaConfigError(ValueError):
@@ -108,7 +117,9 @@ def new_broker(settings: KafkaSettings, *, client_id: str, **overrides: Any) -> 
         "acks": "all",
         "security": security_for(settings),
         "allow_auto_create_topics": False,
-        "graceful_timeout": 30.0,
+        # On SIGTERM the batch in hand finishes and commits within this; Kubernetes'
+        # terminationGracePeriodSeconds is above it plus the preStop pause.
+        "graceful_timeout": settings.shutdown_grace_s,
         # One structlog setup for broker and services; per-batch lines only at DEBUG.
         "logger": get_logger("crm.broker"),
         "log_level": logging.DEBUG,
@@ -124,18 +135,24 @@ def batch_subscriber(
 
     Offsets are committed only after a batch's handler returned, i.e. after its effects are
     durable; on an exception the batch is sought back and retried (NACK_ON_ERROR).
+
+    With `CRM_KAFKA_INSTANCE_ID` the consumer is a static member of its group: it leaves no
+    group on stop, and the broker keeps its partitions for it until the session timeout, so
+    a rolling restart (a StatefulSet pod back under the same name) moves no partition. The
+    id is the same in every group of the process (`crm run all`): it is unique per group.
     """
     return broker.subscriber(
         *topics,
         batch=True,
         group_id=group_id,
+        group_instance_id=settings.kafka_instance_id,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
         max_partition_fetch_bytes=2 * 1024 * 1024,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=1_000,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
 
@@ -156,34 +173,317 @@ async def publish_all(broker: KafkaBroker, messages: Sequence[Outgoing]) -> None
         await asyncio.gather(*futures)
 
 
-async def ensure_topics(
-    settings: KafkaSettings, specs: Iterable[TopicSpec] = TOPIC_SPECS
-) -> list[str]:
-    """Create the missing topics; returns the names created."""
+class TopicCheckError(RuntimeError):
+    """The broker refused to create, describe or alter a topic (an ACL, an unknown config)."""
+
+
+PARTITIONS: Final = "partitions"
+REPLICATION: Final = "replication factor"
+_NOT_ALTERABLE = (PARTITIONS, REPLICATION)
+_TOPIC_ALREADY_EXISTS = 36
+_SET = 0
+"""IncrementalAlterConfigs' operation SET: give the config this value (others stay as they are)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicState:
+    """What a topic is, or should be: its partition count, replication and configs."""
+
+    partitions: int
+    replication: int
+    configs: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicDifference:
+    """One setting of an existing topic that is not what the code expects."""
+
+    topic: str
+    setting: str
+    """`partitions`, `replication factor` or a topic config's name."""
+    expected: str
+    actual: str | None
+    """None: the topic does not set it (the broker's default applies)."""
+
+    @property
+    def alterable(self) -> bool:
+        """Whether `crm create-topics --fix` may change it: configs yes; never the partition
+        count (more partitions move keys to other partitions, so one customer's events would
+        no longer be read in order) nor the replication (a partition reassignment)."""
+        return self.setting not in _NOT_ALTERABLE
+
+    def __str__(self) -> str:
+        actual = "not set" if self.actual is None else self.actual
+        return f"{self.topic}: {self.setting} is {actual}, expected {self.expected}"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicReport:
+    """What `reconcile_topics` did and found."""
+
+    created: list[str] = field(default_factory=list)
+    fixed: list[TopicDifference] = field(default_factory=list)
+    differences: list[TopicDifference] = field(default_factory=list)
+    """What still differs (after `fix`, what could not be fixed)."""
+
+
+def desired_state(spec: TopicSpec, settings: KafkaSettings) -> TopicState:
+    """How the settings say a topic is created: the spec's configs, the configured partition
+    count (single-partition topics keep 1), replication and `min.insync.replicas`."""
+    if (
+        settings.topic_min_insync_replicas is not None
+        and settings.topic_min_insync_replicas > settings.topic_replication
+    ):
+        raise KafkaConfigError(
+            "CRM_TOPIC_MIN_INSYNC_REPLICAS exceeds CRM_TOPIC_REPLICATION: no write could succeed"
+        )
+    return TopicState(
+        partitions=1 if spec.partitions == 1 else settings.topic_partitions,
+        replication=settings.topic_replication,
+        configs=spec.topic_configs(min_insync_replicas=settings.topic_min_insync_replicas),
+    )
+
+
+def topic_differences(name: str, desired: TopicState, actual: TopicState) -> list[TopicDifference]:
+    """Where an existing topic falls short of what the code expects.
+
+    Fewer partitions or replicas than expected are differences, more are not (a cluster may
+    have raised them on purpose). `min.insync.replicas` may be higher, never lower. Every
+    other config the spec states must be what it states: a retention shorter than the
+    spec's loses what a replay or a redrive reads; a longer one keeps personal data longer
+    than documented. A topic the spec does not compact must not be compacted (raw topics are
+    keyed by store or card: compaction would drop checkouts).
+    """
+    found: list[TopicDifference] = []
+    if actual.partitions < desired.partitions:
+        found.append(
+            TopicDifference(name, PARTITIONS, str(desired.partitions), str(actual.partitions))
+        )
+    if actual.replication < desired.replication:
+        found.append(
+            TopicDifference(name, REPLICATION, str(desired.replication), str(actual.replication))
+        )
+    for config, expected in desired.configs.items():
+        value = actual.configs.get(config)
+        if config == MIN_INSYNC_REPLICAS:
+            short = value is None or not value.isdigit() or int(value) < int(expected)
+        else:
+            short = value != expected
+        if short:
+            found.append(TopicDifference(name, config, expected, value))
+    if "cleanup.policy" not in desired.configs:
+        policy = actual.configs.get("cleanup.policy")
+        if policy not in (None, "delete"):
+            found.append(TopicDifference(name, "cleanup.policy", "delete", policy))
+    return found
+
+
+class _IncrementalAlterConfigsResponse_v0(Response):  # type: ignore[misc]
+    API_KEY = 44
+    API_VERSION = 0
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "responses",
+            Array(
+                ("error_code", Int16),
+                ("error_message", String("utf-8")),
+                ("resource_type", Int8),
+                ("resource_name", String("utf-8")),
+            ),
+        ),
+    )
+
+
+class _IncrementalAlterConfigsRequest_v0(RequestStruct):  # type: ignore[misc]
+    API_KEY = 44
+    API_VERSION = 0
+    RESPONSE_TYPE = _IncrementalAlterConfigsResponse_v0
+    SCHEMA = Schema(
+        (
+            "resources",
+            Array(
+                ("resource_type", Int8),
+                ("resource_name", String("utf-8")),
+                (
+                    "configs",
+                    Array(
+                        ("name", String("utf-8")),
+                        ("config_operation", Int8),
+                        ("value", String("utf-8")),
+                    ),
+                ),
+            ),
+        ),
+        ("validate_only", Boolean),
+    )
+
+
+class _IncrementalAlterConfigsRequest(Request[_IncrementalAlterConfigsRequest_v0]):  # type: ignore[misc]
+    """Kafka's IncrementalAlterConfigs (KIP-339), which aiokafka lacks. Its AlterConfigs
+    replaces a topic's whole set of configs, resetting every one not named to the broker's
+    default: a fix of one retention would silently drop the others (the embedded broker does
+    not implement AlterConfigs at all). Version 0 is served by Kafka 2.3 and later."""
+
+    API_KEY = 44
+
+    def __init__(self, resources: list[Any]) -> None:
+        self._resources = resources
+
+    def build(
+        self, request_struct_class: type[_IncrementalAlterConfigsRequest_v0]
+    ) -> _IncrementalAlterConfigsRequest_v0:
+        return request_struct_class(self._resources, False)
+
+
+async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, TopicState]:
+    """Partitions, replication (the smallest of any partition) and configs of existing topics."""
+    metadata = await admin.describe_topics(names)
+    counts: dict[str, tuple[int, int]] = {}
+    for topic in metadata:
+        if topic["error_code"]:
+            raise TopicCheckError(f"{topic['topic']}: describe failed, error {topic['error_code']}")
+        partitions = topic["partitions"]
+        counts[topic["topic"]] = (
+            len(partitions),
+            min((len(p["replicas"]) for p in partitions), default=0),
+        )
+    responses: list[Any] = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    )
+    configs: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for code, message, _type, name, entries in response.resources:
+            if code:
+                raise TopicCheckError(f"{name}: describe configs failed: {message} ({code})")
+            configs[name] = {entry[0]: entry[1] for entry in entries if entry[1] is not None}
+    return {
+        name: TopicState(partitions=p, replication=r, configs=configs.get(name, {}))
+        for name, (p, r) in counts.items()
+    }
+
+
+async def _alter(admin: AIOKafkaAdminClient, differences: Sequence[TopicDifference]) -> None:
+    """SET each difference's expected value, leaving the topics' other configs alone."""
+    by_topic: dict[str, list[tuple[str, int, str]]] = {}
+    for difference in differences:
+        by_topic.setdefault(difference.topic, []).append(
+            (difference.setting, _SET, difference.expected)
+        )
+    resources = [
+        (int(ConfigResourceType.TOPIC), topic, configs) for topic, configs in by_topic.items()
+    ]
+    # The admin client has no public way to send a request it does not define; any broker
+    # takes a topic's config change and hands it to the controller.
+    response: Any = await admin._send_request(_IncrementalAlterConfigsRequest(resources))
+    for code, message, _type, name in response.responses:
+        if code:
+            raise TopicCheckError(f"{name}: alter configs failed: {message} ({code})")
+
+
+async def reconcile_topics(
+    settings: KafkaSettings,
+    specs: Iterable[TopicSpec] = TOPIC_SPECS,
+    *,
+    fix: bool = False,
+    strict: bool = True,
+) -> TopicReport:
+    """Create the missing topics and compare the existing ones with their specs.
+
+    With `fix`, configs that differ are set to the spec's values (IncrementalAlterConfigs)
+    and the topics described again; partitions and replication are only reported. Without
+    `strict`, a topic the broker will not describe (no DescribeConfigs right) is logged and
+    left unchecked instead of raising.
+    """
+    specs = list(specs)
+    desired = {spec.name: desired_state(spec, settings) for spec in specs}
     admin = AIOKafkaAdminClient(
         bootstrap_servers=require_bootstrap(settings), **client_options(settings)
     )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [spec for spec in specs if spec.name not in existing]
-        new = []
-        for spec in missing:
-            partitions = 1 if spec.partitions == 1 else settings.topic_partitions
-            new.append(
-                NewTopic(
-                    spec.name,
-                    partitions,
-                    settings.topic_replication,
-                    topic_configs=spec.topic_configs(),
-                )
-            )
-        if new:
-            await admin.create_topics(new)
-            log.info("topics_created", topics=[t.name for t in new])
-        return [t.name for t in new]
+        created = await _create(admin, desired, [s for s in specs if s.name not in existing])
+        present = [spec.name for spec in specs if spec.name in existing]
+        try:
+            differences = await _differences(admin, desired, present)
+        except TopicCheckError as exc:
+            if strict:
+                raise
+            log.warning("topics_not_checked", error=str(exc))
+            return TopicReport(created=created)
+        fixed: list[TopicDifference] = []
+        if fix and any(d.alterable for d in differences):
+            await _alter(admin, [d for d in differences if d.alterable])
+            remaining = await _differences(admin, desired, present)
+            fixed = [d for d in differences if d.alterable and d not in remaining]
+            differences = remaining
+        return TopicReport(created=created, fixed=fixed, differences=differences)
     finally:
         await admin.close()
+
+
+async def _create(
+    admin: AIOKafkaAdminClient, desired: Mapping[str, TopicState], missing: Sequence[TopicSpec]
+) -> list[str]:
+    if not missing:
+        return []
+    new = [
+        NewTopic(
+            spec.name,
+            desired[spec.name].partitions,
+            desired[spec.name].replication,
+            topic_configs=dict(desired[spec.name].configs),
+        )
+        for spec in missing
+    ]
+    response: Any = await admin.create_topics(new)
+    created = []
+    for name, code, *rest in response.topic_errors:
+        # Already there: another pod or job created it meanwhile; checked next time.
+        if code and code != _TOPIC_ALREADY_EXISTS:
+            message = rest[0] if rest else ""
+            raise TopicCheckError(f"{name}: create failed: {message} ({code})")
+        if not code:
+            created.append(name)
+    if created:
+        log.info("topics_created", topics=created)
+    return [spec.name for spec in missing if spec.name in created]
+
+
+async def _differences(
+    admin: AIOKafkaAdminClient, desired: Mapping[str, TopicState], names: list[str]
+) -> list[TopicDifference]:
+    if not names:
+        return []
+    actual = await _describe(admin, names)
+    return [
+        difference
+        for name in names
+        for difference in topic_differences(name, desired[name], actual[name])
+    ]
+
+
+async def ensure_topics(
+    settings: KafkaSettings, specs: Iterable[TopicSpec] = TOPIC_SPECS
+) -> list[str]:
+    """Create the missing topics (`crm run` at start-up); returns the names created.
+
+    An existing topic that differs from its spec, or that the login may not describe, is
+    logged as a warning, not fixed and not fatal: a service should still start on a cluster
+    whose topics an operator manages; `crm create-topics` reports the same differences and
+    exits non-zero.
+    """
+    report = await reconcile_topics(settings, specs, strict=False)
+    for difference in report.differences:
+        log.warning(
+            "topic_differs_from_spec",
+            topic=difference.topic,
+            setting=difference.setting,
+            expected=difference.expected,
+            actual=difference.actual,
+        )
+    return report.created
 
 
 def partition_lag(end: int, committed: int | None) -> int:

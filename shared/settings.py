@@ -26,6 +26,7 @@ SECRETS_DIR_VARIABLE = "CRM_SECRETS_DIR"
 DEV_CARD_KEY = "crm-stream-development-card-key"
 DEV_COUPON_KEY = "crm-stream-development-coupon-key"
 DEV_UNSUBSCRIBE_KEY = "crm-stream-development-unsubscribe-key"
+DEV_KEY_WRAPPING_KEY = "crm-stream-development-key-wrapping-key"
 
 
 class _Env(BaseSettings):
@@ -73,11 +74,41 @@ class KafkaSettings(_Env):
     topic_replication: int = Field(
         default=1, ge=1, description="Replication factor of topics `crm` creates (3 in production)."
     )
+    topic_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="`min.insync.replicas` of topics `crm` creates and checks (2 in production, "
+        "with 3 replicas); unset leaves the broker's default.",
+    )
     batch_max_records: int = Field(
         default=1000, ge=1, description="Most records a service takes from Kafka in one batch."
     )
     batch_timeout_ms: int = Field(
         default=100, ge=1, description="Longest wait in ms to fill a batch."
+    )
+    kafka_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Static group membership (KIP-345): this instance's `group.instance.id`, "
+        "stable across its restarts and unique among the instances of a service (in "
+        "Kubernetes the StatefulSet pod's name, `crm-offers-0`). A restart within "
+        "CRM_KAFKA_SESSION_TIMEOUT_MS then moves no partition. Unset: dynamic membership.",
+    )
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=6_000,
+        le=300_000,
+        description="Consumer session timeout in ms: how long the group waits for a silent "
+        "member before giving its partitions to others. With static membership it must "
+        "cover a restart (the manifests set 60000).",
+    )
+    shutdown_grace_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="Seconds a stopping service gives the batch in hand to finish and commit "
+        "(FastStream's graceful timeout); above the longest batch, below Kubernetes' "
+        "terminationGracePeriodSeconds minus the preStop pause.",
     )
 
 
@@ -86,7 +117,10 @@ class StoreSettings(_Env):
 
     store_url: str | None = Field(
         default=None,
-        description="`mongodb://…`/`mongodb+srv://…`, `sqlite:///DIR` or `memory://`.",
+        description="`mongodb://…`/`mongodb+srv://…`, `sqlite:///DIR` or `memory://`. "
+        "Production: a MongoDB replica set over three zones with `replicaSet=…&tls=true&"
+        "w=majority&readConcernLevel=majority` (backed up by its point-in-time backups); "
+        "`sqlite:///DIR` is backed up with `crm backup`.",
     )
     mongo_database: str = Field(
         default="crm", description="MongoDB database when the URL names none."
@@ -148,6 +182,12 @@ class PrivacySettings(_Env):
     unsubscribe_key: SecretStr = Field(
         default=SecretStr(DEV_UNSUBSCRIBE_KEY),
         description="Secret key unsubscribe links are signed with.",
+    )
+    key_wrapping_key: SecretStr = Field(
+        default=SecretStr(DEV_KEY_WRAPPING_KEY),
+        description="Secret key the customers' data keys are wrapped with on crm.data-keys, "
+        "so a restore can recover the keys created after its backup (ingest and the restore "
+        "only). Escrow it like the card key: without it, the keys on the topic stay unreadable.",
     )
 
     @property
@@ -258,6 +298,24 @@ class LogSettings(_Env):
     )
 
 
+class ObservabilitySettings(_Env):
+    """Metrics and tracing."""
+
+    consumer_lag_interval_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="Seconds between each pod's own reading of its consumer group's lag "
+        "(`crm_consumer_lag`), which opens a Kafka consumer each time. 0 = off: in production "
+        "a Kafka exporter reads the lag from the broker once for every group.",
+    )
+    otel_exporter: Literal["none", "otlp", "console"] = Field(
+        default="none",
+        description="Where OpenTelemetry spans go: `none` (trace context still travels in "
+        "Kafka headers and log lines carry `trace_id`, nothing is exported), `otlp` (OTLP over "
+        "HTTP to `OTEL_EXPORTER_OTLP_ENDPOINT`), `console` (stdout, for debugging).",
+    )
+
+
 class Settings(BaseModel):
     """All settings, each part read from the environment."""
 
@@ -268,6 +326,7 @@ class Settings(BaseModel):
     calendar: CalendarSettings = Field(default_factory=CalendarSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
 
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
@@ -278,4 +337,5 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     CalendarSettings,
     HttpSettings,
     LogSettings,
+    ObservabilitySettings,
 )

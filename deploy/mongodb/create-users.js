@@ -80,7 +80,8 @@ const ACCESS = {
     "notifier": {
       "readWrite": [
         "notifier_contacts",
-        "notifier_deliveries"
+        "notifier_deliveries",
+        "notifier_send_budget"
       ],
       "read": [
         "vault_erasures",
@@ -101,6 +102,7 @@ const ACCESS = {
         "ingest_seen",
         "notifier_contacts",
         "notifier_deliveries",
+        "notifier_send_budget",
         "offers",
         "offers_budgets",
         "offers_campaigns",

@@ -10,6 +10,15 @@ publishes the outcomes (the declaration's order is `save_then_publish`).
 
 A new e-mail waits `send_grace_s` (by the service's clock) as a `pending` delivery and is sent
 by `run_due`, so that an `offer_revoked` arriving within the grace cancels it unsent.
+
+Sending rate: every SMTP send draws on one budget shared by all instances through the store
+(`SendBudget`: CRM_SEND_RATE_PER_S x CRM_SEND_BUDGET_WINDOW_S e-mails per window), so N
+instances together stay within the provider's allowance. `run_due` claims due deliveries and
+spends their budget in one atomic step; a send from a batch (no grace, a late contact, a
+retry) takes one unit just before its SMTP transaction and waits for the next window when
+the budget is spent. Each instance also paces itself to the rate with a token bucket, so a
+window's budget is not sent as one burst. Claimed deliveries that end up not sent (quiet
+hours, consent withdrawn) keep their unit spent: the budget errs on the safe side.
 """
 
 from __future__ import annotations
@@ -47,10 +56,11 @@ from services.notifier.domain import (
 )
 from services.notifier.mailer import PermanentFailure, TemporaryFailure, Transport
 from services.notifier.settings import NotifierSettings
-from services.notifier.store import NotifierRepository, StoreChanges
+from services.notifier.store import NotifierRepository, SendBudget, StoreChanges
 from shared.edge import Outgoing, Received, dump
 from shared.events import ConsentChanged, ContactChanged, OfferIssued, OfferRevoked
 from shared.logging import get_logger
+from shared.metrics import observe_freshness, trigger_type
 from shared.skeleton import Handled
 from shared.topics import DELIVERIES, EVENTS
 from shared.vault import KeyReader, NoKeys, Opener, Pending
@@ -97,6 +107,12 @@ class NotifierService:
         self._monotonic = monotonic
         self._jitter = jitter
         self._bucket = TokenBucket(rate=settings.send_rate_per_s, now=monotonic())
+        self.budget = SendBudget.of(
+            rate_per_s=settings.send_rate_per_s, window_s=settings.send_budget_window_s
+        )
+        """The sending budget shared by every instance on the store (None: unlimited)."""
+        self._prepaid = 0
+        """Budget units the deliveries in hand were claimed with (`run_due`); the lock holds."""
         self._lock = asyncio.Lock()
         self.grace = dt.timedelta(seconds=settings.send_grace_s)
         self.due_backlog = False
@@ -106,6 +122,7 @@ class NotifierService:
         emails_<state> (sent/written/bounced/suppressed/failed), suppressed_<reason>,
         deferred_grace, deferred_quiet_hours, waiting_contact, reissued, revoked_before_send,
         revoked_before_offer, revoked_after_send, revoked_after_final, send_retries,
+        send_budget_waits (a send waited for the next window of the shared budget),
         unsubscribed, undecryptable (a sealed contact field whose key is gone: the customer
         was erased); the edge adds `ignored` (offer events other than issued and revoked) and
         dead_lettered_<reason>."""
@@ -275,22 +292,59 @@ class NotifierService:
     async def run_due(self) -> list[Outgoing]:
         """Send the deliveries whose grace or quiet hours are over (and any left `sending` by a
         crash)."""
+        budget = self._budget_in_use()
         async with self._lock:
             repo = self.repository
             now = self.clock()
+            limit = self.settings.due_batch_size
             # Claimed, not just read: with several instances on one store, each due delivery
             # goes to one poller, and a send in flight is not taken for a crash's leftover.
+            # The claim spends the shared budget: at most what is left of this window.
             due = await repo.claim_due(
-                now,
-                self.settings.due_batch_size,
-                dt.timedelta(seconds=self.settings.sending_lease_s),
+                now, limit, dt.timedelta(seconds=self.settings.sending_lease_s), budget
             )
-            self.due_backlog = len(due) >= self.settings.due_batch_size
-            if not due:
-                return []
-            contacts = await repo.get_contacts({d.customer_id for d in due})
-            plan = redecide_due(due, contacts, now=now, quiet=self.quiet)
-            return await self._carry_out(plan, contacts)
+            self.due_backlog = len(due) >= limit
+            spent = (
+                budget is not None
+                and len(due) < limit
+                and await repo.send_budget_left(now, budget) == 0
+            )
+            outgoing: list[Outgoing] = []
+            if due:
+                contacts = await repo.get_contacts({d.customer_id for d in due})
+                plan = redecide_due(due, contacts, now=now, quiet=self.quiet)
+                self._prepaid = len(due)
+                try:
+                    outgoing = await self._carry_out(plan, contacts)
+                finally:
+                    self._prepaid = 0
+        if spent and budget is not None:
+            # The window's budget is gone (here or in other instances): poll again as the
+            # next window opens rather than a whole poll interval later.
+            self.due_backlog = True
+            await self._sleep(self._until_next_window(budget))
+        return outgoing
+
+    def _budget_in_use(self) -> SendBudget | None:
+        """The shared budget, for a transport it applies to (SMTP, not the outbox)."""
+        return self.budget if self.transport.rate_limited else None
+
+    def _until_next_window(self, budget: SendBudget) -> float:
+        now = self.clock()
+        return max(0.01, (budget.next_window(now) - now).total_seconds())
+
+    async def _spend_budget(self) -> None:
+        """One unit of the shared budget for the send about to start: one the delivery was
+        claimed with, or one taken now, waiting for the next window while it is spent."""
+        budget = self._budget_in_use()
+        if budget is None:
+            return
+        if self._prepaid > 0:
+            self._prepaid -= 1
+            return
+        while not await self.repository.take_send_budget(self.clock(), 1, budget):
+            self.stats["send_budget_waits"] += 1
+            await self._sleep(self._until_next_window(budget))
 
     # ------------------------------------------------------------ persist, send, report
 
@@ -407,6 +461,7 @@ class NotifierService:
             wait = self._bucket.reserve(self._monotonic())
             if wait > 0:
                 await self._sleep(wait)
+            await self._spend_budget()
         try:
             await self.transport.send(message, name=safe_offer_token(delivery.offer_id))
         except PermanentFailure as exc:
@@ -435,6 +490,9 @@ class NotifierService:
             return None, None
         done: DeliveryStatus = "written" if self.transport.idempotent else "sent"
         log.debug("email_" + done, offer_id=delivery.offer_id, customer_id=delivery.customer_id)
+        sent_at = self.clock()
+        offer = delivery.offer
+        observe_freshness("email_sent", trigger_type(offer), offer.issued_at, sent_at)
         return replace(
-            delivery, state=done, attempts=attempts, last_error=None, updated_at=self.clock()
+            delivery, state=done, attempts=attempts, last_error=None, updated_at=sent_at
         ), contact.email

@@ -8,6 +8,7 @@ transaction (SQLite, `store_sqlite.py`) or one unordered bulk write per collecti
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -37,6 +38,38 @@ class StoreChanges:
         return bool(
             self.contacts or self.erased or self.deliveries or self.bounced or self.forgotten
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SendBudget:
+    """The sending budget every notifier instance draws from: at most `per_window` e-mails
+    started in each window of `window_s` seconds, by all instances sharing the store together.
+
+    Windows are aligned on the Unix epoch in UTC, so instances whose clocks agree (NTP) agree
+    on the window without talking to each other; the store holds what each window has spent.
+    """
+
+    per_window: int
+    window_s: float
+
+    @classmethod
+    def of(cls, *, rate_per_s: float, window_s: float) -> SendBudget | None:
+        """The budget of a sending rate (None: unlimited)."""
+        if rate_per_s <= 0:
+            return None
+        return cls(per_window=max(1, math.floor(rate_per_s * window_s)), window_s=window_s)
+
+    def window(self, now: dt.datetime) -> dt.datetime:
+        """Start of the window `now` falls in."""
+        seconds = now.timestamp()
+        return dt.datetime.fromtimestamp(seconds - seconds % self.window_s, dt.UTC)
+
+    def window_key(self, now: dt.datetime) -> str:
+        """The window's id in the store: its start as fixed-width UTC text."""
+        return self.window(now).isoformat(timespec="microseconds")
+
+    def next_window(self, now: dt.datetime) -> dt.datetime:
+        return self.window(now) + dt.timedelta(seconds=self.window_s)
 
 
 _ERROR_CODE = re.compile(r"^[a-z_]{1,64}$")
@@ -75,12 +108,31 @@ class NotifierRepository(Protocol):
         oldest first."""
         ...
 
-    async def claim_due(self, now: dt.datetime, limit: int, lease: dt.timedelta) -> list[Delivery]:
+    async def claim_due(
+        self,
+        now: dt.datetime,
+        limit: int,
+        lease: dt.timedelta,
+        budget: SendBudget | None = None,
+    ) -> list[Delivery]:
         """Take the deliveries due for sending, oldest first, for this instance only: `pending`
         ones whose `not_before` has passed, and `sending` ones untouched for `lease` (left by a
         crash). Atomically marks each `sending` now, so that another instance's poller sharing
         the store neither takes it nor mistakes a send in flight for a crash until the lease
-        has passed. Returns the deliveries as they were before the claim."""
+        has passed. Returns the deliveries as they were before the claim.
+
+        With a `budget`, takes no more than is left of it in `now`'s window and spends one
+        unit per delivery taken, atomically with the claim: pollers of every instance
+        together never take more than the budget in one window."""
+        ...
+
+    async def take_send_budget(self, now: dt.datetime, wanted: int, budget: SendBudget) -> int:
+        """Spend up to `wanted` units of the budget of `now`'s window, atomically; returns
+        how many were granted (0: spent, wait for the next window)."""
+        ...
+
+    async def send_budget_left(self, now: dt.datetime, budget: SendBudget) -> int:
+        """What is left of the budget of `now`'s window (a hint: others may spend it)."""
         ...
 
     async def apply(self, changes: StoreChanges) -> None:

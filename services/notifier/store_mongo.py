@@ -1,22 +1,28 @@
 """The notifier's contacts and deliveries in MongoDB: `notifier_contacts` (`_id` = customer id)
-and `notifier_deliveries` (`_id` = offer id)."""
+and `notifier_deliveries` (`_id` = offer id); the shared sending budget in
+`notifier_send_budget` (`_id` = the window's start)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Collection
 from typing import Any, ClassVar, cast
 
-from pymongo import ASCENDING, DeleteOne, IndexModel, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, DeleteOne, IndexModel, ReplaceOne, ReturnDocument, UpdateOne
+from pymongo.errors import DuplicateKeyError
 
 from services.notifier.domain import OPEN_STATES, Contact, Delivery, DeliveryStatus
-from services.notifier.store import StoreChanges, unlinked_delivery
+from services.notifier.store import SendBudget, StoreChanges, unlinked_delivery
 from shared.erasure import unlinked_token
-from shared.events import OfferIssued
+from shared.events import CONSUMER_EXTRA, OfferIssued
 from shared.storage import Indexes, MongoStore
 
 CONTACTS = "notifier_contacts"
 DELIVERIES = "notifier_deliveries"
+SEND_BUDGET = "notifier_send_budget"
+BUDGET_KEPT = dt.timedelta(hours=1)
+"""How long a window's document stays (a TTL index removes it); only the current one is read."""
 OLDEST_FIRST = [("updated_at", ASCENDING), ("_id", ASCENDING)]
 
 
@@ -83,7 +89,11 @@ def _delivery(doc: dict[str, Any]) -> Delivery:
         state=cast(DeliveryStatus, doc["state"]),
         attempts=int(doc.get("attempts", 0)),
         message_id=str(doc["message_id"]),
-        offer=OfferIssued.model_validate_json(offer) if offer is not None else None,
+        offer=(
+            OfferIssued.model_validate_json(offer, extra=CONSUMER_EXTRA)
+            if offer is not None
+            else None
+        ),
         updated_at=updated_at,
         not_before=_aware(doc.get("not_before")),
         last_error=doc.get("last_error"),
@@ -101,6 +111,7 @@ class MongoNotifierRepository(MongoStore):
             IndexModel([("customer_id", ASCENDING), ("state", ASCENDING)]),
             IndexModel([("state", ASCENDING), ("not_before", ASCENDING)]),
         ),
+        SEND_BUDGET: (IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0),),
     }
 
     async def get_contacts(self, customer_ids: Collection[str]) -> dict[str, Contact]:
@@ -119,24 +130,86 @@ class MongoNotifierRepository(MongoStore):
         cursor = self.database[DELIVERIES].find(query).sort(OLDEST_FIRST)
         return [_delivery(doc) async for doc in cursor]
 
-    async def claim_due(self, now: dt.datetime, limit: int, lease: dt.timedelta) -> list[Delivery]:
+    async def claim_due(
+        self,
+        now: dt.datetime,
+        limit: int,
+        lease: dt.timedelta,
+        budget: SendBudget | None = None,
+    ) -> list[Delivery]:
+        granted = limit if budget is None else await self._spend(now, limit, budget)
+        if granted <= 0:
+            return []
         query = {
             "$or": [
                 {"state": "sending", "updated_at": {"$lte": (now - lease).astimezone(dt.UTC)}},
                 {"state": "pending", "not_before": {"$lte": now.astimezone(dt.UTC)}},
             ]
         }
-        cursor = self.database[DELIVERIES].find(query).sort(OLDEST_FIRST).limit(limit)
+        # Candidates beyond the grant: another poller racing for the oldest ones wins some,
+        # and this one goes on to the next rather than leaving its budget unused.
+        candidates = self.database[DELIVERIES].find(query).sort(OLDEST_FIRST)
+        cursor = candidates.limit(limit + granted if budget is not None else limit)
         claimed: list[Delivery] = []
-        async for doc in cursor:
-            # Claimed only if no other poller changed it since it was read.
-            result = await self.database[DELIVERIES].update_one(
-                {"_id": doc["_id"], "state": doc["state"], "updated_at": doc["updated_at"]},
-                {"$set": {"state": "sending", "updated_at": now.astimezone(dt.UTC)}},
-            )
-            if result.matched_count == 1:
-                claimed.append(_delivery(doc))
+        try:
+            async for doc in cursor:
+                if len(claimed) >= granted:
+                    break
+                # Claimed only if no other poller changed it since it was read.
+                result = await self.database[DELIVERIES].update_one(
+                    {"_id": doc["_id"], "state": doc["state"], "updated_at": doc["updated_at"]},
+                    {"$set": {"state": "sending", "updated_at": now.astimezone(dt.UTC)}},
+                )
+                if result.matched_count == 1:
+                    claimed.append(_delivery(doc))
+        finally:
+            if budget is not None and len(claimed) < granted:
+                await self._refund(now, granted - len(claimed), budget)
         return claimed
+
+    async def take_send_budget(self, now: dt.datetime, wanted: int, budget: SendBudget) -> int:
+        return await self._spend(now, wanted, budget)
+
+    async def send_budget_left(self, now: dt.datetime, budget: SendBudget) -> int:
+        doc = await self.database[SEND_BUDGET].find_one({"_id": budget.window_key(now)})
+        return max(0, budget.per_window - int(doc["used"] if doc else 0))
+
+    async def _spend(self, now: dt.datetime, wanted: int, budget: SendBudget) -> int:
+        """Take up to `wanted` units of the window's budget with one atomic `$inc`.
+
+        Each caller's increment is its own slice [before, before + wanted) of the window's
+        counter; it keeps the part of the slice below `per_window` and gives the rest back.
+        The counter never falls below what callers keep, so together they keep at most
+        `per_window`, however many instances race (no transaction needed)."""
+        wanted = min(wanted, await self.send_budget_left(now, budget))
+        if wanted <= 0:
+            return 0
+        key = budget.window_key(now)
+        budget_docs = self.database[SEND_BUDGET]
+        # The window's document first, on its own: an upsert that races another returns no
+        # post-image on some servers, a plain update of an existing document does. A
+        # duplicate key: another instance created it meanwhile.
+        with contextlib.suppress(DuplicateKeyError):
+            await budget_docs.update_one(
+                {"_id": key},
+                {"$setOnInsert": {"used": 0, "expires_at": budget.window(now) + BUDGET_KEPT}},
+                upsert=True,
+            )
+        doc = await budget_docs.find_one_and_update(
+            {"_id": key}, {"$inc": {"used": wanted}}, return_document=ReturnDocument.AFTER
+        )
+        if doc is None:  # the TTL monitor removed a window that is already over: none left
+            return 0
+        before = int(doc["used"]) - wanted
+        granted = max(0, min(wanted, budget.per_window - before))
+        if granted < wanted:
+            await self._refund(now, wanted - granted, budget)
+        return granted
+
+    async def _refund(self, now: dt.datetime, units: int, budget: SendBudget) -> None:
+        await self.database[SEND_BUDGET].update_one(
+            {"_id": budget.window_key(now)}, {"$inc": {"used": -units}}
+        )
 
     async def apply(self, changes: StoreChanges) -> None:
         contact_ops: list[DeleteOne | ReplaceOne[Any] | UpdateOne] = [

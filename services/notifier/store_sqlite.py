@@ -8,9 +8,9 @@ from collections.abc import Collection
 from typing import Any, cast
 
 from services.notifier.domain import OPEN_STATES, Contact, Delivery, DeliveryStatus
-from services.notifier.store import StoreChanges, unlinked_delivery
+from services.notifier.store import SendBudget, StoreChanges, unlinked_delivery
 from shared.erasure import unlinked_token
-from shared.events import OfferIssued
+from shared.events import CONSUMER_EXTRA, OfferIssued
 from shared.storage import IN_LIST, SqliteStore, in_list
 
 _CONTACT_COLUMNS = (
@@ -53,7 +53,11 @@ def _delivery(row: tuple[Any, ...]) -> Delivery:
         state=cast(DeliveryStatus, state),
         attempts=int(attempts),
         message_id=message_id,
-        offer=OfferIssued.model_validate_json(offer) if offer is not None else None,
+        offer=(
+            OfferIssued.model_validate_json(offer, extra=CONSUMER_EXTRA)
+            if offer is not None
+            else None
+        ),
         updated_at=dt.datetime.fromisoformat(updated_at),
         not_before=_time(not_before),
         last_error=error,
@@ -88,6 +92,25 @@ def _delivery_row(delivery: Delivery) -> tuple[Any, ...]:
     )
 
 
+def _budget_left(db: sqlite3.Connection, now: dt.datetime, budget: SendBudget) -> int:
+    row = db.execute(
+        "SELECT used FROM send_budget WHERE window_start = ?", (budget.window_key(now),)
+    ).fetchone()
+    return max(0, budget.per_window - (int(row[0]) if row else 0))
+
+
+def _spend(db: sqlite3.Connection, now: dt.datetime, budget: SendBudget, units: int) -> None:
+    """Count `units` against `now`'s window (inside the caller's write transaction) and drop
+    the windows before it: the table holds a row or two."""
+    key = budget.window_key(now)
+    db.execute(
+        "INSERT INTO send_budget (window_start, used) VALUES (?, ?) "
+        "ON CONFLICT (window_start) DO UPDATE SET used = used + excluded.used",
+        (key, units),
+    )
+    db.execute("DELETE FROM send_budget WHERE window_start < ?", (key,))
+
+
 class SqliteNotifierRepository(SqliteStore):
     """Tables `contacts` and `deliveries` in the notifier's own file (or memory)."""
 
@@ -115,6 +138,10 @@ class SqliteNotifierRepository(SqliteStore):
     );
     CREATE INDEX IF NOT EXISTS deliveries_customer_state ON deliveries (customer_id, state);
     CREATE INDEX IF NOT EXISTS deliveries_state_not_before ON deliveries (state, not_before);
+    CREATE TABLE IF NOT EXISTS send_budget (
+        window_start TEXT PRIMARY KEY,
+        used INTEGER NOT NULL
+    );
     """
 
     async def get_contacts(self, customer_ids: Collection[str]) -> dict[str, Contact]:
@@ -155,24 +182,48 @@ class SqliteNotifierRepository(SqliteStore):
 
         return await self.read(work) if customer_ids else []
 
-    async def claim_due(self, now: dt.datetime, limit: int, lease: dt.timedelta) -> list[Delivery]:
+    async def claim_due(
+        self,
+        now: dt.datetime,
+        limit: int,
+        lease: dt.timedelta,
+        budget: SendBudget | None = None,
+    ) -> list[Delivery]:
         def work(db: sqlite3.Connection) -> list[Delivery]:
-            # One BEGIN IMMEDIATE transaction: no other writer between the read and the claim.
+            # One BEGIN IMMEDIATE transaction: no other writer between the read, the budget
+            # and the claim.
+            most = limit if budget is None else min(limit, _budget_left(db, now, budget))
+            if most <= 0:
+                return []
             rows = db.execute(
                 f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "  # noqa: S608
                 "WHERE (state = 'sending' AND updated_at <= ?) "
                 "OR (state = 'pending' AND not_before <= ?) "
                 "ORDER BY updated_at, offer_id LIMIT ?",
-                (_ts(now - lease), _ts(now), limit),
+                (_ts(now - lease), _ts(now), most),
             ).fetchall()
             due = [_delivery(r) for r in rows]
             db.executemany(
                 "UPDATE deliveries SET state = 'sending', updated_at = ? WHERE offer_id = ?",
                 [(_ts(now), d.offer_id) for d in due],
             )
+            if budget is not None and due:
+                _spend(db, now, budget, len(due))
             return due
 
         return await self.write(work)
+
+    async def take_send_budget(self, now: dt.datetime, wanted: int, budget: SendBudget) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            granted = max(0, min(wanted, _budget_left(db, now, budget)))
+            if granted:
+                _spend(db, now, budget, granted)
+            return granted
+
+        return await self.write(work)
+
+    async def send_budget_left(self, now: dt.datetime, budget: SendBudget) -> int:
+        return await self.read(lambda db: _budget_left(db, now, budget))
 
     async def deliveries_of(self, customer_id: str) -> list[Delivery]:
         def work(db: sqlite3.Connection) -> list[Delivery]:

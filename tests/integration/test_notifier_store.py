@@ -6,6 +6,7 @@ MongoDB is the SecantusDB server the suite starts (or `CRM_TEST_MONGO_URL`), ope
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -20,7 +21,12 @@ from services.notifier.domain import (
     new_delivery,
     revoked_delivery,
 )
-from services.notifier.store import NotifierRepository, StoreChanges, open_repository
+from services.notifier.store import (
+    NotifierRepository,
+    SendBudget,
+    StoreChanges,
+    open_repository,
+)
 from shared.events import OfferIssued, OfferRevoked
 from shared.settings import StoreSettings
 
@@ -252,3 +258,75 @@ async def test_large_id_sets_are_read_whole(repo: NotifierRepository) -> None:
     await repo.apply(StoreChanges(deliveries=many))
     found = await repo.get_deliveries([d.offer_id for d in many])
     assert len(found) == 600
+
+
+# ---------------------------------------------------------------- the shared sending budget
+
+BUDGET = SendBudget(per_window=20, window_s=1.0)
+
+
+@pytest.fixture
+async def two_pollers(
+    every_store: StoreSettings,
+) -> AsyncIterator[tuple[NotifierRepository, NotifierRepository]]:
+    """Two instances' repositories on one store (an in-memory store cannot be shared: there
+    both pollers use the one repository)."""
+    async with open_repository(every_store) as first:
+        if every_store.store_url == "memory://":
+            yield first, first
+            return
+        async with open_repository(every_store) as second:
+            yield first, second
+
+
+async def test_two_pollers_in_one_window_together_claim_no_more_than_the_budget(
+    two_pollers: tuple[NotifierRepository, NotifierRepository],
+) -> None:
+    first, second = two_pollers
+    await first.apply(
+        StoreChanges(
+            deliveries=[delivery(f"of-{i:02d}", "pending", not_before=T0) for i in range(50)]
+        )
+    )
+    now = T0 + dt.timedelta(seconds=5, milliseconds=100)
+    claims = await asyncio.gather(
+        first.claim_due(now, 15, NO_LEASE, BUDGET),
+        second.claim_due(now + dt.timedelta(milliseconds=500), 15, NO_LEASE, BUDGET),
+    )
+    ids = [d.offer_id for claim in claims for d in claim]
+    assert len(ids) == BUDGET.per_window
+    assert len(set(ids)) == len(ids)  # each delivery to one poller
+    # The window's budget is spent, for claims and for sends from a batch alike.
+    assert await first.claim_due(now, 15, NO_LEASE, BUDGET) == []
+    assert await second.take_send_budget(now, 1, BUDGET) == 0
+    assert await first.send_budget_left(now, BUDGET) == 0
+    # The next window has a budget of its own.
+    later = now + dt.timedelta(seconds=1)
+    assert await second.send_budget_left(later, BUDGET) == BUDGET.per_window
+    assert len(await second.claim_due(later, 15, NO_LEASE, BUDGET)) == 15
+    assert len(await first.claim_due(later, 15, NO_LEASE, BUDGET)) == 5
+
+
+async def test_a_claim_spends_only_what_it_takes_and_without_a_budget_spends_nothing(
+    repo: NotifierRepository,
+) -> None:
+    await repo.apply(
+        StoreChanges(deliveries=[delivery(f"of-{i}", "pending", not_before=T0) for i in range(3)])
+    )
+    lease = dt.timedelta(hours=1)
+    assert len(await repo.claim_due(T0, 10, lease, BUDGET)) == 3
+    assert await repo.send_budget_left(T0, BUDGET) == BUDGET.per_window - 3
+    await repo.apply(StoreChanges(deliveries=[delivery("of-9", "pending", not_before=T0)]))
+    assert len(await repo.claim_due(T0, 10, lease)) == 1
+    assert await repo.send_budget_left(T0, BUDGET) == BUDGET.per_window - 3
+
+
+async def test_racing_takes_of_the_send_budget_are_granted_the_budget_exactly(
+    two_pollers: tuple[NotifierRepository, NotifierRepository],
+) -> None:
+    first, second = two_pollers
+    takers = [first, second] * 8
+    granted = await asyncio.gather(*(r.take_send_budget(T0, 3, BUDGET) for r in takers))
+    assert sum(granted) == BUDGET.per_window
+    assert await first.take_send_budget(T0, 1, BUDGET) == 0
+    assert await first.take_send_budget(T0 + dt.timedelta(seconds=1), 1, BUDGET) == 1
