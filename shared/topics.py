@@ -28,6 +28,9 @@ SEGMENT_DEFINITIONS: Final = "crm.segment-definitions"
 """Compacted, keyed by segment name: each segment's rule, from the segments API to profiles."""
 SEGMENTS: Final = "crm.segments"
 """Segment entries and exits, keyed by customer id, from profiles to offers."""
+DATA_KEYS: Final = "crm.data-keys"
+"""Compacted, keyed by customer id: each customer's current data key, wrapped, from ingest;
+tombstone when an erasure destroys it. A restore recovers the vault from it (`shared.vault_recovery`)."""
 
 RAW_TOPICS: Final = (CHECKOUTS_RAW, CUSTOMERS_RAW, INTERACTIONS_RAW)
 
@@ -46,8 +49,9 @@ class TopicSpec:
     compacted: bool = False
     configs: tuple[tuple[str, str], ...] = ()
 
-    def topic_configs(self) -> dict[str, str]:
-        """Every config the topic is created with."""
+    def topic_configs(self, *, min_insync_replicas: int | None = None) -> dict[str, str]:
+        """Every config the topic is created with; `min_insync_replicas` adds that config
+        (production: 2 of 3 replicas must have a record before `acks=all` confirms it)."""
         configs: dict[str, str] = {}
         if self.compacted:
             configs["cleanup.policy"] = "compact"
@@ -56,9 +60,12 @@ class TopicSpec:
         else:
             configs["retention.ms"] = str(self.retention_days * DAY_MS)
         configs.update(self.configs)
+        if min_insync_replicas is not None:
+            configs[MIN_INSYNC_REPLICAS] = str(min_insync_replicas)
         return configs
 
 
+MIN_INSYNC_REPLICAS: Final = "min.insync.replicas"
 DEFAULT_PARTITIONS: Final = 6
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 24 * HOUR_MS
@@ -78,14 +85,26 @@ CONTACTS_CONFIGS: Final = (
 )
 """`crm.contacts` holds e-mail addresses: an erasure's tombstone must win within a stated bound."""
 
+DATA_KEYS_CONFIGS: Final = CONTACTS_CONFIGS
+"""`crm.data-keys` holds (wrapped) data keys: the same erasure bound as `crm.contacts`. A key an
+erasure destroyed is compacted away within about 25 h (a day's `max.compaction.lag.ms` and an
+hour's segment), its tombstone a day later; from then on no copy on Kafka opens the customer's
+sealed fields, whoever holds the wrapping key."""
+
 LOOKBACK_DAYS: Final = 400
 """What the offer rules look back on: the anniversary's year, and a month to spare."""
 
+DEADLETTER_RETENTION_DAYS: Final = 30
+"""How long dead letters stay, and so how long after a failure `crm redrive` may send one again."""
+
 TOPIC_SPECS: Final = (
-    # What tills and channels send: ingest de-duplicates and normalizes it within days.
-    TopicSpec(CHECKOUTS_RAW, DEFAULT_PARTITIONS, 7),
-    TopicSpec(CUSTOMERS_RAW, DEFAULT_PARTITIONS, 7),
-    TopicSpec(INTERACTIONS_RAW, DEFAULT_PARTITIONS, 7),
+    # What tills and channels send. Ingest reads it within seconds, but a dead letter points
+    # back at its source record (topic, partition, offset) and `crm redrive` re-reads the
+    # original from there: every topic that can be dead-lettered keeps its records at least
+    # as long as the dead letters, or a redrive within their retention finds nothing.
+    TopicSpec(CHECKOUTS_RAW, DEFAULT_PARTITIONS, DEADLETTER_RETENTION_DAYS),
+    TopicSpec(CUSTOMERS_RAW, DEFAULT_PARTITIONS, DEADLETTER_RETENTION_DAYS),
+    TopicSpec(INTERACTIONS_RAW, DEFAULT_PARTITIONS, DEADLETTER_RETENTION_DAYS),
     # The record of what happened: `crm replay profiles|reports` rebuilds from it, so it is kept.
     TopicSpec(EVENTS, DEFAULT_PARTITIONS, None),
     # `crm replay offers` rebuilds from it: as long as the rules look back.
@@ -95,12 +114,14 @@ TOPIC_SPECS: Final = (
     # What marketing consumes and reports (and the look-up's coupons) rebuild from: kept.
     TopicSpec(OFFERS, DEFAULT_PARTITIONS, None),
     TopicSpec(DELIVERIES, DEFAULT_PARTITIONS, None),
-    TopicSpec(DEADLETTER, DEFAULT_PARTITIONS, 30),
+    TopicSpec(DEADLETTER, DEFAULT_PARTITIONS, DEADLETTER_RETENTION_DAYS),
     # Marketing's definitions: every instance reads the whole topic (a global table).
     TopicSpec(CAMPAIGNS, 1, None, compacted=True),
     TopicSpec(SEGMENT_DEFINITIONS, 1, None, compacted=True),
     # `crm replay offers` rebuilds segment-entered triggers from it, as far back as the rules look.
     TopicSpec(SEGMENTS, DEFAULT_PARTITIONS, LOOKBACK_DAYS),
+    # The data keys' durable copy: read whole by a restore, never by a consumer group.
+    TopicSpec(DATA_KEYS, DEFAULT_PARTITIONS, None, compacted=True, configs=DATA_KEYS_CONFIGS),
 )
 
 # Consumer groups, one per service.

@@ -51,13 +51,29 @@ IMAGE = "ghcr.io/crm-stream/crm-stream"
 APP_UID = 10001
 # Every topic a consumer group reads has 6 partitions: a 7th consumer would idle.
 PARTITIONS = 6
+SERVICE_KIND = "StatefulSet"
+"""The services' workload kind: stable pod names, the static group membership ids."""
 # The oldest Kubernetes the manifests support (CronJob timeZone, PDB
 # unhealthyPodEvictionPolicy), and the newest whose schemas are installed.
 KUBERNETES_VERSIONS = ("1.30", kubernetes_validate_utils.latest_version())
-# Custom resources: no schema in kubernetes-validate, checked field by field below (KafkaUser
-# against a JSON Schema beside this file, written from Strimzi's KafkaUser CRD).
-CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication", "KafkaUser"}
-CUSTOM_SCHEMAS = {("kafka.strimzi.io/v1beta2", "KafkaUser"): "kafkauser-v1beta2.schema.json"}
+# Custom resources: no schema in kubernetes-validate, checked field by field below (KafkaUser,
+# KafkaTopic, ExternalSecret and SecretStore against JSON Schemas beside this file, written
+# from Strimzi's and the External Secrets Operator's CRDs).
+CUSTOM_KINDS = {
+    "ServiceMonitor",
+    "ScaledObject",
+    "TriggerAuthentication",
+    "KafkaUser",
+    "KafkaTopic",
+    "ExternalSecret",
+    "SecretStore",
+}
+CUSTOM_SCHEMAS = {
+    ("kafka.strimzi.io/v1beta2", "KafkaUser"): "kafkauser-v1beta2.schema.json",
+    ("kafka.strimzi.io/v1beta2", "KafkaTopic"): "kafkatopic-v1beta2.schema.json",
+    ("external-secrets.io/v1beta1", "ExternalSecret"): "externalsecret-v1beta1.schema.json",
+    ("external-secrets.io/v1beta1", "SecretStore"): "secretstore-v1beta1.schema.json",
+}
 # The settings the deployment relies on, as documented when it was written;
 # known_settings() reads the full list from the package's settings classes when it can.
 CONTRACT_SETTINGS = {
@@ -93,12 +109,13 @@ CONTRACT_SETTINGS = {
 DAY_MS = 24 * 3600 * 1000
 # name: (partitions, retention.ms (-1: kept) or None for a compacted topic, cleanup.policy)
 EXPECTED_TOPICS = {
-    "crm.checkouts.raw": (6, 7 * DAY_MS, None),
-    "crm.customers.raw": (6, 7 * DAY_MS, None),
-    "crm.interactions.raw": (6, 7 * DAY_MS, None),
+    "crm.checkouts.raw": (6, 30 * DAY_MS, None),
+    "crm.customers.raw": (6, 30 * DAY_MS, None),
+    "crm.interactions.raw": (6, 30 * DAY_MS, None),
     "crm.events": (6, -1, None),
     "crm.profiles.changed": (6, 400 * DAY_MS, None),
     "crm.contacts": (6, None, "compact"),
+    "crm.data-keys": (6, None, "compact"),
     "crm.clock": (1, -1, None),
     "crm.offers": (6, -1, None),
     "crm.deliveries": (6, -1, None),
@@ -154,9 +171,9 @@ def config_map(resources: list[Resource]) -> dict[str, str]:
 
 
 def pod_templates(resources: list[Resource]) -> Iterator[tuple[Resource, Resource]]:
-    """(workload, pod template) of every Deployment, Job and CronJob."""
+    """(workload, pod template) of every StatefulSet, Deployment, Job and CronJob."""
     for resource in resources:
-        if resource["kind"] in ("Deployment", "Job"):
+        if resource["kind"] in ("StatefulSet", "Deployment", "Job"):
             yield resource, resource["spec"]["template"]
         elif resource["kind"] == "CronJob":
             yield resource, resource["spec"]["jobTemplate"]["spec"]["template"]
@@ -500,7 +517,7 @@ def test_service_monitor_scrapes_metrics_of_every_service(name: str) -> None:
         assert [p["name"] for p in service["spec"]["ports"]] == ["http", "metrics"]
 
 
-def test_prod_scales_ingest_and_profiles_with_keda_on_consumer_lag() -> None:
+def test_prod_scales_every_consumer_with_keda_on_consumer_lag() -> None:
     resources = rendered("prod")
     settings = config_map(resources)
     sasl = {"SCRAM-SHA-512": "scram_sha512", "SCRAM-SHA-256": "scram_sha256", "PLAIN": "plaintext"}
@@ -508,12 +525,13 @@ def test_prod_scales_ingest_and_profiles_with_keda_on_consumer_lag() -> None:
         a["metadata"]["name"]: a for a in of_kind(resources, "TriggerAuthentication")
     }
     scaled = {s["metadata"]["name"]: s for s in of_kind(resources, "ScaledObject")}
-    assert sorted(scaled) == ["crm-ingest", "crm-profiles"]
+    assert sorted(scaled) == sorted(f"crm-{s}" for s in SERVICES)
     for name, scaled_object in scaled.items():
         spec = scaled_object["spec"]
         assert scaled_object["apiVersion"] == "keda.sh/v1alpha1"
         assert spec["scaleTargetRef"]["name"] == name
-        by_name(resources, "Deployment", name)
+        assert spec["scaleTargetRef"]["kind"] == SERVICE_KIND
+        by_name(resources, SERVICE_KIND, name)
         assert 3 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= PARTITIONS
         assert spec["triggers"], "a ScaledObject needs at least one trigger"
         for trigger in spec["triggers"]:
@@ -591,7 +609,7 @@ def test_every_service_is_probed_on_its_http_port(name: str) -> None:
     resources = rendered(name)
     port = int(config_map(resources)["CRM_HTTP_PORT"])
     metrics = int(config_map(resources)["CRM_METRICS_PORT"])
-    for deployment in of_kind(resources, "Deployment"):
+    for deployment in of_kind(resources, SERVICE_KIND):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         where = workload_id(deployment)
         assert {"name": "http", "containerPort": port, "protocol": "TCP"} in container["ports"], (
@@ -609,7 +627,7 @@ def test_every_service_is_probed_on_its_http_port(name: str) -> None:
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_each_deployment_runs_its_own_service(name: str) -> None:
     resources = rendered(name)
-    deployments = of_kind(resources, "Deployment")
+    deployments = of_kind(resources, SERVICE_KIND)
     assert sorted(d["metadata"]["name"] for d in deployments) == sorted(
         f"crm-{s}" for s in SERVICES
     )
@@ -640,7 +658,7 @@ def test_autoscalers_never_exceed_the_partition_count(name: str) -> None:
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_each_deployment_has_one_autoscaler_or_a_fixed_replica_count(name: str) -> None:
     resources = rendered(name)
-    for deployment in of_kind(resources, "Deployment"):
+    for deployment in of_kind(resources, SERVICE_KIND):
         scalers = deployment_scalers(resources, deployment["metadata"]["name"])
         if scalers:
             assert len(scalers) == 1, (
@@ -656,15 +674,16 @@ def test_each_deployment_has_one_autoscaler_or_a_fixed_replica_count(name: str) 
     for scaler in of_kind(resources, "HorizontalPodAutoscaler") + of_kind(
         resources, "ScaledObject"
     ):
-        by_name(resources, "Deployment", scaler["spec"]["scaleTargetRef"]["name"])
+        assert scaler["spec"]["scaleTargetRef"]["kind"] == SERVICE_KIND
+        by_name(resources, SERVICE_KIND, scaler["spec"]["scaleTargetRef"]["name"])
 
 
 def test_prod_runs_at_least_three_replicas_with_more_resources_than_dev() -> None:
     prod, dev = rendered("prod"), rendered("dev")
-    for deployment in of_kind(prod, "Deployment"):
+    for deployment in of_kind(prod, SERVICE_KIND):
         assert min_replicas(prod, deployment) >= 3, workload_id(deployment)
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        dev_deployment = by_name(dev, "Deployment", deployment["metadata"]["name"])
+        dev_deployment = by_name(dev, SERVICE_KIND, deployment["metadata"]["name"])
         (dev_container,) = dev_deployment["spec"]["template"]["spec"]["containers"]
         for resource in ("cpu", "memory"):
             assert quantity(container["resources"]["limits"][resource]) > quantity(
@@ -676,16 +695,12 @@ def test_dev_runs_one_replica_of_each_service_without_autoscalers() -> None:
     dev = rendered("dev")
     assert not of_kind(dev, "HorizontalPodAutoscaler")
     assert not of_kind(dev, "ScaledObject")
-    assert [d["spec"]["replicas"] for d in of_kind(dev, "Deployment")] == [1] * len(SERVICES)
+    assert [d["spec"]["replicas"] for d in of_kind(dev, SERVICE_KIND)] == [1] * len(SERVICES)
 
 
-def test_prod_keeps_cpu_autoscalers_only_where_keda_does_not_scale() -> None:
-    prod = rendered("prod")
-    assert sorted(h["metadata"]["name"] for h in of_kind(prod, "HorizontalPodAutoscaler")) == [
-        "crm-notifier",
-        "crm-offers",
-        "crm-reports",
-    ]
+def test_prod_has_no_cpu_autoscaler_beside_keda() -> None:
+    # KEDA scales every consumer on lag; a CPU HPA on the same StatefulSet would fight it.
+    assert not of_kind(rendered("prod"), "HorizontalPodAutoscaler")
 
 
 def test_prod_pins_a_release_image_tag() -> None:
@@ -769,9 +784,16 @@ def test_tick_runs_daily_at_five_past_midnight_in_the_stores_time_zone(
     assert container["args"] == ["tick"]
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
-def test_topic_job_runs_crm_create_topics(name: str) -> None:
-    job = by_name(rendered(name), "Job", "crm-create-topics")
+def test_prod_leaves_the_topics_to_strimzi_and_runs_no_topic_job() -> None:
+    resources = rendered("prod")
+    assert not [
+        job for job in of_kind(resources, "Job") if job["metadata"]["name"] == "crm-create-topics"
+    ]
+    assert len(of_kind(resources, "KafkaTopic")) == len(EXPECTED_TOPICS)
+
+
+def test_topic_job_runs_crm_create_topics() -> None:
+    job = by_name(rendered("dev"), "Job", "crm-create-topics")
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["create-topics"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
@@ -829,7 +851,7 @@ def test_network_policies_deny_by_default_and_allow_only_what_is_needed(name: st
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_services_and_disruption_budgets_cover_every_deployment(name: str) -> None:
     resources = rendered(name)
-    for deployment in of_kind(resources, "Deployment"):
+    for deployment in of_kind(resources, SERVICE_KIND):
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         services = [
             s
@@ -1002,9 +1024,10 @@ def test_compose_credentials_are_marked_demo_only_and_agree() -> None:
     assert "DEMO ONLY" in text
     services = compose_file()["services"]
     environment = services["ingest"]["environment"]
-    for key in ("CRM_STORE_URL", "CRM_CARD_KEY", "CRM_COUPON_KEY", "CRM_UNSUBSCRIBE_KEY"):
+    keys = ("CRM_CARD_KEY", "CRM_COUPON_KEY", "CRM_UNSUBSCRIBE_KEY", "CRM_KEY_WRAPPING_KEY")
+    for key in ("CRM_STORE_URL", *keys):
         assert "demo" in environment[key], f"{key} must read as a demo value"
-    for key in ("CRM_CARD_KEY", "CRM_COUPON_KEY", "CRM_UNSUBSCRIBE_KEY"):
+    for key in keys:
         default = environment[key].split(":-", 1)[1].rstrip("}")
         assert len(default.encode()) >= 32, f"crm run refuses {key} under 32 bytes"
     mongo = services["mongo"]["environment"]

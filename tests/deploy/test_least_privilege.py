@@ -2,7 +2,9 @@
 
 - Kafka: each workload's principal (Strimzi `KafkaUser`s of the prod overlay) may read exactly
   the topics its service consumes (its decoders, the tables it reads whole, what `crm replay`
-  reads back), write exactly those it publishes to, and use its own consumer group only.
+  reads back), write exactly those it publishes to, and use its own consumer group only; KEDA's
+  may only describe the groups and their topics; no principal may create or reconfigure a
+  topic (Strimzi's Topic Operator makes them from the KafkaTopics).
 - Secrets: each service's Secret holds its store URL, its Kafka login, the keys its
   declaration names (`ServiceSpec.secrets`), API token hashes only when it has token-checked
   routes, SMTP credentials only when it sends e-mail.
@@ -139,14 +141,8 @@ def test_service_declarations_name_every_topic_the_service_uses(
         assert topics.DEADLETTER in spec.writes, "the edge dead-letters what it cannot decode"
 
 
-def test_jobs_and_keda_have_principals_of_their_own_with_no_more_than_they_need() -> None:
-    users = kafka_users()
-    assert acls(users["crm-create-topics"]) == {
-        ("topic", "crm.", "prefix", "Create"),
-        ("topic", "crm.", "prefix", "Describe"),
-    }
-    assert acls(users["crm-tick"]) == {("topic", topics.CLOCK, "literal", "Write")}
-    by_group = {spec.group: spec for spec in SERVICES}
+def scaled_groups() -> set[str]:
+    """The consumer groups KEDA scales on (keda-scaledobjects.yaml)."""
     scaled = [
         doc
         for doc in yaml.safe_load_all(
@@ -154,24 +150,59 @@ def test_jobs_and_keda_have_principals_of_their_own_with_no_more_than_they_need(
         )
         if doc is not None
     ]
-    groups = {t["metadata"]["consumerGroup"] for s in scaled for t in s["spec"]["triggers"]}
+    return {t["metadata"]["consumerGroup"] for s in scaled for t in s["spec"]["triggers"]}
+
+
+def test_jobs_and_keda_have_principals_of_their_own_with_no_more_than_they_need() -> None:
+    users = kafka_users()
+    assert acls(users["crm-tick"]) == {("topic", topics.CLOCK, "literal", "Write")}
+    # KEDA reads lag only: Describe on every service's group and the topics it consumes.
     assert acls(users["crm-keda"]) == {
-        ("group", group, "literal", "Describe") for group in groups
-    } | {
-        ("topic", topic, "literal", "Describe")
-        for group in groups
-        for topic in by_group[group].topics
+        ("group", spec.group, "literal", "Describe") for spec in SERVICES
+    } | {("topic", topic, "literal", "Describe") for spec in SERVICES for topic in spec.topics}
+    assert scaled_groups() <= {spec.group for spec in SERVICES}
+
+
+def test_the_ops_principal_reads_and_writes_the_crm_topics_and_moves_the_groups_only() -> None:
+    """`crm redrive` writes a record back to its source topic, `crm restore --point-in-time`
+    reads the topics, publishes settled deliveries and moves every service's group."""
+    assert acls(kafka_users()["crm-ops"]) == {
+        ("topic", "crm.", "prefix", "Read"),
+        ("topic", "crm.", "prefix", "Write"),
+        ("topic", "crm.", "prefix", "Describe"),
+        ("group", "crm-", "prefix", "Read"),
+        ("group", "crm-", "prefix", "Describe"),
     }
+    assert all(spec.group.startswith("crm-") for spec in SERVICES)
+    assert all(spec.name.startswith("crm.") for spec in topics.TOPIC_SPECS)
+
+
+def test_no_principal_may_create_delete_or_reconfigure_a_topic_under_strimzi() -> None:
+    """The topics are KafkaTopic resources; no Job and no service creates them in prod."""
+    granted = {acl for user in kafka_users().values() for acl in acls(user)}
+    operations = {operation for _type, _name, _pattern, operation in granted}
+    assert operations <= {"Read", "Write", "Describe"}, operations
+    assert {resource for resource, *_ in granted} <= {"topic", "group"}
+
+
+def test_keda_logs_in_with_its_own_secret() -> None:
+    text = (K8S / "overlays" / "prod" / "keda-triggerauthentication.yaml").read_text(
+        encoding="utf-8"
+    )
+    (auth,) = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+    assert {name: ref["name"] for name, ref in refs.items()} == {
+        "username": "crm-keda-secrets",
+        "password": "crm-keda-secrets",
+    }
+    assert refs["username"]["key"] == "CRM_KAFKA_SASL_USERNAME"
+    assert refs["password"]["key"] == "CRM_KAFKA_SASL_PASSWORD"
 
 
 def test_every_principal_logs_in_with_the_password_of_its_own_secret() -> None:
     templates = secret_templates()
     users = kafka_users()
-    workloads = {f"crm-{spec.name}" for spec in SERVICES} | {
-        "crm-create-topics",
-        "crm-tick",
-        "crm-keda",
-    }
+    workloads = {f"crm-{spec.name}" for spec in SERVICES} | {"crm-tick", "crm-keda", "crm-ops"}
     assert set(users) == workloads
     for name, user in users.items():
         ref = user["spec"]["authentication"]["password"]["valueFrom"]["secretKeyRef"]
@@ -198,7 +229,12 @@ def test_each_service_secret_holds_only_what_the_service_uses(
 
 def test_jobs_secrets_hold_a_kafka_login_only() -> None:
     templates = secret_templates()
-    for name in ("crm-create-topics-secrets", "crm-tick-secrets", "crm-keda-secrets"):
+    for name in (
+        "crm-create-topics-secrets",
+        "crm-tick-secrets",
+        "crm-keda-secrets",
+        "crm-ops-secrets",
+    ):
         assert set(templates[name]) == {"CRM_KAFKA_SASL_USERNAME", "CRM_KAFKA_SASL_PASSWORD"}
 
 
