@@ -22,6 +22,8 @@ MIN_SECRET_BYTES = 32
 CARD_KEY = "CRM_CARD_KEY"
 COUPON_KEY = "CRM_COUPON_KEY"
 UNSUBSCRIBE_KEY = "CRM_UNSUBSCRIBE_KEY"
+KEY_WRAPPING_KEY = "CRM_KEY_WRAPPING_KEY"
+"""Wraps the customers' data keys on `crm.data-keys` (`shared.vault_recovery`)."""
 
 _PREFIX = "CRM_"
 

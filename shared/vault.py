@@ -15,6 +15,12 @@ restore of the topics or a copy of a retained segment then finds only unreadable
   signs up again after an erasure gets a new key with a new id, so the old ciphertexts stay
   unreadable. The port is `KeyVault`; its adapters are `shared.vault_sqlite` and
   `shared.vault_mongo`.
+- **Durable copy.** The vault is backed up with the stores, but a key created after the last
+  backup would die with them. So ingest also publishes each key it seals with, wrapped with a
+  key-encryption key (`CRM_KEY_WRAPPING_KEY`), on the compacted `crm.data-keys`, in the same
+  batch as the events it seals (before their offsets are committed), and a tombstone when it
+  destroys it; compaction removes a destroyed key from Kafka within a stated bound. A restore
+  puts the keys it lacks back with `shared.vault_recovery.recover_keys`.
 - **On the wire** a sealed field holds an envelope instead of its value:
   `{"enc": "aes256gcm", "kid": "<key id>", "ct": "<base64 of nonce, ciphertext and tag>"}`,
   the plaintext being the value's JSON. AES-256-GCM (the `cryptography` package) with the
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import secrets
@@ -46,7 +53,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.edge import Source, describe, failing_field
 from shared.errors import Rejected
-from shared.events import ENVELOPE_ALGORITHM, SEALED_FIELDS
+from shared.events import CONSUMER_EXTRA, ENVELOPE_ALGORITHM, SEALED_FIELDS
 from shared.logging import get_logger
 from shared.settings import StoreSettings
 from shared.storage import StoreLocation
@@ -72,6 +79,8 @@ class DataKey:
     customer_id: str
     kid: str
     key: bytes = b""
+    created_at: dt.datetime | None = dataclasses.field(default=None, compare=False)
+    """When the vault created it (None for a key not read from a vault)."""
 
     def __repr__(self) -> str:  # never the key itself
         return f"DataKey(customer_id={self.customer_id!r}, kid={self.kid!r})"
@@ -180,7 +189,7 @@ def sealed_decoder(
             raise Rejected("empty_message", "the message has no value")
         if b'"enc"' not in value:  # nothing sealed (most events: purchases)
             try:
-                return adapter.validate_json(value)
+                return adapter.validate_json(value, extra=CONSUMER_EXTRA)
             except ValidationError as exc:
                 errors = exc.errors(include_url=False, include_input=False)
                 if errors and errors[0]["type"] == "json_invalid":
@@ -192,7 +201,7 @@ def sealed_decoder(
             raise Rejected("invalid_json", "the message is not JSON") from None
         sealed = _set_aside(document) if isinstance(document, dict) else {}
         try:
-            event = adapter.validate_python(document)
+            event = adapter.validate_python(document, extra=CONSUMER_EXTRA)
         except ValidationError as exc:
             raise Rejected(invalid, describe(exc), field=failing_field(exc)) from None
         if not sealed or blind:
@@ -280,6 +289,12 @@ class KeyVault(KeyReader, Protocol):
 
     async def erased_at(self, customer_ids: Collection[str]) -> dict[str, dt.datetime]:
         """When these customers were last erased, for those who were."""
+        ...
+
+    async def restore(self, keys: Collection[DataKey]) -> int:
+        """Put back keys the vault lost (a restore, `shared.vault_recovery`): each is added,
+        with its id and creation time, only when its customer has no current key; returns
+        the keys added. Whether the customer was erased since is the caller's to decide."""
         ...
 
     async def close(self) -> None: ...

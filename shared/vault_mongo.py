@@ -14,6 +14,8 @@ from pymongo.errors import BulkWriteError
 from shared.storage import Indexes, MongoStore
 from shared.vault import DataKey
 
+DUPLICATE_KEY = 11000
+
 
 def _later(a: dt.datetime | None, b: dt.datetime) -> dt.datetime:
     return b if a is None or b > a else a
@@ -32,7 +34,9 @@ class MongoVault(MongoStore):
 
     @staticmethod
     def _key(doc: Mapping[str, Any]) -> DataKey:
-        return DataKey(str(doc["customer_id"]), str(doc["_id"]), bytes(doc["key"]))
+        return DataKey(
+            str(doc["customer_id"]), str(doc["_id"]), bytes(doc["key"]), doc.get("created_at")
+        )
 
     async def keys(self, kids: Collection[str]) -> dict[str, DataKey]:
         if not kids:
@@ -82,3 +86,24 @@ class MongoVault(MongoStore):
         ids = [str(c) for c in customer_ids]
         cursor = self.database["vault_erasures"].find({"_id": {"$in": ids}})
         return {str(doc["_id"]): doc["erased_at"] async for doc in cursor}
+
+    async def restore(self, keys: Collection[DataKey]) -> int:
+        if not keys:
+            return 0
+        docs = [
+            {
+                "_id": k.kid,
+                "customer_id": k.customer_id,
+                "key": k.key,
+                "created_at": k.created_at or dt.datetime.now(dt.UTC),
+            }
+            for k in keys
+        ]
+        try:
+            result = await self.database["vault_keys"].insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            # A key id or a customer already there (duplicate key): left as it is.
+            if any(error.get("code") != DUPLICATE_KEY for error in exc.details["writeErrors"]):
+                raise
+            return int(exc.details["nInserted"])
+        return len(result.inserted_ids)

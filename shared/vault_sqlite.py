@@ -9,6 +9,12 @@ from collections.abc import Collection, Mapping
 from shared.storage import IN_LIST, SqliteStore, in_list
 from shared.vault import DataKey
 
+_COLUMNS = "kid, customer_id, key, created_at"
+
+
+def _row(kid: str, customer_id: str, key: bytes, created_at: str) -> DataKey:
+    return DataKey(customer_id, kid, bytes(key), dt.datetime.fromisoformat(created_at))
+
 
 class SqliteVault(SqliteStore):
     """Tables `data_keys` (one row per live key, one per customer) and `erasures`. Destroyed
@@ -28,20 +34,20 @@ class SqliteVault(SqliteStore):
 
         def work(db: sqlite3.Connection) -> dict[str, DataKey]:
             rows = db.execute(
-                f"SELECT kid, customer_id, key FROM data_keys WHERE kid IN {IN_LIST}",  # noqa: S608
+                f"SELECT {_COLUMNS} FROM data_keys WHERE kid IN {IN_LIST}",  # noqa: S608
                 (values,),
             )
-            return {kid: DataKey(cid, kid, bytes(key)) for kid, cid, key in rows}
+            return {row[0]: _row(*row) for row in rows}
 
         return await self.read(work) if kids else {}
 
     @staticmethod
     def _current(db: sqlite3.Connection, values: str) -> dict[str, DataKey]:
         rows = db.execute(
-            f"SELECT kid, customer_id, key FROM data_keys WHERE customer_id IN {IN_LIST}",  # noqa: S608
+            f"SELECT {_COLUMNS} FROM data_keys WHERE customer_id IN {IN_LIST}",  # noqa: S608
             (values,),
         )
-        return {cid: DataKey(cid, kid, bytes(key)) for kid, cid, key in rows}
+        return {row[1]: _row(*row) for row in rows}
 
     async def current(self, customer_ids: Collection[str]) -> dict[str, DataKey]:
         values = in_list(customer_ids)
@@ -97,3 +103,22 @@ class SqliteVault(SqliteStore):
             return {cid: dt.datetime.fromisoformat(at) for cid, at in rows}
 
         return await self.read(work) if customer_ids else {}
+
+    async def restore(self, keys: Collection[DataKey]) -> int:
+        rows = [
+            (k.kid, k.customer_id, k.key, (k.created_at or dt.datetime.now(dt.UTC)).isoformat())
+            for k in keys
+        ]
+
+        def work(db: sqlite3.Connection) -> int:
+            # Neither the key id nor the customer may be there already (one live key each).
+            added = 0
+            for row in rows:
+                added += db.execute(
+                    "INSERT OR IGNORE INTO data_keys (kid, customer_id, key, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    row,
+                ).rowcount
+            return added
+
+        return await self.write(work) if rows else 0

@@ -1,5 +1,6 @@
 """The ingest service, declared: it reads the three raw topics, publishes normalized,
-pseudonymized events on `crm.events`, then records the event ids and card links it saw."""
+pseudonymized events on `crm.events` (and the wrapped data keys that seal them on
+`crm.data-keys`), then records the event ids and card links it saw."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from services.ingest.settings import IngestSettings
 from services.ingest.store import IngestRepository, customer_export, open_repository
 from shared.edge import Source
 from shared.export import export_routes
-from shared.keys import CARD_KEY
+from shared.keys import CARD_KEY, KEY_WRAPPING_KEY
 from shared.settings import Settings
 from shared.skeleton import ServiceApp, ServiceSpec
-from shared.topics import DEADLETTER, EVENTS, GROUP_INGEST, RAW_TOPICS
+from shared.topics import DATA_KEYS, DEADLETTER, EVENTS, GROUP_INGEST, RAW_TOPICS
 from shared.vault import KeyVault, vault_for, with_vault
+from shared.vault_recovery import KeyWrapper
 
 
 def decode_raw(source: Source) -> RawEvent:
@@ -47,6 +49,7 @@ def build(
         card_key=settings.privacy.card_key.get_secret_value().encode(),
         calendar=settings.calendar,
         vault=vault or vault_for(settings.store),
+        wrapper=KeyWrapper.of(settings),
     )
 
 
@@ -68,8 +71,11 @@ SPEC: ServiceSpec[IngestRepository, IngestService] = ServiceSpec(
     build=build,
     order="publish_then_save",
     routes=routes,
-    secrets=(CARD_KEY,),
-    writes=(EVENTS, DEADLETTER),
+    secrets=(CARD_KEY, KEY_WRAPPING_KEY),
+    writes=(EVENTS, DATA_KEYS, DEADLETTER),
+    # Read whole, outside the group, by a restore run with ingest's identity (the vault's one
+    # writer, the wrapping key's one holder): `shared.vault_recovery.recover_keys`.
+    tables=(DATA_KEYS,),
 )
 
 

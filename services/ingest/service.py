@@ -4,7 +4,9 @@ The edge has decoded the records; `handle` orders the batch by event time, drops
 seen before, resolves cards to customers (one look-up per batch), normalizes with the pure
 domain, matches leads (sign-ups without a card, named by their e-mail address) with the
 card customers of the same address, seals the personal fields with each customer's data key
-(erasures destroy the keys first: `shared.vault`) and hands back the events to publish, the
+(erasures destroy the keys first: `shared.vault`) and hands back the events to publish (with
+the keys that seal them, wrapped, and the tombstones of destroyed keys on `crm.data-keys`:
+`shared.vault_recovery`), the
 events it rejected, and the `save` that records the event keys and card links once the events
 are published.
 """
@@ -41,6 +43,7 @@ from shared.settings import CalendarSettings
 from shared.skeleton import Handled
 from shared.topics import EVENTS
 from shared.vault import KeyVault, has_personal_data, seal, without_personal_data
+from shared.vault_recovery import KeyWrapper, PublishedKeys, key_message, key_tombstone
 
 _LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
 
@@ -53,6 +56,8 @@ class _Batch:
     rejected: list[tuple[Source, Rejected]] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
     links: dict[str, str] = field(default_factory=dict)
+    kids: set[str] = field(default_factory=set)
+    """The data keys published on `crm.data-keys` in this batch."""
 
 
 def _utcnow() -> dt.datetime:
@@ -75,8 +80,12 @@ class IngestService:
     `stats` counts what it did: `duplicates`, `anonymous_interactions`,
     `normalized_<event type>`, `leads_merged` (a lead joined a card customer of its address),
     `data_keys_destroyed`, `personal_data_dropped_erased` (an event older than its customer's
-    erasure goes out without its personal fields), and (counted by the edge)
-    `dead_lettered_<reason>`.
+    erasure goes out without its personal fields), `data_keys_published` (wrapped, on
+    `crm.data-keys`), and (counted by the edge) `dead_lettered_<reason>`.
+
+    With a `wrapper`, every data key that seals an event goes out wrapped in the same batch
+    (once per process: `PublishedKeys`), and every destroyed key's tombstone; without one
+    (tests of the normalization alone) no key leaves the vault.
     """
 
     def __init__(
@@ -86,10 +95,13 @@ class IngestService:
         card_key: bytes,
         calendar: CalendarSettings,
         vault: KeyVault,
+        wrapper: KeyWrapper | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         self.repository = repository
         self.vault = vault
+        self._wrapper = wrapper
+        self._published = PublishedKeys()
         self._key = card_key
         self._calendar = calendar
         self._clock = clock
@@ -149,24 +161,31 @@ class IngestService:
             )
             normalized.append((routing.encode(), event))
             self.stats[f"normalized_{event.type}"] += 1
-        result.outgoing.extend(await self._sealed(normalized, links))
+        result.outgoing.extend(await self._sealed(normalized, links, result.kids))
 
         async def save() -> None:
             """Remember what the published batch contained, so a replay is a duplicate."""
+            # Acknowledged by Kafka by now: those keys need not go out again from this process.
+            self._published.add(result.kids)
             if result.keys or result.links:
                 await self.repository.record(result.keys, result.links, self._clock())
 
         return Handled(outgoing=result.outgoing, rejected=result.rejected, save=save)
 
     async def _sealed(
-        self, events: Sequence[tuple[bytes, NormalizedEvent]], links: dict[str, str]
+        self,
+        events: Sequence[tuple[bytes, NormalizedEvent]],
+        links: dict[str, str],
+        kids: set[str],
     ) -> list[Outgoing]:
         """The batch's messages, personal fields sealed. Erasures go first: every key of the
         customer (and of the customers merged into them) is destroyed before anything is
         published, so a redelivered batch destroys them again rather than never. An event
         that happened before its customer's latest erasure goes out without personal fields
         (the erasure wins anyway); the others get their customer's key, created at need
-        before they are published (the same key under redelivery)."""
+        before they are published (the same key under redelivery). The wrapped keys and the
+        tombstones go first, in the same batch: on Kafka before the batch's offsets are
+        committed, a tombstone before a new key of the same customer."""
         erasures: dict[str, dt.datetime] = {}
         for _, event in events:
             if isinstance(event, CustomerErased):
@@ -185,6 +204,12 @@ class IngestService:
         keyed = {str(e.customer_id) for e in personal if not overtaken(e)}
         keys = await self.vault.create(keyed, self._clock()) if keyed else {}
         outgoing: list[Outgoing] = []
+        if self._wrapper is not None:
+            outgoing.extend(key_tombstone(cid) for cid in sorted(erasures))
+            fresh = [k for k in keys.values() if k.kid not in self._published]
+            outgoing.extend(key_message(self._wrapper, k) for k in fresh)
+            kids.update(k.kid for k in fresh)
+            self.stats["data_keys_published"] += len(fresh)
         for routing, event in events:
             if not has_personal_data(event):
                 outgoing.append((EVENTS, routing, dump(event)))

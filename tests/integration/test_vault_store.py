@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared.settings import StoreSettings
-from shared.vault import KeyVault, open_value, open_vault, seal_value, vault_for
+from shared.vault import DataKey, KeyVault, open_value, open_vault, seal_value, vault_for
 
 T0 = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
 
@@ -72,3 +72,29 @@ async def test_the_sqlite_vault_keeps_no_destroyed_key_on_disk(tmp_path: Path) -
     assert "vault.sqlite3" in files
     for name, content in files.items():
         assert key.key not in content, name
+
+
+async def test_a_vault_keeps_each_keys_creation_time(vault: KeyVault) -> None:
+    key = (await vault.create(["c-1"], T0))["c-1"]
+
+    assert key.created_at is not None
+    assert key.created_at.astimezone(dt.UTC) == T0
+    assert (await vault.keys([key.kid]))[key.kid].created_at == key.created_at
+
+
+async def test_restoring_puts_back_lost_keys_and_never_replaces_a_customers_key(
+    vault: KeyVault,
+) -> None:
+    have = (await vault.create(["c-1"], T0))["c-1"]
+    lost = DataKey.new("c-2")
+    lost = DataKey(lost.customer_id, lost.kid, lost.key, T0 + dt.timedelta(hours=1))
+    rival = DataKey.new("c-1")
+
+    assert await vault.restore([lost, rival]) == 1
+    assert await vault.restore([lost]) == 0
+
+    current = await vault.current(["c-1", "c-2"])
+    assert current == {"c-1": have, "c-2": lost}
+    assert current["c-2"].key == lost.key
+    assert current["c-2"].created_at is not None
+    assert current["c-2"].created_at.astimezone(dt.UTC) == T0 + dt.timedelta(hours=1)

@@ -33,6 +33,7 @@ from shared.topics import (
     CLOCK,
     CONTACTS,
     CUSTOMERS_RAW,
+    DATA_KEYS,
     DEADLETTER,
     EVENTS,
     OFFERS,
@@ -154,7 +155,8 @@ class Pipeline:
         events = [m for m in out if m[0] == EVENTS]
         changes = await self._step(self.profiles, events)
         await self._step(self.offers, [m for m in changes if m[0] == PROFILES_CHANGED])
-        return out
+        # The wrapped data keys ingest also publishes are checked by the vault's own tests.
+        return [m for m in out if m[0] != DATA_KEYS]
 
     async def tick(self, day: dt.date) -> None:
         clock = json.dumps({"date": day.isoformat()}).encode()
