@@ -327,16 +327,62 @@ def bench(
 
 
 @cli.command("create-topics")
-def create_topics() -> None:
-    """Create the missing crm. topics with their partitions, retention and compaction."""
-    from shared.kafka import ensure_topics
+def create_topics(
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--fix",
+            help="Set the configs (retention, compaction, min.insync.replicas) of existing "
+            "topics to what the code expects. Partition counts are never changed.",
+        ),
+    ] = False,
+) -> None:
+    """Create the missing crm. topics with their partitions, retention and compaction, and
+    check the existing ones: every difference is listed, and the exit code is 1 while any
+    remains."""
+    from shared.kafka import (
+        PARTITIONS,
+        REPLICATION,
+        KafkaConfigError,
+        TopicCheckError,
+        reconcile_topics,
+    )
 
     settings = Settings()
     configure_logging("create-topics", settings.log)
     if not settings.kafka.kafka_bootstrap:
         raise _fail("CRM_KAFKA_BOOTSTRAP is not set")
-    created = asyncio.run(ensure_topics(settings.kafka))
-    Console().print(f"created {len(created)} topics: {', '.join(created) or '-'}")
+    try:
+        report = asyncio.run(reconcile_topics(settings.kafka, fix=fix))
+    except (KafkaConfigError, TopicCheckError) as exc:
+        raise _fail(str(exc)) from None
+    out = Console()
+    out.print(f"created {len(report.created)} topics: {', '.join(report.created) or '-'}")
+    for difference in report.fixed:
+        out.print(f"fixed: {difference}", soft_wrap=True)
+    if not report.differences:
+        out.print("every existing topic has the partitions and configs the code expects")
+        return
+    for difference in report.differences:
+        hint = "" if difference.alterable else " (not changed by --fix)"
+        err.print(f"differs: {difference}{hint}", soft_wrap=True)
+    settings_short = {d.setting for d in report.differences if not d.alterable}
+    if PARTITIONS in settings_short:
+        err.print(
+            "Partitions are never added here: a key's partition is its hash modulo the "
+            "partition count, so more partitions send most customers' later events to another "
+            "partition, read out of order with their earlier ones. Create a new topic and "
+            "migrate instead (docs/operate.md, Topics).",
+            soft_wrap=True,
+        )
+    if REPLICATION in settings_short:
+        err.print(
+            "Replication is raised by a partition reassignment on the cluster, not here.",
+            soft_wrap=True,
+        )
+    if not fix and any(d.alterable for d in report.differences):
+        err.print("run `crm create-topics --fix` to set these configs", soft_wrap=True)
+    raise typer.Exit(1)
 
 
 @cli.command("export-customer")
@@ -418,6 +464,136 @@ def replay(
     )
 
 
+@cli.command("backup")
+def backup_command(
+    dest: Annotated[Path, typer.Argument(help="A new (or empty) folder for the backup.")],
+) -> None:
+    """Back up the embedded stores (CRM_STORE_URL=sqlite:///DIR) while the services run.
+
+    One consistent copy of every store file (SQLite's online backup API), the consumer groups'
+    offsets, and a manifest.json with the time, the version and each file's checksum.
+    """
+    from crm.backup import BackupError, backup_main
+
+    settings = Settings()
+    configure_logging("backup", settings.log)
+    if not settings.kafka.kafka_bootstrap or not settings.store.store_url:
+        raise _fail("CRM_KAFKA_BOOTSTRAP and CRM_STORE_URL must be set")
+    try:
+        report = backup_main(settings, dest)
+    except BackupError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"backed up {len(report.manifest.stores)} stores to {report.folder} "
+        f"({report.manifest.created_at.isoformat()}) in {report.seconds:.1f}s"
+    )
+
+
+@cli.command("restore")
+def restore_command(
+    src: Annotated[
+        Path | None,
+        typer.Argument(help="A folder `crm backup` wrote (not with --point-in-time)."),
+    ] = None,
+    point_in_time: Annotated[
+        str | None,
+        typer.Option(
+            "--point-in-time",
+            help="The stores were restored to this instant by other means (MongoDB's "
+            "point-in-time restore, a snapshot): copy nothing, make the replay from it safe. "
+            "ISO-8601, UTC when it has no offset.",
+        ),
+    ] = None,
+    margin: Annotated[
+        str,
+        typer.Option(
+            "--margin",
+            help="With --point-in-time: replay from this much before it (90s, 10m, 1h); more "
+            "than any consumer's lag at that instant plus the producers' clock skew.",
+        ),
+    ] = "10m",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Skip the check that every service is stopped (for a broker that keeps stopped "
+            "consumers listed, such as the embedded one): make sure yourself they are.",
+        ),
+    ] = False,
+    accept_gap: Annotated[
+        bool,
+        typer.Option(
+            "--accept-gap",
+            help="Restore even though the topics no longer retain every record since the "
+            "backup (what happened in between is lost).",
+        ),
+    ] = False,
+    accept_unreadable_keys: Annotated[
+        bool,
+        typer.Option(
+            "--accept-unreadable-keys",
+            help="Go on when crm.data-keys holds keys wrapped with another CRM_KEY_WRAPPING_KEY "
+            "(the escrowed one is lost): those customers' personal fields stay unreadable.",
+        ),
+    ] = False,
+) -> None:
+    """Restore the embedded stores from a backup and make the replay safe (services stopped).
+
+    Puts the files back, re-applies the erasures published since the backup, restores the
+    e-mail delivery records (no e-mail is sent twice), and moves every consumer group back
+    to the backup's offsets. Then start the services as usual: they re-derive the rest.
+
+    With --point-in-time T (any store, MongoDB's own point-in-time restore done first): no
+    file is copied; the same steps from the first records stamped at T minus --margin.
+    """
+    from crm.backup import (
+        BackupError,
+        parse_margin,
+        parse_point_in_time,
+        restore_main,
+        restore_point_in_time_main,
+    )
+    from shared.vault_recovery import UnknownWrappingKey
+
+    settings = Settings()
+    configure_logging("restore", settings.log)
+    if not settings.kafka.kafka_bootstrap or not settings.store.store_url:
+        raise _fail("CRM_KAFKA_BOOTSTRAP and CRM_STORE_URL must be set")
+    if (src is None) == (point_in_time is None):
+        raise _fail("give either a backup folder or --point-in-time TIME")
+    try:
+        if point_in_time is not None:
+            report = restore_point_in_time_main(
+                settings,
+                parse_point_in_time(point_in_time),
+                margin=parse_margin(margin),
+                force=force,
+                accept_gap=accept_gap,
+                accept_unreadable_keys=accept_unreadable_keys,
+            )
+        else:
+            assert src is not None
+            report = restore_main(
+                settings,
+                src,
+                force=force,
+                accept_gap=accept_gap,
+                accept_unreadable_keys=accept_unreadable_keys,
+            )
+    except (BackupError, UnknownWrappingKey) as exc:
+        raise _fail(str(exc)) from None
+    what = f"restored {len(report.stores)} stores from the backup of {report.backup_at.isoformat()}"
+    if point_in_time is not None:
+        what = f"replay from the point in time {report.backup_at.isoformat()} (margin {margin})"
+    typer.echo(
+        f"{what}: {report.erasures} erasures re-applied, "
+        f"{report.keys_recovered} data keys recovered, "
+        f"{report.deliveries_restored} deliveries restored, {report.assumed_sent} assumed "
+        f"sent, {report.partitions_reset} partitions reset in {report.seconds:.1f}s; "
+        "start the services as usual"
+    )
+
+
 @cli.command()
 def trace(
     card_file: Annotated[
@@ -448,6 +624,118 @@ def trace(
     else:
         for line in lines(found):
             typer.echo(line)
+
+
+def _moment(text: str | None, option: str) -> dt.datetime | None:
+    """An ISO date or date-time option as an aware UTC time (naive means UTC)."""
+    if text is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise _fail(f"{option} must be an ISO date or date-time, not {text!r}") from None
+    return moment.replace(tzinfo=moment.tzinfo or dt.UTC).astimezone(dt.UTC)
+
+
+@cli.command("redrive")
+def redrive_command(
+    reason: Annotated[
+        str | None, typer.Option(help="Dead letters of this reason (processing_failed, ...).")
+    ] = None,
+    service: Annotated[
+        str | None, typer.Option(help="Dead letters written by this service.")
+    ] = None,
+    source_topic: Annotated[
+        str | None, typer.Option(help="Dead letters of records of this topic.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Dead-lettered at or after this time (ISO, UTC if naive).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Dead-lettered before this time (ISO, UTC if naive).")
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="One record: its topic (with --partition and --offset).")
+    ] = None,
+    partition: Annotated[int | None, typer.Option(min=0, help="One record: its partition.")] = (
+        None
+    ),
+    offset: Annotated[int | None, typer.Option(min=0, help="One record: its offset.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be redriven; publish nothing.")
+    ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds to wait at most for the failed services to process the copies, "
+            "then count those dead-lettered again (0: do not wait).",
+        ),
+    ] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Send dead-lettered records through again once their cause is fixed.
+
+    Selects dead letters of crm.deadletter, reads each original record at its source topic,
+    partition and offset (while retained) and publishes it again to that topic, marked with a
+    `crm-redrive-of` header; consumers drop what they already processed. Records beyond the
+    topic's retention are reported lost. Exits 1 when a record was dead-lettered again.
+    """
+    from rich.table import Table
+
+    from crm.redrive import Position, Selection, redrive
+
+    position = None
+    if topic is not None and partition is not None and offset is not None:
+        position = Position(topic, partition, offset)
+    elif (topic, partition, offset) != (None, None, None):
+        raise _fail("give --topic, --partition and --offset together")
+    selection = Selection(
+        reason=reason,
+        service=service,
+        source_topic=source_topic,
+        since=_moment(since, "--since"),
+        until=_moment(until, "--until"),
+        position=position,
+    )
+    if selection == Selection():
+        raise _fail(
+            "select dead letters: --reason, --service, --source-topic, --since/--until or "
+            "--topic/--partition/--offset"
+        )
+    settings = Settings()
+    configure_logging("redrive", settings.log)
+    if not settings.kafka.kafka_bootstrap:
+        raise _fail("CRM_KAFKA_BOOTSTRAP is not set")
+    report = asyncio.run(redrive(settings.kafka, selection, dry_run=dry_run, wait_s=wait))
+    if as_json:
+        typer.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        table = Table(title="dead letters" + (" (dry run: nothing published)" if dry_run else ""))
+        for column in ("dead-lettered at", "source", "service", "reason", "event id", "status"):
+            table.add_column(column, no_wrap=column in ("source", "event id"))
+        table.add_column("note")
+        for item in report.items:
+            table.add_row(
+                item.dead_lettered_at.isoformat(timespec="seconds"),
+                str(item.position),
+                ", ".join(item.services),
+                ", ".join(item.reasons),
+                item.event_id or "",
+                item.status,
+                item.note,
+            )
+        out = Console()
+        out.print(table)
+        out.print(
+            ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in report.counts().items())
+        )
+        if report.unreadable:
+            err.print(f"{report.unreadable} records of crm.deadletter are not dead letters")
+    if report.incomplete:
+        err.print("crm.deadletter stopped answering before its end: the selection may miss some")
+    if report.failed_again:
+        raise typer.Exit(1)
 
 
 @cli.command("rotate-card-key")

@@ -61,8 +61,10 @@ def translate_sqlite_errors() -> Iterator[None]:
 def connect(location: StoreLocation, service: str) -> sqlite3.Connection:
     """Open a service's SQLite database (a file in the folder, or in memory).
 
-    WAL with synchronous=NORMAL: a committed transaction survives the process being killed;
-    `check_same_thread=False` because work runs in a worker thread, one call at a time.
+    WAL with synchronous=FULL: a committed transaction is on disk (the WAL is synced at every
+    commit), so it survives the machine losing power, not only the process being killed (what
+    NORMAL promises). `check_same_thread=False` because work runs in a worker thread, one
+    call at a time.
     """
     if location.kind == "memory":
         target = ":memory:"
@@ -74,7 +76,7 @@ def connect(location: StoreLocation, service: str) -> sqlite3.Connection:
     with translate_sqlite_errors():
         conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
         # Erased personal data is overwritten on disk, not left in free pages of the file.
         conn.execute("PRAGMA secure_delete=ON")
