@@ -1,7 +1,9 @@
 """`crm bench`: throughput, latency and memory of the pipeline against the raw Kafka transport.
 
 Every phase runs on a fresh embedded broker (or on `CRM_KAFKA_BOOTSTRAP`) with a SQLite store
-in a temporary folder, the services as `crm run` processes (`ServiceProcesses` of the demo):
+in a temporary folder (`--store mongodb`: a fresh embedded MongoDB-wire test server per phase,
+the PyMongo code path; its figures are the test server's, not a production mongod's), the
+services as `crm run` processes (`ServiceProcesses` of the demo):
 
 - baseline: a plain aiokafka consume -> produce pass-through (a child process) of the raw
   checkouts to another topic;
@@ -39,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Seque
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -48,7 +50,7 @@ from rich.console import Console
 from rich.table import Table
 
 from crm.demo import ServiceProcesses
-from crm.embedded import EmbeddedKafka
+from crm.embedded import SECANTUS_MISSING, EmbeddedKafka, EmbeddedMongo, secantus_available
 from crm.registry import PIPELINE
 from crm.simulation import CATALOG, RawMessage, basket, card_number
 from crm.traffic import PipelineWatch, open_producer, publish, read_topic
@@ -113,6 +115,9 @@ class BenchOptions:
     email_share: float = 0.95
     timeout: float = 600.0
     keep_dir: Path | None = None
+    store: Literal["sqlite", "mongodb"] = "sqlite"
+    """`mongodb`: the services on the PyMongo code path, against an embedded MongoDB-wire test
+    server (SecantusDB): a regression in the MongoDB adapters shows, its speed is not mongod's."""
 
     def with_overrides(
         self,
@@ -125,6 +130,7 @@ class BenchOptions:
         till_requests: int | None = None,
         seed: int | None = None,
         keep_dir: Path | None = None,
+        store: Literal["sqlite", "mongodb"] | None = None,
     ) -> BenchOptions:
         """These options with the values given (None keeps the current one)."""
         return replace(
@@ -139,6 +145,7 @@ class BenchOptions:
             till_requests=self.till_requests if till_requests is None else till_requests,
             seed=self.seed if seed is None else seed,
             keep_dir=self.keep_dir if keep_dir is None else keep_dir,
+            store=self.store if store is None else store,
         )
 
     @classmethod
@@ -420,6 +427,19 @@ async def _kafka(folder: Path, name: str) -> AsyncIterator[KafkaSettings]:
         yield settings
 
 
+@contextlib.asynccontextmanager
+async def _store(options: BenchOptions, folder: Path) -> AsyncIterator[str]:
+    """The store URL of one phase: SQLite files in its folder, or a fresh embedded
+    MongoDB-wire test server with its data there."""
+    if options.store == "sqlite":
+        yield f"sqlite:///{folder / 'store'}"
+        return
+    if not secantus_available():
+        raise RuntimeError(SECANTUS_MISSING)
+    with EmbeddedMongo(folder / "mongo", log_file=folder / "mongo.log") as server:
+        yield server.url
+
+
 @functools.cache
 def _run_keys() -> dict[str, str]:
     """The secret keys of this run, new and random (`crm run` refuses the development ones);
@@ -427,14 +447,14 @@ def _run_keys() -> dict[str, str]:
     return fresh_keys()
 
 
-def _service_env(kafka: KafkaSettings, folder: Path) -> dict[str, str]:
+def _service_env(kafka: KafkaSettings, folder: Path, store_url: str) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     rules = folder / "rules.toml"
     rules.write_text(RULES, encoding="utf-8")
     env = {
         **os.environ,
         "CRM_KAFKA_BOOTSTRAP": require_bootstrap(kafka),
-        "CRM_STORE_URL": f"sqlite:///{folder / 'store'}",
+        "CRM_STORE_URL": store_url,
         "CRM_OUTBOX_DIR": str(folder / "outbox"),
         "CRM_CREATE_TOPICS": "false",
         "CRM_LOG_FORMAT": "json",
@@ -506,8 +526,8 @@ async def _transport_and_ingest(
     """Baseline pass-through and ingest alone, on one broker, on the same raw checkouts."""
     work = make_workload(2_000, options.checkouts, options=options, tag="ingest", first_card=1)
     warm = make_workload(200, 200, options=options, tag="ingest-warm", first_card=900_000_000)
-    async with _kafka(folder, "ingest") as kafka:
-        env = _service_env(kafka, folder / "ingest")
+    async with _kafka(folder, "ingest") as kafka, _store(options, folder / "ingest") as store_url:
+        env = _service_env(kafka, folder / "ingest", store_url)
         services = ServiceProcesses(env, folder / "ingest" / "logs", names=("ingest",))
         copier = _start_passthrough(env, folder / "passthrough.log")
         services.start()
@@ -601,8 +621,10 @@ async def _pipeline(
     for checkout in work.checkouts:
         outputs.checkout_of[(customer_ids[checkout.customer], checkout.at)] = checkout.event_id
     here = folder / tag
-    async with _kafka(folder, tag) as kafka:
-        services = ServiceProcesses(_service_env(kafka, here), here / "logs", PIPELINE_SERVICES)
+    async with _kafka(folder, tag) as kafka, _store(options, here) as store_url:
+        services = ServiceProcesses(
+            _service_env(kafka, here, store_url), here / "logs", PIPELINE_SERVICES
+        )
         services.start()
         watch = OutputWatch(kafka, [PROFILES_CHANGED, OFFERS], outputs)
         drain = PipelineWatch(kafka)
@@ -643,7 +665,7 @@ async def _pipeline(
                         run.offer_latency_ms.append((arrived - sent[event_id]) * 1000)
             if not await drain.drained(options.timeout):
                 raise RuntimeError(f"pipeline not drained: {await drain.lag()}")
-            run.mismatches += await _check(kafka, here, work, customer_ids)
+            run.mismatches += await _check(kafka, store_url, work, customer_ids)
             run.offers = len(work.offers)
             if latency and options.till_requests:
                 cards = {cid: card_number(1 + i) for i, cid in enumerate(customer_ids)}
@@ -760,14 +782,14 @@ async def _paced(
 
 
 async def _check(
-    kafka: KafkaSettings, folder: Path, work: Workload, customer_ids: Sequence[str]
+    kafka: KafkaSettings, store_url: str, work: Workload, customer_ids: Sequence[str]
 ) -> list[str]:
     """Every profile's visits and total spend, and every offer, against the reference."""
     from services.profiles.store import open_repository
     from shared.settings import StoreSettings
 
     problems: list[str] = []
-    store = StoreSettings(store_url=f"sqlite:///{folder / 'store'}")
+    store = StoreSettings(store_url=store_url)
     async with open_repository(store) as repository:
         for start in range(0, len(customer_ids), 1000):
             chunk = customer_ids[start : start + 1000]
@@ -863,6 +885,7 @@ async def run_bench(options: BenchOptions, console: Console) -> dict[str, Any]:
         "checkouts": options.checkouts,
         "populations": list(options.populations),
         "latency_rate": options.latency_rate,
+        "store": options.store,
         "rss_mb": {},
     }
     with contextlib.ExitStack() as stack:

@@ -307,12 +307,21 @@ def bench(
     data_dir: Annotated[
         Path | None, typer.Option(help="Keep stores and logs here (default: a temp folder).")
     ] = None,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="sqlite, or mongodb: the PyMongo code path against an embedded MongoDB-wire "
+            "test server (its figures are not a production mongod's)."
+        ),
+    ] = "sqlite",
 ) -> None:
     """Benchmark: transport baseline, ingest, pipeline, latency, growth, the till's coupon
     API; checks its result."""
     from crm.bench import BenchOptions, bench_main
 
     configure_logging("bench")
+    if store not in ("sqlite", "mongodb"):
+        raise _fail(f"--store must be sqlite or mongodb, not {store!r}")
     options = (BenchOptions.quick() if quick else BenchOptions()).with_overrides(
         checkouts=checkouts,
         populations=customers,
@@ -322,6 +331,7 @@ def bench(
         till_requests=till_requests,
         seed=seed,
         keep_dir=data_dir,
+        store="mongodb" if store == "mongodb" else "sqlite",
     )
     raise typer.Exit(bench_main(options, as_json=as_json))
 

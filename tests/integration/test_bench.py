@@ -38,10 +38,12 @@ TINY = (
 """A tiny workload: the smoke test checks correctness, not speed."""
 
 
-def test_quick_bench_reports_every_figure_and_passes_its_self_check() -> None:
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("mongodb", marks=pytest.mark.mongo)])
+def test_quick_bench_reports_every_figure_and_passes_its_self_check(store: str) -> None:
+    """On both code paths: a regression in the PyMongo adapters fails the self-check too."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
     completed = subprocess.run(
-        [sys.executable, "-m", "crm.cli", "bench", "--quick", "--json", *TINY],
+        [sys.executable, "-m", "crm.cli", "bench", "--quick", "--json", "--store", store, *TINY],
         env=env,
         capture_output=True,
         timeout=240,
@@ -49,6 +51,7 @@ def test_quick_bench_reports_every_figure_and_passes_its_self_check() -> None:
     )
     assert completed.returncode == 0, completed.stderr.decode()[-3000:]
     result = json.loads(completed.stdout)
+    assert result["store"] == store
     for key in KEYS:
         assert key in result, key
     assert result["check_passed"] is True
