@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -712,13 +713,8 @@ class RestoreReport:
     """The instant the stores hold: the backup's time, or the point in time restored to."""
     stores: list[str]
     """The store files put back (none for a point-in-time restore)."""
-    erasures: int
-    keys_destroyed: int
-    keys_recovered: int
-    """Data keys created after that instant, put back from `crm.data-keys`."""
-    deliveries_restored: int
-    assumed_sent: int
-    partitions_reset: int
+    replay: SafeReplay
+    """What made the replay from that instant safe."""
     seconds: float
 
 
@@ -922,13 +918,6 @@ async def make_replay_safe(
     # the erasures above, which the recovery reads from the vault so that it restores no
     # erased customer's key, and before any service starts.
     recovered = await recover_vault(settings, accept_unreadable=accept_unreadable_keys)
-    log.info(
-        "restore_keys_recovered",
-        restored=recovered.restored,
-        tombstoned=recovered.tombstoned,
-        erased=recovered.erased,
-        unreadable=recovered.unreadable,
-    )
 
     outcomes = await _outcomes_since(settings.kafka, start.deliveries)
     offers = await _offers_since(settings.kafka, start.plans)
@@ -955,28 +944,8 @@ async def make_replay_safe(
 
 
 def _report(at: dt.datetime, stores: list[str], safe: SafeReplay, started: float) -> RestoreReport:
-    report = RestoreReport(
-        backup_at=at,
-        stores=stores,
-        erasures=safe.erasures,
-        keys_destroyed=safe.keys_destroyed,
-        keys_recovered=safe.keys_recovered,
-        deliveries_restored=safe.deliveries_restored,
-        assumed_sent=safe.assumed_sent,
-        partitions_reset=safe.partitions_reset,
-        seconds=round(time.monotonic() - started, 2),
-    )
-    log.info(
-        "restore_done",
-        stores=len(stores),
-        erasures=report.erasures,
-        keys_destroyed=report.keys_destroyed,
-        keys_recovered=report.keys_recovered,
-        deliveries_restored=report.deliveries_restored,
-        assumed_sent=report.assumed_sent,
-        partitions_reset=report.partitions_reset,
-        seconds=report.seconds,
-    )
+    report = RestoreReport(at, stores, safe, round(time.monotonic() - started, 2))
+    log.info("restore_done", stores=len(stores), seconds=report.seconds, **dataclasses.asdict(safe))
     return report
 
 

@@ -595,11 +595,12 @@ def restore_command(
     what = f"restored {len(report.stores)} stores from the backup of {report.backup_at.isoformat()}"
     if point_in_time is not None:
         what = f"replay from the point in time {report.backup_at.isoformat()} (margin {margin})"
+    replay = report.replay
     typer.echo(
-        f"{what}: {report.erasures} erasures re-applied, "
-        f"{report.keys_recovered} data keys recovered, "
-        f"{report.deliveries_restored} deliveries restored, {report.assumed_sent} assumed "
-        f"sent, {report.partitions_reset} partitions reset in {report.seconds:.1f}s; "
+        f"{what}: {replay.erasures} erasures re-applied, "
+        f"{replay.keys_recovered} data keys recovered, "
+        f"{replay.deliveries_restored} deliveries restored, {replay.assumed_sent} assumed "
+        f"sent, {replay.partitions_reset} partitions reset in {report.seconds:.1f}s; "
         "start the services as usual"
     )
 

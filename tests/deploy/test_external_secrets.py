@@ -16,17 +16,16 @@ Vault through an External Secrets Operator `ExternalSecret`.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+
+from tests.deploy.test_deploy_files import rendered as render_overlay
 
 REPO = Path(__file__).resolve().parents[2]
 PROD = REPO / "deploy" / "k8s" / "overlays" / "prod"
@@ -36,19 +35,9 @@ KEYS_ENTRY = "crm/keys"
 Resource = dict[str, Any]
 
 
-@cache
 def rendered() -> tuple[Resource, ...]:
-    """The prod overlay through the offline renderer beside this file (loaded by path)."""
-    spec = importlib.util.spec_from_file_location(
-        "crm_deploy_kustomize", Path(__file__).with_name("kustomize.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
-    if spec.name not in sys.modules:
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return tuple(module.render(PROD))
+    """The prod overlay, as the other deploy tests render it (offline)."""
+    return render_overlay("prod")
 
 
 def of_kind(kind: str) -> list[Resource]:

@@ -11,10 +11,7 @@ letters, so that `crm redrive` finds the original.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ import pytest
 from shared.kafka import desired_state
 from shared.settings import KafkaSettings
 from shared.topics import DAY_MS, DEADLETTER, DEADLETTER_RETENTION_DAYS, TOPIC_SPECS, TopicSpec
+from tests.deploy.test_deploy_files import rendered as render_overlay
 
 PROD = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "overlays" / "prod"
 SCHEMA = Path(__file__).with_name("kafkatopic-v1beta2.schema.json")
@@ -31,19 +29,9 @@ SCHEMA = Path(__file__).with_name("kafkatopic-v1beta2.schema.json")
 Resource = dict[str, Any]
 
 
-@cache
 def rendered() -> tuple[Resource, ...]:
-    """The prod overlay through the offline renderer beside this file (loaded by path)."""
-    spec = importlib.util.spec_from_file_location(
-        "crm_deploy_kustomize", Path(__file__).with_name("kustomize.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
-    if spec.name not in sys.modules:
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return tuple(module.render(PROD))
+    """The prod overlay, as the other deploy tests render it (offline)."""
+    return render_overlay("prod")
 
 
 def kafka_topics() -> dict[str, Resource]:

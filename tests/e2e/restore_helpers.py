@@ -4,6 +4,7 @@ the loss and after the replay, and the traffic split around the backup."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
 import sys
 import time
@@ -186,3 +187,30 @@ def drill_traffic(customers: int = 50, seed: int = 3) -> DrillTraffic:
         ),
         erased_number=next(n for n, _ in busiest.most_common() if n in early),
     )
+
+
+def check_restore_said(out: str) -> None:
+    """What `crm restore` printed: the drill's one erasure re-applied, and the data keys
+    created since the restored instant recovered from crm.data-keys."""
+    assert "1 erasures re-applied" in out, out
+    recovered = re.search(r"(\d+) data keys recovered", out)
+    assert recovered, out
+    assert int(recovered[1]) > 0, "the keys created since the backup were not recovered"
+
+
+Snapshot = tuple[dict[str, Any], dict[str, Any]]
+
+
+def check_same_state(before: Snapshot, after: Snapshot, late_customers: list[str]) -> None:
+    """The profiles and live offers after the restore and replay are those before the loss,
+    personal data of the customers who signed up after the restored instant included."""
+    profiles_before, offers_before = before
+    profiles_after, offers_after = after
+    assert profiles_after.keys() == profiles_before.keys()
+    for customer, profile in profiles_before.items():
+        assert profiles_after[customer] == profile, f"profile {customer} differs"
+    # Their personal data opens with the data keys recovered from crm.data-keys.
+    late = [profiles_after[c] for c in late_customers if c in profiles_after]
+    assert late, "no customer signed up after the backup"
+    assert all(p["email"] for p in late), "personal data since the backup is lost"
+    assert offers_after == offers_before, "the live offers differ"

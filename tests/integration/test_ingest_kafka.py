@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import time
 from typing import Any
 
 import pytest
@@ -19,6 +17,7 @@ from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings, Settings, StoreSettings
 from shared.storage import StoreLocation
 from shared.topics import CHECKOUTS_RAW, DEADLETTER, EVENTS
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +32,6 @@ def checkout(event_id: str, card: str | None, **fields: Any) -> bytes:
     }
     doc.update(fields)
     return json.dumps(doc).encode()
-
-
-async def wait_for(condition: Any, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 async def test_raw_checkouts_reach_the_normalized_topic_keyed_by_customer(

@@ -7,9 +7,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-import time
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -23,17 +21,9 @@ from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings, Settings, StoreSettings
 from shared.skeleton import ServiceApp
 from shared.topics import EVENTS, SEGMENT_DEFINITIONS, SEGMENTS
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_for(condition: Any, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 async def test_a_definition_on_the_topic_is_read_before_a_swipe_enters_its_segment(

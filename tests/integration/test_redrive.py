@@ -12,8 +12,7 @@ import asyncio
 import json
 import os
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from shared.settings import KafkaSettings, PrivacySettings, Settings, StoreSetti
 from shared.skeleton import Handled, ServiceApp, running
 from shared.topics import CHECKOUTS_RAW, DEADLETTER, EVENTS
 from tests.keys import CARD_KEY, SERVICE_KEYS
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,15 +95,6 @@ def checkout(event_id: str, store_id: str) -> bytes:
             "lines": [{"sku": "milk-1l", "quantity": 2, "unit_price": "1.19"}],
         }
     ).encode()
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 async def crm(settings: Settings, *args: str) -> tuple[int, dict[str, Any]]:

@@ -12,9 +12,7 @@ The tests therefore assert what holds on both: identity and assignment survive a
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -25,19 +23,11 @@ from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from shared.kafka import batch_subscriber, new_broker
 from shared.settings import KafkaSettings
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 async def create_topic(settings: KafkaSettings, name: str) -> None:

@@ -12,7 +12,6 @@ import json
 import logging
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,17 +35,9 @@ from shared.settings import (
 from shared.skeleton import ServiceApp
 from shared.topics import CHECKOUTS_RAW, DEADLETTER, EVENTS, PROFILES_CHANGED
 from shared.tracing import tracer_provider
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_for(condition: Any, within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def checkout(event_id: str, card: str, **fields: Any) -> bytes:

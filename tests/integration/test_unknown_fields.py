@@ -11,8 +11,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-import time
-from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -31,17 +29,9 @@ from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings, Settings, StoreSettings
 from shared.skeleton import ServiceApp
 from shared.topics import DEADLETTER, EVENTS, SEGMENT_DEFINITIONS, SEGMENTS
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def with_unknown_fields(event: bytes, **nested: dict[str, Any]) -> bytes:

@@ -13,9 +13,7 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +32,9 @@ from shared.topics import CUSTOMERS_RAW, DATA_KEYS, EVENTS
 from shared.vault import DataKey, Opener, Pending, open_vault, sealed_decoder, vault_for
 from shared.vault_recovery import KeyWrapper, key_message, recover_keys
 from tests.reliability.harness import record
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def customer_event(event_id: str, kind: str, card: str, **fields: Any) -> bytes:
