@@ -189,6 +189,18 @@ class PrivacySettings(_Env):
         "so a restore can recover the keys created after its backup (ingest and the restore "
         "only). Escrow it like the card key: without it, the keys on the topic stay unreadable.",
     )
+    previous_key_wrapping_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Earlier CRM_KEY_WRAPPING_KEY values, comma-separated, kept after a "
+        "rotation so that a restore still unwraps the data keys published before it (the "
+        "restore only; empty once crm.data-keys holds none of their records).",
+    )
+
+    @property
+    def previous_wrapping_keys(self) -> list[str]:
+        """`previous_key_wrapping_keys` as a list."""
+        value = self.previous_key_wrapping_keys.get_secret_value()
+        return [key.strip() for key in value.split(",") if key.strip()]
 
     @property
     def card_key_is_default(self) -> bool:

@@ -165,7 +165,7 @@ class UnknownWrappingKey(RuntimeError):
         super().__init__(
             f"{DATA_KEYS} holds keys wrapped with a wrapping key not given: {listed}; set "
             "CRM_KEY_WRAPPING_KEY to the key they were written with (the escrowed copy), pass "
-            "earlier ones as previous wrapping keys, or accept the loss"
+            "earlier ones in CRM_PREVIOUS_KEY_WRAPPING_KEYS, or accept the loss"
         )
 
 
@@ -315,14 +315,16 @@ async def recover_keys(
     """Put back into `vault` the data keys it lacks from `crm.data-keys` (see the module).
 
     Run it once the restored stores are in place and the erasures since the backup have been
-    re-applied to the vault, before any service starts. `previous_wrapping_keys` unwrap
-    records written before a rotation of `CRM_KEY_WRAPPING_KEY`. A record wrapped with none
+    re-applied to the vault, before any service starts. `previous_wrapping_keys` (and
+    `CRM_PREVIOUS_KEY_WRAPPING_KEYS`) unwrap records written before a rotation of
+    `CRM_KEY_WRAPPING_KEY`. A record wrapped with none
     of them raises `UnknownWrappingKey` before anything is written (a wrong or missing key
     would otherwise lose those customers' personal data quietly), unless `accept_unreadable`.
     `latest` (tests, tools that have read the topic) replaces reading it. Idempotent: a
     second run restores nothing."""
     started = time.monotonic()
-    wrappers = [KeyWrapper.of(settings), *(KeyWrapper(k) for k in previous_wrapping_keys)]
+    previous = [*settings.privacy.previous_wrapping_keys, *previous_wrapping_keys]
+    wrappers = [KeyWrapper.of(settings), *(KeyWrapper(k) for k in previous)]
     if latest is None:
         latest = await read_latest(settings.kafka)
     foreign = foreign_wrapping_keys(latest, wrappers)

@@ -192,6 +192,24 @@ async def test_a_previous_wrapping_key_unwraps_the_records_written_before_a_rota
     assert (report.restored, report.unreadable) == (2, 0)
 
 
+async def test_the_previous_wrapping_keys_setting_unwraps_what_was_written_before_rotations(
+    vault: SqliteVault,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = (f"the-wrapping-key-of-rotation-{n}-at-least-32-bytes" for n in (1, 2))
+    monkeypatch.setenv("CRM_KEY_WRAPPING_KEY", WRAPPING)
+    monkeypatch.setenv("CRM_PREVIOUS_KEY_WRAPPING_KEYS", f"{first}, {second}")
+    latest = {
+        "c-1": record(KeyWrapper(first), key_of("c-1")),
+        "c-2": record(KeyWrapper(second), key_of("c-2")),
+        "c-3": record(KeyWrapper(WRAPPING), key_of("c-3")),
+    }
+
+    report = await recover_keys(Settings(), vault, latest=latest)
+
+    assert (report.restored, report.unreadable) == (3, 0)
+
+
 async def test_accepting_the_loss_restores_what_unwraps_and_counts_the_rest(
     vault: SqliteVault,
 ) -> None:
