@@ -6,12 +6,14 @@ import email
 import email.policy
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -30,11 +32,16 @@ SERVICES = ("ingest", "profiles", "offers", "notifier")
 logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
+MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
 class Mailbox:
-    """An aiosmtpd handler that keeps every message it accepts."""
+    """An aiosmtpd handler that keeps every message it accepts: its bytes exactly as the
+    notifier sent them (`raw`) and, parsed, for reading (`messages`)."""
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
+        self.raw: list[bytes] = []
         self.recipients: list[list[str]] = []
         self._lock = threading.Lock()
 
@@ -42,8 +49,21 @@ class Mailbox:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self._lock:
             self.messages.append(message)  # type: ignore[arg-type]
+            self.raw.append(bytes(envelope.content))
             self.recipients.append(list(envelope.rcpt_tos))
         return "250 Message accepted"
+
+    def message_ids(self) -> Counter[bytes]:
+        """How many times each Message-ID arrived, read from the raw header bytes."""
+        found: Counter[bytes] = Counter()
+        with self._lock:
+            raw = list(self.raw)
+        for content in raw:
+            head = content.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+            match = MESSAGE_ID.search(head)
+            assert match, "an e-mail without a Message-ID"
+            found[match.group(1)] += 1
+        return found
 
     def count(self) -> int:
         with self._lock:

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import re
 import time
-from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiosmtpd.controller import Controller
 from pymongo import MongoClient
 
 from crm.backup import offsets_at
-from crm.embedded import EmbeddedKafka, free_port
+from crm.embedded import EmbeddedKafka
 from shared.settings import StoreSettings
 from tests.e2e.conftest import Mailbox
 from tests.e2e.restore_helpers import (
@@ -38,41 +34,6 @@ from tests.e2e.restore_helpers import (
     wait_mail_settled,
 )
 from tests.reliability.harness import send_signups_first, wait_drained
-
-MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
-
-
-class RawMailbox(Mailbox):
-    """Keeps each message's bytes exactly as the notifier sent them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.raw: list[bytes] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.raw.append(bytes(envelope.content))
-        return await super().handle_DATA(server, session, envelope)
-
-    def message_ids(self) -> Counter[bytes]:
-        found: Counter[bytes] = Counter()
-        for content in self.raw:
-            head = content.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-            match = MESSAGE_ID.search(head)
-            assert match, "an e-mail without a Message-ID"
-            found[match.group(1)] += 1
-        return found
-
-
-@pytest.fixture
-def raw_smtp_server() -> Iterator[tuple[RawMailbox, int]]:
-    mailbox = RawMailbox()
-    port = free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield mailbox, port
-    finally:
-        controller.stop()
 
 
 def copy_database(url: str, source: str, target: str) -> int:
@@ -105,11 +66,11 @@ def drop_database(url: str, name: str) -> None:
 @pytest.mark.mongo
 def test_point_in_time_restore_of_mongodb_replays_to_the_same_state_without_mailing_twice(
     broker: EmbeddedKafka,
-    raw_smtp_server: tuple[RawMailbox, int],
+    smtp_server: tuple[Mailbox, int],
     make_pipeline: Any,
     mongo_store: StoreSettings,
 ) -> None:
-    mailbox, port = raw_smtp_server
+    mailbox, port = smtp_server
     url, database = mongo_store.store_url or "", mongo_store.mongo_database
     pipeline = make_pipeline(
         CRM_SMTP_HOST="127.0.0.1",

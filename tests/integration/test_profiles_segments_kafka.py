@@ -26,12 +26,10 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 
-async def test_a_definition_on_the_topic_is_read_before_a_swipe_enters_its_segment(
-    kafka_settings: KafkaSettings, unique: str
-) -> None:
-    await ensure_topics(kafka_settings)
+def definition_and_swipe(name: str, unique: str) -> tuple[SegmentDefined, PurchaseRecorded]:
+    """A segment of the buyers of one SKU, and a customer's swipe that buys it."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    name, sku, customer = f"buyers-{unique}", f"SKU-{unique}".upper(), f"c-{unique}"
+    sku, customer = f"SKU-{unique}".upper(), f"c-{unique}"
     definition = SegmentDefined(
         name=name,
         rule=SegmentRule(bought=(Bought(sku=sku),)),
@@ -53,6 +51,15 @@ async def test_a_definition_on_the_topic_is_read_before_a_swipe_enters_its_segme
         ),
         total=Decimal("2.50"),
     )
+    return definition, swipe
+
+
+async def test_a_definition_on_the_topic_is_read_before_a_swipe_enters_its_segment(
+    kafka_settings: KafkaSettings, unique: str
+) -> None:
+    await ensure_topics(kafka_settings)
+    definition, swipe = definition_and_swipe(f"buyers-{unique}", unique)
+    name, customer = definition.name, swipe.customer_id
     producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.kafka_bootstrap)
     await producer.start()
     # Saved before the service starts: its first batch waits until it has read it.

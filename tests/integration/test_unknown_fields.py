@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,11 @@ from services.profiles.store import open_repository
 from services.profiles.store_sqlite import SqliteProfilesRepository
 from shared.campaigns import Bought, SegmentDefined, SegmentRule
 from shared.edge import dump
-from shared.events import PurchaseLine, PurchaseRecorded
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings, Settings, StoreSettings
 from shared.skeleton import ServiceApp
 from shared.topics import DEADLETTER, EVENTS, SEGMENT_DEFINITIONS, SEGMENTS
+from tests.integration.test_profiles_segments_kafka import definition_and_swipe
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -49,29 +48,8 @@ async def test_events_with_fields_the_consumer_does_not_know_are_processed_not_d
     kafka_settings: KafkaSettings, unique: str
 ) -> None:
     await ensure_topics(kafka_settings)
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    name, sku, customer = f"newer-{unique}", f"SKU-{unique}".upper(), f"c-{unique}"
-    definition = SegmentDefined(
-        name=name,
-        rule=SegmentRule(bought=(Bought(sku=sku),)),
-        version=1,
-        defined_at=now,
-        defined_by="test",
-    )
-    swipe = PurchaseRecorded(
-        event_id=f"e-{unique}",
-        occurred_at=now,
-        customer_id=customer,
-        card_id=f"card-{unique}",
-        store_id="S001",
-        currency="EUR",
-        lines=(
-            PurchaseLine(
-                sku=sku, quantity=Decimal(1), unit_price=Decimal("2.50"), amount=Decimal("2.50")
-            ),
-        ),
-        total=Decimal("2.50"),
-    )
+    definition, swipe = definition_and_swipe(f"newer-{unique}", unique)
+    name, customer = definition.name, swipe.customer_id
     producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.kafka_bootstrap)
     await producer.start()
     # crm.segment-definitions (a table every instance reads whole) and crm.events (the
