@@ -14,14 +14,16 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int8, Int16, Int32, Schema, String
 from faststream import AckPolicy
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, KafkaPublishMessage
+from faststream.kafka.exceptions import BatchBufferOverflowException
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.security import (
@@ -157,20 +159,118 @@ def batch_subscriber(
     )
 
 
-async def publish_all(broker: KafkaBroker, messages: Sequence[Outgoing]) -> None:
-    """Hand every message to the producer without waiting, then await all acknowledgements.
+_PARTITIONER: Final = DefaultPartitioner()
 
-    The producer groups them into batches per partition; order per key is kept because one
-    key maps to one partition and sends are enqueued in order.
+
+def _aiokafka_producer(broker: KafkaBroker) -> AIOKafkaProducer | None:
+    """The connected broker's aiokafka producer; None for FastStream's test broker (whose
+    producer is not aiokafka's) or before `start`. FastStream has no public accessor."""
+    config = getattr(broker, "config", None)  # absent on a test double of the broker
+    state = getattr(getattr(config, "producer", None), "_producer", None)
+    producer = getattr(state, "producer", None) if state else None
+    return producer if isinstance(producer, AIOKafkaProducer) else None
+
+
+async def publish_all(broker: KafkaBroker, messages: Sequence[Outgoing]) -> None:
+    """Publish `messages` and wait for every acknowledgement.
+
+    They are grouped per partition (aiokafka's default partitioner on the key, so each key
+    lands where a keyed send would put it) and handed to the producer as record batches, as
+    full as the producer's batch size allows, in their order: order per key is kept. The
+    broker's middlewares (metrics, tracing) run once per batch and their headers
+    (`traceparent`) go on every record. A call with a tombstone or a keyless message, and
+    the test broker, publish message by message.
     """
-    pending = [
-        await broker.publish(value, topic, key=key, no_confirm=True)
-        for topic, key, value in messages
-    ]
-    # The test broker confirms at once and hands back results, not futures.
-    futures = [item for item in pending if inspect.isawaitable(item)]
-    if futures:
-        await asyncio.gather(*futures)
+    producer = _aiokafka_producer(broker)
+    keyed = [(t, k, v) for t, k, v in messages if k is not None and v is not None]
+    if producer is None or len(keyed) < len(messages):
+        pending = [
+            await broker.publish(value, topic, key=key, no_confirm=True)
+            for topic, key, value in messages
+        ]
+        # The test broker confirms at once and hands back results, not futures.
+        futures = [item for item in pending if inspect.isawaitable(item)]
+        if futures:
+            await asyncio.gather(*futures)
+        return
+    partitions: dict[str, list[int]] = {}
+    groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+    for topic, key, value in keyed:
+        if topic not in partitions:
+            partitions[topic] = sorted(await producer.partitions_for(topic))
+        every = partitions[topic]
+        partition = _PARTITIONER(key, every, every)
+        groups.setdefault((topic, partition), []).append((key, value))
+    sent = []
+    for (topic, partition), records in groups.items():
+        sent += await _publish_partition(broker, topic, partition, records)
+    await asyncio.gather(*sent)
+
+
+BATCH_BYTES: Final = 448 * 1024
+"""What a batch handed to the producer may hold, keys and values and `RECORD_OVERHEAD` per
+record: under the producer's 512 KiB batches."""
+RECORD_OVERHEAD: Final = 256
+"""Bytes counted per record besides key and value: its headers (`content-type`,
+`correlation_id`, `traceparent`: about 130) and framing."""
+
+
+def _chunks(
+    records: Sequence[tuple[bytes, bytes]], most: int = BATCH_BYTES
+) -> Iterable[Sequence[tuple[bytes, bytes]]]:
+    """Consecutive runs of `records` of at most `most` bytes each as counted above (a larger
+    record is a run of its own)."""
+    start, size = 0, 0
+    for index, (key, value) in enumerate(records):
+        length = len(key) + len(value) + RECORD_OVERHEAD
+        if index > start and size + length > most:
+            yield records[start:index]
+            start, size = index, 0
+        size += length
+    if start < len(records):
+        yield records[start:]
+
+
+async def _publish_partition(
+    broker: KafkaBroker, topic: str, partition: int, records: Sequence[tuple[bytes, bytes]]
+) -> list[Awaitable[Any]]:
+    """Hand `records` to the producer as batches for one partition; their acknowledgements.
+
+    Should a batch still overflow the producer's buffer (FastStream says at which record,
+    before anything is sent), the records before it go, and the rest in the next batch; a
+    record larger than a whole batch goes alone, as a keyed send (up to the request size)."""
+    sent: list[Awaitable[Any]] = []
+    for chunk in _chunks(records):
+        start = 0
+        while start < len(chunk):
+            part = chunk[start:]
+            try:
+                sent.append(
+                    await broker.publish_batch(
+                        *(KafkaPublishMessage(value, key=key) for key, value in part),
+                        topic=topic,
+                        partition=partition,
+                        no_confirm=True,
+                    )
+                )
+                start = len(chunk)
+            except BatchBufferOverflowException as overflow:
+                fits = overflow.message_position
+                if fits == 0:
+                    key, value = part[0]
+                    sent.append(await broker.publish(value, topic, key=key, no_confirm=True))
+                    start += 1
+                    continue
+                sent.append(
+                    await broker.publish_batch(
+                        *(KafkaPublishMessage(v, key=k) for k, v in part[:fits]),
+                        topic=topic,
+                        partition=partition,
+                        no_confirm=True,
+                    )
+                )
+                start += fits
+    return sent
 
 
 class TopicCheckError(RuntimeError):
