@@ -282,20 +282,28 @@ def tick_command(
 
 @cli.command()
 def bench(
-    quick: Annotated[bool, typer.Option(help="A small run, under a minute.")] = False,
+    quick: Annotated[bool, typer.Option(help="A small run, a few minutes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     checkouts: Annotated[
         int | None, typer.Option(help="Checkouts per burst (default 50,000; quick 4,000).")
     ] = None,
     customers: Annotated[
         tuple[int, int] | None,
-        typer.Option(help="The two population sizes (default 10000 200000; quick 1000 4000)."),
+        typer.Option(
+            help="The small and the large population (default 10000 1000000; quick 1000 10000)."
+        ),
     ] = None,
-    rate: Annotated[float, typer.Option(help="Paced load of the latency phase, checkouts/s.")] = (
-        2000.0
-    ),
+    step_seconds: Annotated[
+        float | None,
+        typer.Option(help="Length of one paced run of the capacity search (default 10 s)."),
+    ] = None,
+    step_checkouts: Annotated[
+        int | None,
+        typer.Option(help="Checkouts of one paced run at most (default 20,000; quick 6,000)."),
+    ] = None,
     latency_checkouts: Annotated[
-        int | None, typer.Option(help="Checkouts of the latency phase (default 10,000).")
+        int | None,
+        typer.Option(help="Checkouts of the latency phase (default 10,000; quick 2,000)."),
     ] = None,
     till_rate: Annotated[
         float, typer.Option(help="Paced load of the till phase, coupon API requests/s.")
@@ -315,8 +323,8 @@ def bench(
         ),
     ] = "sqlite",
 ) -> None:
-    """Benchmark: transport baseline, ingest, pipeline, latency, growth, the till's coupon
-    API; checks its result."""
+    """Benchmark: one-hop and three-hop pass-throughs, ingest, pipeline, sustainable rate and
+    latency at half of it, growth, the till's coupon API; checks its result."""
     from crm.bench import BenchOptions, bench_main
 
     configure_logging("bench")
@@ -325,7 +333,8 @@ def bench(
     options = (BenchOptions.quick() if quick else BenchOptions()).with_overrides(
         checkouts=checkouts,
         populations=customers,
-        latency_rate=rate,
+        step_seconds=step_seconds,
+        step_checkouts=step_checkouts,
         latency_checkouts=latency_checkouts,
         till_rate=till_rate,
         till_requests=till_requests,

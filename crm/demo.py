@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -118,9 +119,10 @@ class ServiceProcesses:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
 
-    def start(self) -> None:
+    def start(self, names: Sequence[str] | None = None) -> None:
+        """Start the services (`names`: only these, e.g. one stopped before)."""
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        for name in self._names:
+        for name in self._names if names is None else names:
             log = (self._log_dir / f"{name}.log").open("ab")
             port = int(self._env.get("CRM_HTTP_PORT", "0")) or free_port()
             self.ports[name] = port
@@ -141,13 +143,14 @@ class ServiceProcesses:
                     f"see {self._log_dir / (name + '.log')}"
                 )
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM all, wait for a graceful stop, SIGKILL what is left."""
-        for process in self.processes.values():
+    def stop(self, timeout: float = 30.0, names: Sequence[str] | None = None) -> None:
+        """SIGTERM all (`names`: only these), wait for a graceful stop, SIGKILL what is left."""
+        chosen = [p for n, p in self.processes.items() if names is None or n in names]
+        for process in chosen:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for process in self.processes.values():
+        for process in chosen:
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
