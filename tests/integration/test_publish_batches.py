@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 
 from crm.traffic import read_topic
@@ -18,19 +17,11 @@ from shared.edge import Outgoing
 from shared.kafka import BATCH_BYTES, new_broker, publish_all
 from shared.settings import KafkaSettings, ObservabilitySettings
 from shared.tracing import tracing_middlewares
+from tests.topics import create_topic
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
-
-
-async def create_topic(settings: KafkaSettings, name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, PARTITIONS, 1)])
-    finally:
-        await admin.close()
 
 
 async def publish(settings: KafkaSettings, messages: list[Outgoing]) -> None:
@@ -48,7 +39,7 @@ async def test_batches_keep_each_keys_partition_and_order_and_every_byte(
     kafka_settings: KafkaSettings, unique: str
 ) -> None:
     topic = f"crm.test.batches.{unique}"
-    await create_topic(kafka_settings, topic)
+    await create_topic(kafka_settings, topic, PARTITIONS)
     # More than one batch's worth for some partitions: 2,000 values of ~1 KB over 40 keys.
     messages: list[Outgoing] = [
         (topic, f"customer-{n % 40}".encode(), f"{n:06d}-".encode() + b"x" * 1_000)
@@ -77,7 +68,7 @@ async def test_many_small_records_and_one_larger_than_a_batch_all_arrive_in_orde
     """Small records are mostly headers: 20,000 of them on one key overflowed a batch counted
     by keys and values alone (a sign-up wave of a million customers found it)."""
     topic = f"crm.test.small.{unique}"
-    await create_topic(kafka_settings, topic)
+    await create_topic(kafka_settings, topic, PARTITIONS)
     small: list[Outgoing] = [(topic, b"one-key", f"{n:08d}".encode()) for n in range(20_000)]
     large: Outgoing = (topic, b"one-key", b"L" * 600_000)  # more than a 512 KiB batch
     messages = [*small[:10_000], large, *small[10_000:]]
@@ -92,7 +83,7 @@ async def test_a_call_with_a_tombstone_keeps_it_a_tombstone_after_the_value_it_d
     kafka_settings: KafkaSettings, unique: str
 ) -> None:
     topic = f"crm.test.tombstones.{unique}"
-    await create_topic(kafka_settings, topic)
+    await create_topic(kafka_settings, topic, PARTITIONS)
     await publish(kafka_settings, [(topic, b"kid-1", b"wrapped key"), (topic, b"kid-1", None)])
 
     records = await read_topic(kafka_settings, topic)

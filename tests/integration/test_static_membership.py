@@ -17,26 +17,18 @@ from contextlib import asynccontextmanager
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from shared.kafka import batch_subscriber, new_broker
 from shared.settings import KafkaSettings
+from tests.topics import create_topic
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
-
-
-async def create_topic(settings: KafkaSettings, name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, PARTITIONS, 1)])
-    finally:
-        await admin.close()
 
 
 async def group_member_ids(settings: KafkaSettings, group: str) -> list[str]:
@@ -80,7 +72,7 @@ async def test_instance_id_makes_a_static_member_the_broker_knows_by_that_id(
     kafka_settings: KafkaSettings, unique: str
 ) -> None:
     topic, group = f"crm.test.static.{unique}", f"crm-test-static-{unique}"
-    await create_topic(kafka_settings, topic)
+    await create_topic(kafka_settings, topic, PARTITIONS)
     async with (
         member(kafka_settings, group, topic, "crm-offers-0") as first,
         member(kafka_settings, group, topic, "crm-offers-1") as second,
@@ -100,7 +92,7 @@ async def test_restarted_static_member_gets_its_partitions_back_and_the_other_ke
     kafka_settings: KafkaSettings, unique: str
 ) -> None:
     topic, group = f"crm.test.restart.{unique}", f"crm-test-restart-{unique}"
-    await create_topic(kafka_settings, topic)
+    await create_topic(kafka_settings, topic, PARTITIONS)
     async with member(kafka_settings, group, topic, "crm-notifier-1") as stays:
         async with member(kafka_settings, group, topic, "crm-notifier-0") as leaves:
 
