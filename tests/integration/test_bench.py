@@ -73,8 +73,17 @@ def check_tiny_bench(store: str) -> None:
     assert result["latency_samples"]["profiles"] == 200
     for key in ("baseline_rate", "chain_rate", "ingest_rate", "pipeline_rate"):
         assert result[key] > 0, key
-    # The capacity search paced at most its seven steps, and latency ran at half its rate.
-    assert 1 <= len(result["capacity_steps"]) <= 7
+    # The capacity search went down 30 % a step and stopped at the first rate whose backlog
+    # did not grow (or after its seven steps); latency ran at half the rate it found.
+    steps = result["capacity_steps"]
+    rates = [step["rate"] for step in steps]
+    assert rates[1:] == [round(rate * 0.7) for rate in rates[:-1]]
+    if result["capacity_verified"]:
+        assert result["capacity_rate"] == rates[-1]
+        assert steps[-1]["last_ms"] - steps[-1]["first_ms"] <= 500
+        assert all(step["last_ms"] - step["first_ms"] > 500 for step in steps[:-1])
+    else:
+        assert len(steps) == 7
     assert result["latency_rate"] == max(1, round(result["capacity_rate"] / 2))
     assert result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"]
     profiles_mb = result["profiles_store_mb"].values()
