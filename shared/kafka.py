@@ -239,37 +239,29 @@ async def _publish_partition(
     Should a batch still overflow the producer's buffer (FastStream says at which record,
     before anything is sent), the records before it go, and the rest in the next batch; a
     record larger than a whole batch goes alone, as a keyed send (up to the request size)."""
+
+    async def batch(part: Sequence[tuple[bytes, bytes]]) -> Awaitable[Any]:
+        messages = (KafkaPublishMessage(value, key=key) for key, value in part)
+        return await broker.publish_batch(
+            *messages, topic=topic, partition=partition, no_confirm=True
+        )
+
     sent: list[Awaitable[Any]] = []
     for chunk in _chunks(records):
         start = 0
         while start < len(chunk):
-            part = chunk[start:]
             try:
-                sent.append(
-                    await broker.publish_batch(
-                        *(KafkaPublishMessage(value, key=key) for key, value in part),
-                        topic=topic,
-                        partition=partition,
-                        no_confirm=True,
-                    )
-                )
+                sent.append(await batch(chunk[start:]))
                 start = len(chunk)
             except BatchBufferOverflowException as overflow:
                 fits = overflow.message_position
                 if fits == 0:
-                    key, value = part[0]
+                    key, value = chunk[start]
                     sent.append(await broker.publish(value, topic, key=key, no_confirm=True))
                     start += 1
-                    continue
-                sent.append(
-                    await broker.publish_batch(
-                        *(KafkaPublishMessage(v, key=k) for k, v in part[:fits]),
-                        topic=topic,
-                        partition=partition,
-                        no_confirm=True,
-                    )
-                )
-                start += fits
+                else:
+                    sent.append(await batch(chunk[start : start + fits]))
+                    start += fits
     return sent
 
 
